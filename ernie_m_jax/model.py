@@ -1,0 +1,293 @@
+"""The ERNIE-M encoder in Flax: XLM-R-style embeddings, post-LayerNorm layers, pooler, MLM head.
+
+Functionally equal to the released ERNIE-M (and to XLM-R without token types). The model knows
+nothing about objectives: it takes ids, positions, optional language ids and a boolean
+`[batch, query, key]` attention mask, and returns hidden states (plus MLM logits at the
+positions asked for). Every parameter carries logical axis names ("vocab", "embed", "heads",
+"kv", "mlp", "layers", ...) and the main activations are constrained with ("batch", "length",
+...) so that one rule table (`partitioning.py`) maps the model onto any device mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ernie_m_jax.configs import ModelConfig
+
+Array = jax.Array
+
+
+def _logical(init, names):
+    return nn.with_logical_partitioning(init, names)
+
+
+def _kernel_init(config: ModelConfig, names):
+    return _logical(nn.initializers.normal(config.initializer_range), names)
+
+
+def _zeros(names):
+    return _logical(nn.initializers.zeros_init(), names)
+
+
+def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        scale_init=_logical(nn.initializers.ones_init(), ("embed",)),
+        bias_init=_zeros(("embed",)),
+        name=name,
+    )
+
+
+def _dense(config: ModelConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
+    out_names = names[-1:] if isinstance(features, int) else names[-len(features):]
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        kernel_init=_kernel_init(config, names),
+        bias_init=_zeros(out_names),
+        name=name,
+    )
+
+
+def _embed(config: ModelConfig, num: int, names, name: str) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings=num,
+        features=config.hidden_size,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        embedding_init=_kernel_init(config, names),
+        name=name,
+    )
+
+
+class Embeddings(nn.Module):
+    """Word + learned position (+ optional language) embeddings, LayerNorm, dropout."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.word_embeddings = _embed(cfg, cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.position_embeddings = _embed(
+            cfg, cfg.max_position_embeddings, ("position", "embed"), "position_embeddings")
+        if cfg.num_languages:
+            self.language_embeddings = _embed(
+                cfg, cfg.num_languages, ("language", "embed"), "language_embeddings")
+        self.layer_norm = _layer_norm(cfg, "layer_norm")
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(self, input_ids, position_ids, language_ids, deterministic: bool):
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+        if self.config.num_languages:
+            x = x + self.language_embeddings(language_ids)
+        x = self.layer_norm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, hidden):
+        """Logits against the (tied) word embedding table."""
+        return self.word_embeddings.attend(hidden)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention with separate biased q/k/v/out projections and any boolean mask."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.config
+        heads = (cfg.num_heads, cfg.head_dim)
+        qkv_names = ("embed", "heads", "kv")
+        q = _dense(cfg, heads, qkv_names, "q_proj")(x)
+        k = _dense(cfg, heads, qkv_names, "k_proj")(x)
+        v = _dense(cfg, heads, qkv_names, "v_proj")(x)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
+        dropout_rng = None
+        if not self.deterministic and cfg.attention_dropout_rate > 0:
+            dropout_rng = self.make_rng("dropout")
+        context = nn.dot_product_attention(
+            q, k, v,
+            mask=mask[:, None, :, :],
+            dropout_rng=dropout_rng,
+            dropout_rate=cfg.attention_dropout_rate,
+            deterministic=self.deterministic,
+            dtype=cfg.compute_dtype,
+            force_fp32_for_softmax=True,
+        )
+        context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
+        return _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out_proj",
+                      axis=(-2, -1))(context)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LayerNorm Transformer layer (ERNIE-M / XLM-R / BERT order)."""
+
+    config: ModelConfig
+    deterministic: bool = True
+    collect_hidden: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.config
+        dropout = functools.partial(nn.Dropout(cfg.dropout_rate), deterministic=self.deterministic)
+        attn = SelfAttention(cfg, self.deterministic, name="self_attn")(x, mask)
+        x = _layer_norm(cfg, "norm1")(x + dropout(attn))
+        h = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "linear1")(x)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = dropout(nn.gelu(h, approximate=False))
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "linear2")(h)
+        x = _layer_norm(cfg, "norm2")(x + dropout(h))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, (x if self.collect_hidden else None)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Encoder(nn.Module):
+    """The layer stack, scanned so that compile time does not grow with depth."""
+
+    config: ModelConfig
+    deterministic: bool = True
+    collect_hidden: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.config
+        layer = EncoderLayer
+        if cfg.remat_policy != "none":
+            layer = nn.remat(layer, prevent_cse=False, policy=_REMAT_POLICIES[cfg.remat_policy])
+        stack = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        return stack(cfg, self.deterministic, self.collect_hidden, name="layers")(x, mask)
+
+
+class MLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> tied decoder + bias (the XLM-R / RoBERTa LM head)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, hidden, embeddings: Embeddings):
+        cfg = self.config
+        h = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(hidden)
+        h = nn.gelu(h, approximate=False)
+        h = _layer_norm(cfg, "layer_norm")(h)
+        logits = embeddings.attend(h).astype(jnp.float32)
+        bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.weight_dtype)
+        return logits + bias.astype(jnp.float32)
+
+
+def padding_attention_mask(input_ids: Array, pad_id: int) -> Array:
+    """[batch, query, key] mask letting every query see every non-padding key."""
+    keys = input_ids != pad_id
+    return jnp.broadcast_to(keys[:, None, :], input_ids.shape + input_ids.shape[-1:])
+
+
+def default_position_ids(input_ids: Array, offset: int) -> Array:
+    """ERNIE-M numbering: 0-based index plus the fairseq offset of 2, regardless of padding."""
+    length = input_ids.shape[-1]
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + offset, input_ids.shape)
+
+
+class ErnieM(nn.Module):
+    """ERNIE-M encoder with pooler and (optionally evaluated) MLM head.
+
+    Args of `__call__`:
+      input_ids: int [batch, length].
+      attention_mask: bool [batch, query, key] (any pattern), or [batch, length] key padding
+        (1 = real token) as in Hugging Face, or None for "every non-pad token".
+      position_ids: int [batch, length]; defaults to `arange(length) + position_offset`.
+      language_ids: int [batch, length]; required iff the config has language embeddings,
+        ignored otherwise.
+      mlm_positions: int [batch, predictions]; when given, MLM logits are computed only there
+        (a large saving with a 250k vocabulary).
+      deterministic: disables dropout.
+      output_hidden_states: also return every layer's output (embeddings first).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Optional[Array] = None,
+        position_ids: Optional[Array] = None,
+        language_ids: Optional[Array] = None,
+        mlm_positions: Optional[Array] = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ) -> Dict[str, Any]:
+        cfg = self.config
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        batch, length = input_ids.shape
+        if length > cfg.max_length:
+            raise ValueError(
+                f"sequence length {length} exceeds the model's {cfg.max_length} positions "
+                f"(max_position_embeddings={cfg.max_position_embeddings} minus offset "
+                f"{cfg.position_offset})")
+        if attention_mask is None:
+            attention_mask = padding_attention_mask(input_ids, cfg.pad_id)
+        elif attention_mask.ndim == 2:
+            attention_mask = jnp.broadcast_to(
+                attention_mask.astype(bool)[:, None, :], (batch, length, length))
+        if attention_mask.shape != (batch, length, length):
+            raise ValueError(
+                f"attention_mask must be [batch, query, key] = {(batch, length, length)} or "
+                f"[batch, key], got {attention_mask.shape}")
+        attention_mask = attention_mask.astype(bool)
+        if position_ids is None:
+            position_ids = default_position_ids(input_ids, cfg.position_offset)
+        if cfg.num_languages and language_ids is None:
+            raise ValueError("this model has language embeddings: pass language_ids")
+
+        input_ids = nn.with_logical_constraint(input_ids, ("batch", "length"))
+        embeddings = Embeddings(cfg, name="embeddings")
+        x = embeddings(input_ids, position_ids, language_ids, deterministic)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        first = x
+        x, per_layer = Encoder(cfg, deterministic, output_hidden_states, name="encoder")(
+            x, attention_mask)
+
+        pooled = nn.tanh(_dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "pooler")(x[:, 0]))
+        outputs = {"hidden_states": x, "pooled_output": pooled}
+        if output_hidden_states:
+            outputs["all_hidden_states"] = jnp.concatenate([first[None], per_layer], axis=0)
+        mlm_head = MLMHead(cfg, name="mlm_head")
+        if mlm_positions is not None:
+            gathered = jnp.take_along_axis(x, mlm_positions[..., None], axis=1)
+            outputs["mlm_logits"] = mlm_head(gathered, embeddings)
+        elif self.is_initializing():
+            mlm_head(x[:, :1], embeddings)  # create the head's parameters
+        return outputs
+
+
+def init_params(config: ModelConfig, rng: Array, length: int = 8):
+    """Boxed (logically annotated) variables of a freshly initialised model."""
+    model = ErnieM(config)
+    ids = jnp.full((1, length), config.pad_id + 1, jnp.int32)
+    lang = jnp.zeros((1, length), jnp.int32)
+    return model.init(rng, ids, language_ids=lang)

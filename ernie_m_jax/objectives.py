@@ -1,0 +1,280 @@
+"""The four ERNIE-M objectives as pure loss functions `(params, batch, rng) -> (loss, metrics)`.
+
+Bind the static parts once with `make_objectives(...)` (or `functools.partial`); nothing here
+knows about meshes, files or gin.
+
+Batches are dicts of int32 `[batch, length]` arrays:
+  input_ids     token ids, padded with the pad id
+  segment_ids   0 padding, 1 first sentence, 2 second sentence (pairs only)
+  language_ids  language of each token (ignored by models without language embeddings)
+  position_ids  optional; defaults to `arange(length) + 2`
+Monolingual batches (MMLM, BTMLM) are `[CLS] x [SEP]`; pair batches (TLM, CAMLM) are
+`[CLS] x [SEP] [SEP] y [SEP]` with segment 1 on the first three parts and 2 on the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ernie_m_jax import attention_masks
+from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
+from ernie_m_jax.masking import MaskedTokens, mask_tokens, maskable_tokens
+from ernie_m_jax.model import ErnieM, default_position_ids
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Metrics = Dict[str, Array]
+LossFn = Callable[[object, Batch, Array], Tuple[Array, Metrics]]
+
+OBJECTIVES = ("mmlm", "tlm", "camlm", "btmlm")
+PAIR_OBJECTIVES = ("tlm", "camlm")
+
+
+def _positions(batch: Batch, offset: int) -> Array:
+    if "position_ids" in batch:
+        return batch["position_ids"]
+    return default_position_ids(batch["input_ids"], offset)
+
+
+def masked_lm_metrics(logits: Array, targets: Array, weights: Array) -> Tuple[Array, Metrics]:
+    """Mean cross entropy and accuracy over the weighted prediction slots."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    count = weights.sum()
+    denominator = jnp.maximum(count, 1.0)
+    loss = (losses * weights).sum() / denominator
+    correct = (logits.argmax(-1) == targets).astype(jnp.float32)
+    accuracy = (correct * weights).sum() / denominator
+    return loss, {"loss": loss, "accuracy": accuracy, "num_predictions": count}
+
+
+def _predict(model: ErnieM, params, inputs: Batch, masked: MaskedTokens, attention_mask: Array,
+             rng: Array, deterministic: bool) -> Tuple[Array, Metrics]:
+    outputs = model.apply(
+        {"params": params},
+        masked.input_ids,
+        attention_mask=attention_mask,
+        position_ids=_positions(inputs, model.config.position_offset),
+        language_ids=inputs["language_ids"],
+        mlm_positions=masked.mlm_positions,
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng},
+    )
+    return masked_lm_metrics(outputs["mlm_logits"], masked.mlm_targets, masked.mlm_weights)
+
+
+def _full_attention_mlm(params, batch: Batch, rng: Array, *, model: ErnieM,
+                        tokens: SpecialTokens, masking: MaskingConfig,
+                        deterministic: bool) -> Tuple[Array, Metrics]:
+    mask_rng, dropout_rng = jax.random.split(rng)
+    maskable = maskable_tokens(batch["input_ids"], batch["segment_ids"], tokens)
+    masked = mask_tokens(mask_rng, batch["input_ids"], maskable, masking, tokens,
+                         model.config.vocab_size)
+    attention = attention_masks.padding_mask(batch["segment_ids"])
+    return _predict(model, params, batch, masked, attention, dropout_rng, deterministic)
+
+
+def mmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+              masking: MaskingConfig, deterministic: bool = False):
+    """Multilingual MLM on monolingual `[CLS] x [SEP]` examples."""
+    return _full_attention_mlm(params, batch, rng, model=model, tokens=tokens, masking=masking,
+                               deterministic=deterministic)
+
+
+def tlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+             masking: MaskingConfig, deterministic: bool = False):
+    """Translation LM: MLM over a concatenated pair; every token sees both sentences."""
+    return _full_attention_mlm(params, batch, rng, model=model, tokens=tokens, masking=masking,
+                               deterministic=deterministic)
+
+
+def _directed_example(rng: Array, batch: Batch, restore: int, context: int,
+                      tokens: SpecialTokens, masking: MaskingConfig, vocab_size: int,
+                      num_slots: Optional[int] = None) -> Tuple[MaskedTokens, Array]:
+    """Mask segment `restore` only, with the CAMLM attention rule towards segment `context`."""
+    segments = batch["segment_ids"]
+    maskable = maskable_tokens(batch["input_ids"], segments, tokens) & (segments == restore)
+    masked = mask_tokens(rng, batch["input_ids"], maskable, masking, tokens, vocab_size,
+                         num_slots)
+    attention = attention_masks.cross_attention_mask(segments, masked.masked, restore, context)
+    return masked, attention
+
+
+def camlm_inputs(batch: Batch, rng: Array, *, tokens: SpecialTokens, masking: MaskingConfig,
+                 vocab_size: int) -> Tuple[Batch, MaskedTokens, Array]:
+    """Two directed examples per pair, stacked on the batch axis: restore-source then
+    restore-target. Returns (stacked inputs, stacked masking, stacked attention masks)."""
+    source_rng, target_rng = jax.random.split(rng)
+    src = _directed_example(source_rng, batch, attention_masks.SOURCE, attention_masks.TARGET,
+                            tokens, masking, vocab_size)
+    tgt = _directed_example(target_rng, batch, attention_masks.TARGET, attention_masks.SOURCE,
+                            tokens, masking, vocab_size)
+    both = lambda a, b: jnp.concatenate([a, b], axis=0)
+    inputs = {k: both(v, v) for k, v in batch.items()}
+    masked = MaskedTokens(*[both(a, b) for a, b in zip(src[0], tgt[0])])
+    return inputs, masked, both(src[1], tgt[1])
+
+
+def camlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+               masking: MaskingConfig, deterministic: bool = False):
+    """Cross-attention MLM on pairs, leak-free by construction.
+
+    Each pair is used twice: once masking the source and restoring it from the target and the
+    masked source positions, once the other way round (`attention_masks.cross_attention_mask`).
+    Within a direction the context sentence never attends back to the restored sentence, so no
+    unmasked token of the restored sentence is reachable through any number of layers. (The
+    paper's single pass masks both sides at once and lets each side read the other, which
+    leaks unmasked tokens back through the second layer; it is deliberately not offered.)
+    """
+    mask_rng, dropout_rng = jax.random.split(rng)
+    inputs, masked, attention = camlm_inputs(batch, mask_rng, tokens=tokens, masking=masking,
+                                             vocab_size=model.config.vocab_size)
+    return _predict(model, params, inputs, masked, attention, dropout_rng, deterministic)
+
+
+def _draw_target_languages(rng: Array, source_languages: Array, choices: Tuple[int, ...]) -> Array:
+    """One language per example from `choices`, never the example's own when avoidable."""
+    options = jnp.asarray(choices, jnp.int32)
+    allowed = options[None, :] != source_languages[:, None]
+    allowed = jnp.where(allowed.any(-1, keepdims=True), allowed, True)
+    scores = jnp.where(allowed, jax.random.uniform(rng, allowed.shape), -1.0)
+    return options[scores.argmax(-1)]
+
+
+def _sample(rng: Array, logits: Array, temperature: float, top_k: int) -> Array:
+    if temperature == 0:
+        return logits.argmax(-1).astype(jnp.int32)
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits / temperature).astype(jnp.int32)
+
+
+def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+                   btmlm: BTMLMConfig) -> Dict[str, Array]:
+    """BTMLM stage 1: fill k appended placeholders in one non-autoregressive forward pass.
+
+    Placeholders are [MASK] tokens tagged with a drawn target language and the positions that
+    follow the source; they see the source and each other, the source sees only itself
+    (`attention_masks.generation_mask`). Special ids are never emitted and no gradient flows.
+    Returns the pseudo-parallel pair `source + generated` (segments 1 and 2).
+    """
+    cfg = model.config
+    ids, segments = batch["input_ids"], batch["segment_ids"]
+    batch_size, source_length = ids.shape
+    slots = btmlm.max_placeholders or source_length
+    if source_length + slots > cfg.max_length:
+        raise ValueError(
+            f"BTMLM needs {source_length} source + {slots} placeholder positions, more than the "
+            f"model's {cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
+    language_rng, sample_rng = jax.random.split(rng)
+
+    source_real = (segments > 0).sum(-1)
+    words = maskable_tokens(ids, segments, tokens).sum(-1)
+    count = jnp.clip(jnp.round(btmlm.placeholder_ratio * words), 1, slots).astype(jnp.int32)
+    active = jnp.arange(slots)[None, :] < count[:, None]
+
+    source_positions = _positions(batch, cfg.position_offset)
+    last_position = jnp.max(jnp.where(segments > 0, source_positions, 0), axis=-1)
+    # Inactive placeholders are padding; keep their positions inside the table.
+    placeholder_positions = jnp.minimum(
+        last_position[:, None] + 1 + jnp.arange(slots)[None, :], cfg.max_position_embeddings - 1)
+
+    source_languages = batch["language_ids"][:, 0]
+    if btmlm.target_languages:
+        target = _draw_target_languages(language_rng, source_languages, btmlm.target_languages)
+    else:
+        target = source_languages
+    placeholder_languages = jnp.broadcast_to(target[:, None], (batch_size, slots))
+
+    pair = {
+        "input_ids": jnp.concatenate(
+            [ids, jnp.where(active, tokens.mask_id, tokens.pad_id).astype(ids.dtype)], axis=1),
+        "segment_ids": jnp.concatenate(
+            [segments, jnp.where(active, attention_masks.TARGET, 0).astype(segments.dtype)],
+            axis=1),
+        "language_ids": jnp.concatenate(
+            [batch["language_ids"], placeholder_languages.astype(batch["language_ids"].dtype)],
+            axis=1),
+        "position_ids": jnp.concatenate(
+            [source_positions, placeholder_positions.astype(source_positions.dtype)], axis=1),
+    }
+    placeholder_index = source_length + jnp.arange(slots, dtype=jnp.int32)
+    outputs = model.apply(
+        {"params": jax.lax.stop_gradient(params)},
+        pair["input_ids"],
+        attention_mask=attention_masks.generation_mask(pair["segment_ids"]),
+        position_ids=pair["position_ids"],
+        language_ids=pair["language_ids"],
+        mlm_positions=jnp.broadcast_to(placeholder_index, (batch_size, slots)),
+        deterministic=True,
+    )
+    logits = outputs["mlm_logits"]
+    special = jnp.asarray([s for s in tokens.all_ids if s < cfg.vocab_size], jnp.int32)
+    logits = logits.at[..., special].set(-jnp.inf)
+    generated = _sample(sample_rng, logits, btmlm.temperature, btmlm.top_k)
+    generated = jnp.where(active, generated, tokens.pad_id).astype(ids.dtype)
+    pair["input_ids"] = jnp.concatenate([ids, generated], axis=1)
+    return jax.lax.stop_gradient(pair)
+
+
+def btmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+               masking: MaskingConfig, btmlm: BTMLMConfig, deterministic: bool = False):
+    """Back-translation MLM on monolingual examples: generate (stage 1), then restore the
+    masked source from the pseudo sentence under the CAMLM rule (stage 2)."""
+    generate_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
+    pair = btmlm_generate(params, batch, generate_rng, model=model, tokens=tokens, btmlm=btmlm)
+    source_slots = masking.num_slots(batch["input_ids"].shape[1])
+    masked, attention = _directed_example(
+        mask_rng, pair, attention_masks.SOURCE, attention_masks.TARGET, tokens, masking,
+        model.config.vocab_size, num_slots=source_slots)
+    return _predict(model, params, pair, masked, attention, dropout_rng, deterministic)
+
+
+def make_objectives(model: ErnieM, tokens: SpecialTokens, masking: MaskingConfig,
+                    btmlm: Optional[BTMLMConfig] = None,
+                    deterministic: bool = False) -> Dict[str, LossFn]:
+    """The objectives with their static parts bound: name -> (params, batch, rng) -> loss."""
+    tokens.check_vocab(model.config.vocab_size)
+    common = dict(model=model, tokens=tokens, masking=masking, deterministic=deterministic)
+    objectives = {
+        "mmlm": functools.partial(mmlm_loss, **common),
+        "tlm": functools.partial(tlm_loss, **common),
+        "camlm": functools.partial(camlm_loss, **common),
+    }
+    if btmlm is not None:
+        if model.config.num_languages and any(
+                lang >= model.config.num_languages for lang in btmlm.target_languages):
+            raise ValueError(
+                f"BTMLMConfig.target_languages={btmlm.target_languages} has ids outside the "
+                f"model's {model.config.num_languages} language embeddings")
+        objectives["btmlm"] = functools.partial(btmlm_loss, btmlm=btmlm, **common)
+    return objectives
+
+
+def weighted_loss(params, batches: Mapping[str, Batch], rng: Array,
+                  objectives: Mapping[str, LossFn],
+                  weights: Mapping[str, float]) -> Tuple[Array, Metrics]:
+    """sum_k w_k * objective_k(params, batch_k, rng_k), with metrics prefixed by objective."""
+    unknown = set(weights) - set(objectives)
+    if unknown:
+        raise ValueError(f"weights name unknown objectives {sorted(unknown)}; "
+                         f"available: {sorted(objectives)}")
+    missing = [name for name, w in weights.items() if w and name not in batches]
+    if missing:
+        raise ValueError(f"no batch for weighted objectives {missing}")
+    total = jnp.zeros((), jnp.float32)
+    metrics: Metrics = {}
+    for index, name in enumerate(sorted(weights)):
+        if not weights[name]:
+            continue
+        loss, objective_metrics = objectives[name](params, batches[name],
+                                                   jax.random.fold_in(rng, index))
+        total = total + weights[name] * loss
+        metrics.update({f"{name}/{k}": v for k, v in objective_metrics.items()})
+    metrics["loss"] = total
+    return total, metrics

@@ -1,0 +1,21 @@
+import flax.linen as nn
+import jax
+import pytest
+
+from ernie_m_jax.configs import model_config
+from ernie_m_jax.model import ErnieM, init_params
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return model_config("tiny", num_languages=4, dropout_rate=0.0, attention_dropout_rate=0.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    return ErnieM(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_config):
+    return nn.unbox(init_params(tiny_config, jax.random.key(0)))["params"]

@@ -42,6 +42,8 @@ class ModelConfig:
     num_languages: int = 0
     dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.1
+    # Dropout between the MLP's GELU and its output projection (ERNIE-M's act_dropout: 0).
+    activation_dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"  # activations / matmul inputs
@@ -66,7 +68,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.pad_id={self.pad_id} is outside the vocabulary")
         if self.position_offset < 0 or self.position_offset >= self.max_position_embeddings:
             raise ValueError(f"ModelConfig.position_offset={self.position_offset} is invalid")
-        for name in ("dropout_rate", "attention_dropout_rate"):
+        for name in ("dropout_rate", "attention_dropout_rate", "activation_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         _check_dtype("ModelConfig.dtype", self.dtype)

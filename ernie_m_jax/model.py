@@ -146,7 +146,8 @@ class EncoderLayer(nn.Module):
         x = _layer_norm(cfg, "norm1")(x + dropout(attn))
         h = _dense(cfg, cfg.mlp_dim, ("embed", "mlp"), "linear1")(x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = dropout(nn.gelu(h, approximate=False))
+        h = nn.Dropout(cfg.activation_dropout_rate)(
+            nn.gelu(h, approximate=False), deterministic=self.deterministic)
         h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "linear2")(h)
         x = _layer_norm(cfg, "norm2")(x + dropout(h))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

@@ -1,0 +1,132 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ernie_m_jax.configs import ModelConfig, model_config
+from ernie_m_jax.model import ErnieM, init_params
+from tests.synthetic import monolingual_batch
+
+IDS = jnp.asarray([[0, 5, 6, 7, 8, 2, 1, 1], [0, 9, 10, 2, 2, 11, 2, 1]], jnp.int32)
+LANGS = jnp.zeros_like(IDS)
+
+
+def test_every_parameter_has_one_logical_name_per_axis(tiny_config):
+    variables = init_params(tiny_config, jax.random.key(0))
+    leaves = jax.tree_util.tree_leaves(variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert len(leaves) > 20
+    for leaf in leaves:
+        assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+        assert len(leaf.names) == leaf.value.ndim and all(leaf.names), leaf.names
+    specs = nn.get_partition_spec(variables)["params"]
+    assert specs["encoder"]["layers"]["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec(
+        "layers", "embed", "heads", "kv")
+    assert specs["embeddings"]["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec(
+        "vocab", "embed")
+
+
+def test_outputs_have_the_documented_shapes(tiny_model, tiny_params, tiny_config):
+    out = tiny_model.apply({"params": tiny_params}, IDS, language_ids=LANGS,
+                           mlm_positions=jnp.asarray([[1, 2, 3]] * 2), output_hidden_states=True)
+    assert out["hidden_states"].shape == (2, 8, 32)
+    assert out["pooled_output"].shape == (2, 32)
+    assert out["mlm_logits"].shape == (2, 3, tiny_config.vocab_size)
+    assert out["mlm_logits"].dtype == jnp.float32
+    assert out["all_hidden_states"].shape == (tiny_config.num_layers + 1, 2, 8, 32)
+    np.testing.assert_array_equal(out["all_hidden_states"][-1], out["hidden_states"])
+
+
+def test_padding_does_not_change_real_tokens(tiny_model, tiny_params):
+    short = tiny_model.apply({"params": tiny_params}, IDS[:, :6], language_ids=LANGS[:, :6])
+    long = tiny_model.apply({"params": tiny_params},
+                            jnp.pad(IDS, ((0, 0), (0, 4)), constant_values=1),
+                            language_ids=jnp.pad(LANGS, ((0, 0), (0, 4))))
+    np.testing.assert_allclose(long["hidden_states"][0, :5], short["hidden_states"][0, :5],
+                               atol=1e-6)
+
+
+def test_key_padding_mask_equals_its_three_dimensional_form(tiny_model, tiny_params):
+    keys = IDS != 1
+    a = tiny_model.apply({"params": tiny_params}, IDS, attention_mask=keys.astype(jnp.int32),
+                         language_ids=LANGS)
+    b = tiny_model.apply({"params": tiny_params}, IDS, language_ids=LANGS,
+                         attention_mask=jnp.broadcast_to(keys[:, None, :], (2, 8, 8)))
+    np.testing.assert_array_equal(a["hidden_states"], b["hidden_states"])
+
+
+def test_language_embeddings_are_a_switch(tiny_params, tiny_model):
+    assert "language_embeddings" in tiny_params["embeddings"]
+    a = tiny_model.apply({"params": tiny_params}, IDS, language_ids=LANGS)
+    b = tiny_model.apply({"params": tiny_params}, IDS, language_ids=LANGS + 1)
+    assert np.abs(np.asarray(a["hidden_states"] - b["hidden_states"])).max() > 1e-3
+    with pytest.raises(ValueError, match="language_ids"):
+        tiny_model.apply({"params": tiny_params}, IDS)
+    plain = model_config("tiny")
+    params = nn.unbox(init_params(plain, jax.random.key(0)))["params"]
+    assert "language_embeddings" not in params["embeddings"]
+
+
+def test_too_long_input_names_the_limit(tiny_model, tiny_params, tiny_config):
+    ids = jnp.ones((1, tiny_config.max_length + 1), jnp.int32)
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        tiny_model.apply({"params": tiny_params}, ids, language_ids=jnp.zeros_like(ids))
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_tracks_float32():
+    f32 = model_config("tiny", dropout_rate=0.0)
+    bf16 = model_config("tiny", dropout_rate=0.0, dtype="bfloat16")
+    variables = nn.unbox(init_params(bf16, jax.random.key(0)))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+    a = ErnieM(f32).apply(variables, IDS, mlm_positions=jnp.asarray([[1, 2]] * 2))
+    b = ErnieM(bf16).apply(variables, IDS, mlm_positions=jnp.asarray([[1, 2]] * 2))
+    assert b["hidden_states"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(b["hidden_states"], np.float32), a["hidden_states"],
+                               atol=0.1)
+    np.testing.assert_allclose(b["mlm_logits"], a["mlm_logits"], atol=0.1)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_rematerialisation_changes_nothing_numerically(policy, tiny_params, tiny_config):
+    import dataclasses
+    batch = monolingual_batch(0, batch=2, length=8)
+
+    def loss(config, params):
+        out = ErnieM(config).apply({"params": params}, batch["input_ids"],
+                                   language_ids=batch["language_ids"])
+        return (out["hidden_states"] ** 2).mean()
+
+    remat = dataclasses.replace(tiny_config, remat_policy=policy)
+    g1 = jax.grad(lambda p: loss(tiny_config, p))(tiny_params)
+    g2 = jax.grad(lambda p: loss(remat, p))(tiny_params)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_dropout_is_active_only_when_not_deterministic():
+    config = model_config("tiny")
+    variables = nn.unbox(init_params(config, jax.random.key(0)))
+    model = ErnieM(config)
+    a = model.apply(variables, IDS, deterministic=True)["hidden_states"]
+    b = model.apply(variables, IDS, deterministic=True)["hidden_states"]
+    c = model.apply(variables, IDS, deterministic=False,
+                    rngs={"dropout": jax.random.key(1)})["hidden_states"]
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(a - c)).max() > 1e-3
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(hidden_size=30, num_heads=4), "divisible"),
+    (dict(num_layers=0), "num_layers"),
+    (dict(dtype="float64"), "dtype"),
+    (dict(remat_policy="some"), "remat_policy"),
+    (dict(dropout_rate=1.0), "dropout_rate"),
+])
+def test_bad_model_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_unknown_size_lists_the_choices():
+    with pytest.raises(ValueError, match="base"):
+        model_config("huge")

@@ -11,7 +11,7 @@ positions asked for). Every parameter carries logical axis names ("vocab", "embe
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -45,17 +45,36 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def _dense(config: ModelConfig, features, names, name: str, axis=-1) -> nn.DenseGeneral:
-    out_names = names[-1:] if isinstance(features, int) else names[-len(features):]
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        dtype=config.compute_dtype,
-        param_dtype=config.weight_dtype,
-        kernel_init=_kernel_init(config, names),
-        bias_init=_zeros(out_names),
-        name=name,
-    )
+class Projection(nn.Module):
+    """Biased linear map over the last `in_axes` axes of `x` into `features` axes.
+
+    Like flax's DenseGeneral, but the kernel is created in its final shape: DenseGeneral
+    initialises a flat kernel and reshapes it, which clashes with logical-axis constraints
+    under a mesh (flax re-evaluates the initialiser abstractly on every apply).
+    """
+
+    features: Tuple[int, ...]
+    names: Tuple[str, ...]  # logical names of kernel axes: in axes then out axes
+    config: ModelConfig
+    in_axes: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        in_shape = x.shape[x.ndim - self.in_axes:]
+        kernel = self.param("kernel", _kernel_init(cfg, self.names),
+                            tuple(in_shape) + tuple(self.features), cfg.weight_dtype)
+        bias = self.param("bias", _zeros(self.names[self.in_axes:]), tuple(self.features),
+                          cfg.weight_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.compute_dtype)
+        contract = tuple(range(x.ndim - self.in_axes, x.ndim))
+        y = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.in_axes))), ((), ())))
+        return y + bias
+
+
+def _dense(config: ModelConfig, features, names, name: str, in_axes: int = 1) -> Projection:
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return Projection(features, tuple(names), config, in_axes, name=name)
 
 
 def _embed(config: ModelConfig, num: int, names, name: str) -> nn.Embed:
@@ -128,7 +147,7 @@ class SelfAttention(nn.Module):
         )
         context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
         return _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out_proj",
-                      axis=(-2, -1))(context)
+                      in_axes=2)(context)
 
 
 class EncoderLayer(nn.Module):

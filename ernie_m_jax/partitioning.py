@@ -1,0 +1,135 @@
+"""One device mesh and one rule table that map the model's logical axes onto it.
+
+The model names every parameter and activation axis ("batch", "embed", "heads", ...); the
+rules below say which mesh axis each name is split over. Data parallelism, FSDP and tensor
+parallelism are all the same rule table on meshes of different shapes (big_vision / MaxText
+style), so the same code runs on one CPU, a TPU slice or a multi-GPU host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis, mesh axis or axes). Earlier rules win; a mesh axis already used by another
+# dimension of the same array is skipped, so activations shard "batch" over data+fsdp while
+# weights shard "embed" over fsdp.
+LOGICAL_AXIS_RULES: Tuple[Tuple[str, object], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed_out", "tensor"),
+    ("embed", "fsdp"),
+    ("length", None),
+    ("kv", None),
+    ("position", None),
+    ("language", None),
+    ("layers", None),
+)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape over all devices of all processes; one -1 entry takes the remaining devices."""
+
+    axes: Tuple[str, ...] = MESH_AXES
+    shape: Tuple[int, ...] = (-1, 1, 1)
+    rules: Tuple[Tuple[str, object], ...] = LOGICAL_AXIS_RULES
+
+    def __post_init__(self):
+        if len(self.axes) != len(self.shape):
+            raise ValueError(f"MeshConfig.axes {self.axes} and shape {self.shape} differ in length")
+        if len(set(self.axes)) != len(self.axes):
+            raise ValueError(f"MeshConfig.axes has duplicates: {self.axes}")
+        if sum(s == -1 for s in self.shape) > 1 or any(s == 0 or s < -1 for s in self.shape):
+            raise ValueError(
+                f"MeshConfig.shape {self.shape} must be positive sizes with at most one -1")
+
+    def resolve(self, num_devices: int) -> Tuple[int, ...]:
+        """The concrete shape on `num_devices` devices, or a clear error if it cannot fit."""
+        known = math.prod(s for s in self.shape if s != -1)
+        if -1 in self.shape:
+            if num_devices % known:
+                raise ValueError(
+                    f"mesh {dict(zip(self.axes, self.shape))} needs a multiple of {known} devices, "
+                    f"there are {num_devices}")
+            return tuple(num_devices // known if s == -1 else s for s in self.shape)
+        if known != num_devices:
+            raise ValueError(
+                f"mesh {dict(zip(self.axes, self.shape))} has {known} devices, there are "
+                f"{num_devices}")
+        return tuple(self.shape)
+
+
+def make_mesh(config: MeshConfig = MeshConfig(),
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A mesh over `devices` (default: every device of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = config.resolve(len(devices))
+    # Auto axes: XLA's SPMD partitioner propagates the shardings we place (pjit style).
+    auto = (jax.sharding.AxisType.Auto,) * len(shape)
+    return jax.make_mesh(shape, config.axes, axis_types=auto, devices=devices)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedShardings for a tree of `nn.LogicallyPartitioned` values (e.g. `eval_shape(init)`)."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def data_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES, ndim: int = 2) -> NamedSharding:
+    """Batches: leading axis over the batch mesh axes, the rest replicated."""
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_divides(batch_size: int, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> None:
+    """Fail early (before compiling) if the global batch cannot be split over the mesh."""
+    spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
+    axes = spec if isinstance(spec, tuple) else (() if spec is None else (spec,))
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if batch_size % shards:
+        raise ValueError(
+            f"global batch size {batch_size} is not divisible by the {shards} batch shards of "
+            f"mesh {dict(mesh.shape)}")
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Make `mesh` and `rules` the context for the model's `with_logical_constraint`s."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def sharded_init(init_fn, rng: jax.Array, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """Run `init_fn(rng)` (returning boxed variables) with its outputs created sharded.
+
+    Returns (unboxed variables, their NamedShardings); no device ever holds the full model.
+    """
+    shardings = logical_shardings(jax.eval_shape(init_fn, rng), mesh, rules)
+    # Placement comes from out_shardings alone: under `activate`, flax's DenseGeneral would
+    # constrain its flat pre-reshape kernel with the names of the final shape.
+    variables = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    return variables, shardings
+
+
+def addressable_fraction(array: jax.Array) -> float:
+    """Share of the global array held by one device (1.0 when replicated)."""
+    shard = array.addressable_shards[0].data
+    return float(np.prod(shard.shape) / max(np.prod(array.shape), 1))

@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from ernie_m_jax import partitioning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_sharded_model_equals_single_device_on_eight_simulated_devices():
+    # The device count must be fixed before JAX starts, hence a fresh interpreter.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-m", "tests.sharded_forward_check"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SHARDED OK" in result.stdout
+
+
+def test_mesh_shape_resolution():
+    config = partitioning.MeshConfig(shape=(-1, 2, 1))
+    assert config.resolve(8) == (4, 2, 1)
+    with pytest.raises(ValueError, match="needs a multiple of 2 devices, there are 3"):
+        config.resolve(3)
+    with pytest.raises(ValueError, match="has 4 devices, there are 8"):
+        partitioning.MeshConfig(shape=(2, 2, 1)).resolve(8)
+    with pytest.raises(ValueError, match="at most one -1"):
+        partitioning.MeshConfig(shape=(-1, -1, 1))
+    with pytest.raises(ValueError, match="differ in length"):
+        partitioning.MeshConfig(shape=(1, 1))
+
+
+def test_single_device_mesh_and_batch_check():
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(), devices=jax.devices()[:1])
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    partitioning.check_batch_divides(3, mesh)
+    assert partitioning.data_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import gin
+import pytest
+
+from ernie_m_jax.configs import BTMLMConfig, ModelConfig, SpecialTokens, model_config
+
+GIN_DIR = Path(__file__).resolve().parents[1] / "gin"
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
+def test_model_gin_files_bind_the_presets(size):
+    gin.parse_config_file(str(GIN_DIR / "models" / f"{size}.gin"))
+    assert ModelConfig() == model_config(size)
+
+
+def test_base_is_the_released_shape():
+    base = model_config("base")
+    assert (base.num_layers, base.hidden_size, base.num_heads, base.mlp_dim, base.vocab_size,
+            base.max_position_embeddings) == (12, 768, 12, 3072, 250_002, 514)
+    large = model_config("large")
+    assert (large.num_layers, large.hidden_size, large.num_heads, large.mlp_dim) == (24, 1024, 16, 4096)
+
+
+def test_wrong_gin_binding_fails_with_gins_message():
+    with pytest.raises(ValueError, match="num_layer"):
+        gin.parse_config("ModelConfig.num_layer = 3")
+
+
+def test_gin_binding_of_an_invalid_value_names_the_field():
+    gin.parse_config("ModelConfig.num_heads = 5")
+    with pytest.raises(ValueError, match="not divisible by num_heads=5"):
+        ModelConfig()
+
+
+def test_special_tokens_must_fit_and_differ():
+    with pytest.raises(ValueError, match="distinct"):
+        SpecialTokens(mask_id=0)
+    with pytest.raises(ValueError, match="does not fit a vocabulary of 100"):
+        SpecialTokens(mask_id=250_001).check_vocab(100)
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(placeholder_ratio=0), "placeholder_ratio"),
+                                          (dict(temperature=-1), "temperature"),
+                                          (dict(top_k=-2), "top_k"),
+                                          (dict(target_languages=(-1,)), "target_languages")])
+def test_bad_btmlm_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BTMLMConfig(**kwargs)

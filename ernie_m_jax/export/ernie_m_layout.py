@@ -28,18 +28,17 @@ def encoder_state_dict(params: Mapping, config: ModelConfig) -> StateDict:
         raise ValueError(
             "ErnieMModel has no language embeddings; this model was trained with "
             f"num_languages={config.num_languages}")
-    p = {k: v for k, v in params.items()}
-    emb = p["embeddings"]
+    emb = params["embeddings"]
     state: StateDict = {
         "embeddings.word_embeddings.weight": emb["word_embeddings"]["embedding"],
         "embeddings.position_embeddings.weight": emb["position_embeddings"]["embedding"],
         "embeddings.layer_norm.weight": emb["layer_norm"]["scale"],
         "embeddings.layer_norm.bias": emb["layer_norm"]["bias"],
     }
-    layers = p["encoder"]["layers"]
+    stacked = {name: {k: np.asarray(v) for k, v in sub.items()}
+               for name, sub in _flat_modules(params["encoder"]["layers"]).items()}
     for i in range(config.num_layers):
-        layer = {name: {k: np.asarray(v[i]) for k, v in sub.items()}
-                 for name, sub in _flat_modules(layers).items()}
+        layer = {name: {k: v[i] for k, v in sub.items()} for name, sub in stacked.items()}
         prefix = f"encoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj"):
             w, b = _linear(layer[f"self_attn/{proj}"]["kernel"], layer[f"self_attn/{proj}"]["bias"], 1)
@@ -55,7 +54,7 @@ def encoder_state_dict(params: Mapping, config: ModelConfig) -> StateDict:
         for norm in ("norm1", "norm2"):
             state[f"{prefix}{norm}.weight"] = layer[norm]["scale"]
             state[f"{prefix}{norm}.bias"] = layer[norm]["bias"]
-    w, b = _linear(p["pooler"]["kernel"], p["pooler"]["bias"], 1)
+    w, b = _linear(params["pooler"]["kernel"], params["pooler"]["bias"], 1)
     state["pooler.dense.weight"] = w
     state["pooler.dense.bias"] = b
     return {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()}

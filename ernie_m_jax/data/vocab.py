@@ -18,7 +18,9 @@ import sentencepiece as spm
 from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import corpus
 
-SPECIAL_PIECES = {"[CLS]": 0, "[PAD]": 1, "[SEP]": 2, "[UNK]": 3, "[MASK]": 4}
+# SpecialTokens field -> the piece that must sit at that id.
+SPECIAL_PIECES = {"cls_id": "[CLS]", "pad_id": "[PAD]", "sep_id": "[SEP]", "unk_id": "[UNK]",
+                  "mask_id": "[MASK]"}
 
 
 def training_sentences(corpus_dir: os.PathLike, languages: Sequence[str] = ()) -> list:
@@ -73,9 +75,7 @@ def load_vocabulary(model_path: os.PathLike, tokens: SpecialTokens = SpecialToke
         processor.Load(str(path))
     except (OSError, RuntimeError) as err:
         raise ValueError(f"{path} is not a valid SentencePiece model: {err}") from None
-    expected = {"cls_id": "[CLS]", "pad_id": "[PAD]", "sep_id": "[SEP]", "unk_id": "[UNK]",
-                "mask_id": "[MASK]"}
-    for field, piece in expected.items():
+    for field, piece in SPECIAL_PIECES.items():
         token_id = getattr(tokens, field)
         if token_id >= processor.GetPieceSize() or processor.IdToPiece(token_id) != piece:
             raise ValueError(

@@ -1,0 +1,161 @@
+"""The training input: one deterministic, per-host, checkpointable tf.data pipeline.
+
+Each step needs one sub-batch per enabled objective. Monolingual objectives (MMLM, BTMLM)
+draw from the monolingual mixture, pair objectives (TLM, CAMLM) from the parallel one; both
+streams are zipped into a single dataset so that one `tf.train.Checkpoint` of its iterator
+records the exact position of the whole input. Every host reads its own shard
+(`seqio.ShardInfo(process_index, process_count)`) and its share of each global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Dict, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from ernie_m_jax.configs import SpecialTokens
+from ernie_m_jax.data import features
+
+MONO_OBJECTIVES = ("mmlm", "btmlm")
+PAIR_OBJECTIVES = ("tlm", "camlm")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What each objective reads. `batch_sizes` are global (all hosts) per objective."""
+
+    mono_mixture: str = "ernie_m.demo.mono"
+    pair_mixture: str = "ernie_m.demo.para"
+    mono_length: int = 64
+    pair_length: int = 128
+    batch_sizes: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"mmlm": 8, "tlm": 8, "camlm": 8, "btmlm": 8})
+    seed: int = 0
+    shuffle_buffer_size: int = 4096
+
+    def __post_init__(self):
+        unknown = set(self.batch_sizes) - set(MONO_OBJECTIVES + PAIR_OBJECTIVES)
+        if unknown:
+            raise ValueError(f"DataConfig.batch_sizes: unknown objectives {sorted(unknown)}")
+        bad = {k: v for k, v in self.batch_sizes.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise ValueError(f"DataConfig.batch_sizes must be non-negative ints, got {bad}")
+        if self.mono_length <= features.MONO_OVERHEAD or \
+                self.pair_length <= features.PAIR_OVERHEAD + 1:
+            raise ValueError(f"DataConfig lengths too short: mono_length={self.mono_length}, "
+                             f"pair_length={self.pair_length}")
+
+    def enabled(self, objectives: Sequence[str]) -> Dict[str, int]:
+        """{objective: global batch size} for the objectives that will run."""
+        missing = [o for o in objectives if self.batch_sizes.get(o, 0) <= 0]
+        if missing:
+            raise ValueError(f"objectives {missing} are enabled but DataConfig.batch_sizes "
+                             f"gives them no examples ({dict(self.batch_sizes)})")
+        return {o: self.batch_sizes[o] for o in objectives}
+
+
+def host_batch_size(global_batch: int, process_count: int, what: str) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"{what}: global batch {global_batch} is not divisible by "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens,
+            shard_info: seqio.ShardInfo, seed: int, shuffle: bool, num_epochs: Optional[int],
+            shuffle_buffer_size: int) -> tf.data.Dataset:
+    provider = seqio.get_mixture_or_task(mixture)
+    kwargs = dict(sequence_length=None, split=split, shuffle=shuffle, seed=seed,
+                  shard_info=shard_info if shard_info.num_shards > 1 else None,
+                  num_epochs=num_epochs)
+    if isinstance(provider, seqio.Task):
+        # No in-memory cache: it needs the split size, which a source may not know.
+        kwargs.update(shuffle_buffer_size=shuffle_buffer_size, try_in_mem_cache=False)
+    ds = provider.get_dataset(**kwargs)
+    return ds.map(functools.partial(row_fn, length=length, tokens=tokens),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _split_batch(batch: Dict[str, tf.Tensor], sizes: Mapping[str, int]):
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = {k: v[start:start + size] for k, v in batch.items()}
+        start += size
+    return out
+
+
+def training_dataset(config: DataConfig, objectives: Sequence[str],
+                     shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
+                     tokens: SpecialTokens = SpecialTokens()) -> tf.data.Dataset:
+    """Endless {objective: {feature: int32 [host_batch, length]}} for the given objectives."""
+    sizes = config.enabled(objectives)
+    host = {o: host_batch_size(b, shard_info.num_shards, f"batch_sizes[{o!r}]")
+            for o, b in sizes.items()}
+    streams = {}
+    for kind, names, mixture, row_fn, length in (
+            ("mono", MONO_OBJECTIVES, config.mono_mixture, features.monolingual_row,
+             config.mono_length),
+            ("pair", PAIR_OBJECTIVES, config.pair_mixture, features.pair_row,
+             config.pair_length)):
+        wanted = {o: host[o] for o in names if o in host}
+        if not wanted:
+            continue
+        ds = _stream(mixture, "train", row_fn, length, tokens, shard_info, config.seed,
+                     shuffle=True, num_epochs=None,
+                     shuffle_buffer_size=config.shuffle_buffer_size)
+        ds = ds.batch(sum(wanted.values()), drop_remainder=True)
+        streams[kind] = ds.map(functools.partial(_split_batch, sizes=wanted))
+    ds = tf.data.Dataset.zip(tuple(streams.values()))
+    ds = ds.map(lambda *parts: {k: v for part in parts for k, v in part.items()})
+    return _options(ds.prefetch(2))
+
+
+def evaluation_batches(task: str, length: int, batch_size: int, split: str = "validation",
+                       max_examples: Optional[int] = None,
+                       shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
+                       tokens: SpecialTokens = SpecialTokens()):
+    """Fixed-shape monolingual batches of one task, in order; the last one is padded with
+    empty rows (segment 0, so nothing in them is masked or scored)."""
+    ds = _stream(task, split, features.monolingual_row, length, tokens, shard_info, seed=0,
+                 shuffle=False, num_epochs=1, shuffle_buffer_size=1)
+    if max_examples:
+        ds = ds.take(max_examples)
+    for batch in _options(ds.batch(batch_size)).as_numpy_iterator():
+        n = batch["input_ids"].shape[0]
+        if n < batch_size:
+            batch = {k: np.concatenate(
+                [v, np.full((batch_size - n, length), tokens.pad_id if k == "input_ids" else 0,
+                            v.dtype)]) for k, v in batch.items()}
+        yield batch
+
+
+class CheckpointableIterator:
+    """A tf.data iterator whose position can be saved and restored (per host)."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(ds=self._iterator)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+
+    def save(self, prefix: str) -> str:
+        return self._checkpoint.write(prefix)
+
+    def restore(self, prefix: str) -> None:
+        self._checkpoint.read(prefix).assert_consumed()

@@ -1,0 +1,95 @@
+"""The embedded demo corpus as seqio tasks: `ernie_m.mono.<lang>`, `ernie_m.para.en_<lang>`.
+
+`register_demo()` builds (or reuses) the corpus and its SentencePiece vocabulary under
+`data_dir`, registers one monolingual task per language and one English-centred parallel task
+per other language, then the mixtures `ernie_m.demo.mono` and `ernie_m.demo.para` over every
+`ernie_m.mono.*` / `ernie_m.para.*` task registered at that moment (so languages added before
+the call, e.g. from your own module, are mixed in too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import gin
+
+from ernie_m_jax.configs import SpecialTokens
+from ernie_m_jax.data import corpus, vocab
+from tasks import registry
+
+MONO_MIXTURE = "ernie_m.demo.mono"
+PARA_MIXTURE = "ernie_m.demo.para"
+DATA_DIR_ENV = "ERNIE_M_JAX_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, Path.home() / ".cache" / "ernie_m_jax"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+    corpus_dir: Path
+    vocabulary_path: Path
+    languages: Tuple[str, ...]
+    mono_mixture: str = MONO_MIXTURE
+    para_mixture: str = PARA_MIXTURE
+
+
+def demo_vocabulary(corpus_dir: Path, manifest: dict, vocab_size: int) -> Path:
+    """The cached vocabulary for this corpus content and size, trained if missing or stale."""
+    path = corpus_dir.parent / f"demo_spm_{vocab_size}.model"
+    stamp = path.with_suffix(".json")
+    expected = {"corpus_sha256": manifest["content_sha256"], "vocab_size": vocab_size}
+    if path.is_file() and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()) == expected:
+                return path
+        except ValueError:
+            pass
+    logging.info("training a %d-piece SentencePiece vocabulary on %s", vocab_size, corpus_dir)
+    vocab.train_vocabulary(corpus_dir, path, vocab_size)
+    stamp.write_text(json.dumps(expected))
+    return path
+
+
+@gin.configurable
+def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
+                  languages: Sequence[str] = (), vocabulary_path: Optional[str] = None,
+                  alpha: float = registry.DEFAULT_ALPHA,
+                  tokens: SpecialTokens = SpecialTokens()) -> DemoData:
+    """Build/reuse the demo corpus and vocabulary, register its tasks and mixtures."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    corpus_dir = data_dir / "demo_corpus"
+    manifest = corpus.load_or_build(corpus_dir)
+    known = manifest["languages"]
+    unknown = sorted(set(languages) - set(known))
+    if unknown:
+        raise ValueError(f"unknown demo languages {unknown}; the demo corpus has {known}")
+    chosen = tuple(sorted(languages)) if languages else tuple(known)
+    if corpus.SOURCE_LANGUAGE not in chosen:
+        chosen = tuple(sorted((*chosen, corpus.SOURCE_LANGUAGE)))
+    path = Path(vocabulary_path) if vocabulary_path else demo_vocabulary(corpus_dir, manifest,
+                                                                         vocab_size)
+    vocabulary = vocab.load_vocabulary(path, tokens)
+    texts = {lang: {split: corpus.read_split(corpus_dir, split, lang) for split in corpus.SPLITS}
+             for lang in chosen}
+    for lang in chosen:
+        registry.add_monolingual(
+            lang, {s: list(rows.values()) for s, rows in texts[lang].items() if rows}, vocabulary)
+    english = texts[corpus.SOURCE_LANGUAGE]
+    for lang in chosen:
+        if lang == corpus.SOURCE_LANGUAGE:
+            continue
+        pairs = {split: [(english[split][key], text) for key, text in rows.items()
+                         if key in english[split]]
+                 for split, rows in texts[lang].items()}
+        registry.add_parallel(corpus.SOURCE_LANGUAGE, lang,
+                              {split: rows for split, rows in pairs.items() if rows}, vocabulary)
+    registry.add_mixture(MONO_MIXTURE, registry.task_names(kind=registry.MONO), alpha)
+    registry.add_mixture(PARA_MIXTURE, registry.task_names(kind=registry.PARA), alpha)
+    return DemoData(corpus_dir, path, chosen)

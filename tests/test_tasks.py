@@ -1,0 +1,229 @@
+"""seqio tasks and mixtures: the demo corpus, added languages, TFDS sources, bad input."""
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+from ernie_m_jax.configs import SpecialTokens
+from ernie_m_jax.data import pipeline, sources
+from tasks import demo, registry, tfds_sources
+
+TOKENS = SpecialTokens()
+LANGUAGES = ("de", "fr", "zh_hans")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    return demo.register_demo(data_dir=str(tmp_path_factory.mktemp("data")), languages=LANGUAGES)
+
+
+@pytest.fixture(scope="module")
+def vocabulary(demo_data):
+    return seqio.SentencePieceVocabulary(str(demo_data.vocabulary_path))
+
+
+def _check_mono_row(ids, segments, languages, expected_language=None):
+    n = int((segments == 1).sum())
+    assert n >= 3 and (segments[:n] == 1).all() and (segments[n:] == 0).all()
+    assert ids[0] == TOKENS.cls_id and ids[n - 1] == TOKENS.sep_id
+    assert (ids[n:] == TOKENS.pad_id).all()
+    assert not np.isin(ids[1:n - 1], TOKENS.all_ids).any()
+    assert len(set(languages[:n])) == 1
+    if expected_language is not None:
+        assert languages[0] == expected_language
+
+
+def _check_pair_row(ids, segments, languages):
+    n, m = int((segments == 1).sum()), int((segments == 2).sum())
+    assert n >= 3 and m >= 3 and (segments[:n] == 1).all() and (segments[n:n + m] == 2).all()
+    assert ids[0] == TOKENS.cls_id and ids[n - 1] == TOKENS.sep_id
+    assert ids[n] == TOKENS.sep_id and ids[n + m - 1] == TOKENS.sep_id
+    assert (ids[n + m:] == TOKENS.pad_id).all()
+    assert len(set(languages[:n])) == 1 and len(set(languages[n:n + m])) == 1
+    assert languages[0] != languages[n]
+
+
+def test_demo_tasks_are_named_predictably(demo_data):
+    assert demo_data.languages == ("de", "en", "fr", "zh_hans")
+    assert registry.task_names(kind="mono") == tuple(f"ernie_m.mono.{l}" for l in
+                                                     demo_data.languages)
+    assert registry.task_names(kind="para") == ("ernie_m.para.en_de", "ernie_m.para.en_fr",
+                                                "ernie_m.para.en_zh_hans")
+    for name in registry.task_names(kind="mono"):
+        task = seqio.get_mixture_or_task(name)
+        assert set(task.splits) == {"train", "validation", "test"}
+
+
+def test_every_objective_gets_batches_of_the_declared_layout(demo_data):
+    config = pipeline.DataConfig(mono_length=24, pair_length=40,
+                                 batch_sizes={"mmlm": 6, "btmlm": 4, "tlm": 4, "camlm": 2})
+    batch = next(pipeline.CheckpointableIterator(
+        pipeline.training_dataset(config, ["mmlm", "tlm", "camlm", "btmlm"])))
+    for name, size, length in (("mmlm", 6, 24), ("btmlm", 4, 24), ("tlm", 4, 40),
+                               ("camlm", 2, 40)):
+        assert set(batch[name]) == {"input_ids", "segment_ids", "language_ids"}
+        for array in batch[name].values():
+            assert array.shape == (size, length) and array.dtype == np.int32
+        rows = zip(*(batch[name][k] for k in ("input_ids", "segment_ids", "language_ids")))
+        for row in rows:
+            (_check_pair_row if name in ("tlm", "camlm") else _check_mono_row)(*row)
+
+
+def test_mixture_rates_follow_exponential_smoothing(demo_data):
+    for mixture, kind in ((demo.MONO_MIXTURE, "mono"), (demo.PARA_MIXTURE, "para")):
+        names = registry.task_names(kind=kind)
+        counts = {n: seqio.get_mixture_or_task(n).num_input_examples("train") for n in names}
+        total = sum(c ** 0.3 for c in counts.values())
+        rates = registry.mixture_rates(mixture)
+        for name in names:
+            assert rates[name] == pytest.approx(counts[name] ** 0.3 / total)
+    assert registry.smoothed_rates({"a": 100, "b": 1}, alpha=1.0) == \
+        pytest.approx({"a": 100 / 101, "b": 1 / 101})
+    assert registry.smoothed_rates({"a": 100, "b": 1}, alpha=0.0) == \
+        pytest.approx({"a": 0.5, "b": 0.5})
+    assert registry.smoothed_rates({"a": 1000, "b": 10}, alpha=0.5) == \
+        pytest.approx({"a": 10 / 11, "b": 1 / 11}, rel=1e-2)
+
+
+def test_a_language_added_in_a_few_lines_joins_the_mixture(demo_data, vocabulary, tmp_path):
+    train = tmp_path / "xx.txt"
+    train.write_text("Ecce prima sententia.\nSecunda sententia hic est.\n  \n"
+                     "Tertia et ultima.\n", encoding="utf-8")
+    try:
+        registry.add_monolingual("xx", {"train": train, "validation": ["Sententia probationis."]},
+                                 vocabulary)
+        demo.register_demo(data_dir=str(demo_data.corpus_dir.parent), languages=LANGUAGES)
+        assert "ernie_m.mono.xx" in registry.mixture_rates(demo.MONO_MIXTURE)
+        assert seqio.get_mixture_or_task("ernie_m.mono.xx").num_input_examples("train") == 3
+        xx_id = registry.register_language("xx")
+        ds = pipeline.evaluation_batches("ernie_m.mono.xx", length=16, batch_size=4,
+                                         split="train")
+        batch = next(iter(ds))
+        for row in range(3):
+            _check_mono_row(batch["input_ids"][row], batch["segment_ids"][row],
+                            batch["language_ids"][row], expected_language=xx_id)
+        assert (batch["segment_ids"][3] == 0).all()  # the padded row
+    finally:
+        seqio.TaskRegistry.remove("ernie_m.mono.xx")
+        demo.register_demo(data_dir=str(demo_data.corpus_dir.parent), languages=LANGUAGES)
+    assert "ernie_m.mono.xx" not in registry.mixture_rates(demo.MONO_MIXTURE)
+
+
+def test_pipeline_is_deterministic_and_resumes_at_the_exact_batch(demo_data, tmp_path):
+    config = pipeline.DataConfig(mono_length=16, pair_length=24, seed=3,
+                                 batch_sizes={"mmlm": 4, "tlm": 2})
+    make = lambda: pipeline.CheckpointableIterator(
+        pipeline.training_dataset(config, ["mmlm", "tlm"]))
+    reference = make()
+    expected = [next(reference) for _ in range(6)]
+    interrupted = make()
+    for _ in range(3):
+        next(interrupted)
+    prefix = interrupted.save(str(tmp_path / "data" / "ckpt"))
+    resumed = make()
+    resumed.restore(prefix)
+    for want in expected[3:]:
+        got = next(resumed)
+        for objective in want:
+            for key in want[objective]:
+                np.testing.assert_array_equal(got[objective][key], want[objective][key])
+    other_seed = pipeline.CheckpointableIterator(pipeline.training_dataset(
+        pipeline.DataConfig(mono_length=16, pair_length=24, seed=4,
+                            batch_sizes={"mmlm": 4, "tlm": 2}), ["mmlm", "tlm"]))
+    assert not np.array_equal(next(other_seed)["mmlm"]["input_ids"],
+                              expected[0]["mmlm"]["input_ids"])
+
+
+def test_hosts_read_disjoint_shards_with_their_share_of_the_batch(demo_data):
+    shards = []
+    for index in range(2):
+        ds = pipeline.evaluation_batches("ernie_m.mono.de", 32, 8, split="validation",
+                                         shard_info=seqio.ShardInfo(index, 2))
+        shards.append({tuple(row) for b in ds for row, seg in zip(b["input_ids"],
+                                                                  b["segment_ids"]) if seg.any()})
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    config = pipeline.DataConfig(batch_sizes={"mmlm": 8})
+    batch = next(iter(pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(1, 2))))
+    assert batch["mmlm"]["input_ids"].shape[0] == 4
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(0, 3))
+
+
+def test_tfds_tasks_produce_batches_under_mock_data(vocabulary):
+    with tfds.testing.mock_data(num_examples=8):
+        tfds_sources.add_mc4_language("de", vocabulary, data_dir="/nonexistent")
+        tfds_sources.add_translation_pair("de", "en", "wmt19_translate/de-en:1.0.0", vocabulary,
+                                          data_dir="/nonexistent")
+        tfds_sources.add_translation_pair("en", "fr", "para_crawl/enfr:1.2.0", vocabulary,
+                                          data_dir="/nonexistent", splits=("train",))
+        mono = next(iter(pipeline.evaluation_batches("ernie_m.mc4.mono.de", 32, 4,
+                                                     split="train")))
+        for row in zip(mono["input_ids"], mono["segment_ids"], mono["language_ids"]):
+            _check_mono_row(*row)
+        names = ["ernie_m.tfds.para.de_en", "ernie_m.tfds.para.en_fr"]
+        # Mock data has no split sizes: TFDS mixtures take their counts from the dataset info.
+        registry.add_mixture("test.tfds.para", names, counts={names[0]: 400, names[1]: 100})
+        assert registry.mixture_rates("test.tfds.para")[names[0]] == \
+            pytest.approx(4 ** 0.3 / (4 ** 0.3 + 1))
+        for name in names:  # a DataConfig may name a single task instead of a mixture
+            ds = pipeline.training_dataset(
+                pipeline.DataConfig(pair_mixture=name, pair_length=32,
+                                    batch_sizes={"tlm": 4}), ["tlm"])
+            batch = next(iter(ds))["tlm"]
+            for row in zip(*(batch[k].numpy() for k in ("input_ids", "segment_ids",
+                                                         "language_ids"))):
+                _check_pair_row(*row)
+
+
+def test_bad_text_is_skipped_and_counted():
+    lines = ["Good line.", "   ", "", b"\xff\xfe broken", "x" * 50, "Another good one."]
+    kept, skips = sources.clean_lines(lines, max_chars=40)
+    assert kept == ["Good line.", "Another good one."]
+    assert skips == {"empty": 2, "invalid_utf8": 1, "too_long": 1}
+    pairs = [("Hello.", "Hallo."), ("Only source.", "  "), ("", "Nur Ziel."), ("", "")]
+    kept, skips = sources.clean_pairs(pairs)
+    assert kept == [("Hello.", "Hallo.")]
+    assert skips == {"one_side_empty": 2, "empty": 2}
+
+
+def test_bad_registrations_name_the_problem(demo_data, vocabulary, tmp_path):
+    with pytest.raises(ValueError, match="invalid language code 'German!'"):
+        registry.add_monolingual("German!", {"train": ["Hallo."]}, vocabulary)
+    with pytest.raises(ValueError, match=r"unknown demo languages \['qq'\]"):
+        demo.register_demo(data_dir=str(demo_data.corpus_dir.parent), languages=("de", "qq"))
+    with pytest.raises(ValueError, match="no usable text"):
+        registry.add_monolingual("yy", {"train": ["", "  ", b"\xc3\x28"]}, vocabulary)
+    with pytest.raises(FileNotFoundError, match="text file not found"):
+        registry.add_monolingual("yy", {"train": tmp_path / "missing.txt"}, vocabulary)
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "b.txt").write_text("eins\n")
+    with pytest.raises(ValueError, match="parallel files must align"):
+        registry.add_parallel("en", "de", {"train": (tmp_path / "a.txt", tmp_path / "b.txt")},
+                              vocabulary)
+    with pytest.raises(FileNotFoundError, match="SentencePiece model not found"):
+        demo.register_demo(data_dir=str(demo_data.corpus_dir.parent), languages=("de",),
+                           vocabulary_path=str(tmp_path / "missing.model"))
+    with pytest.raises(ValueError, match="unknown tasks"):
+        registry.add_mixture("test.bad", ["ernie_m.mono.nope"])
+    with pytest.raises(ValueError, match="enabled but DataConfig.batch_sizes"):
+        pipeline.DataConfig(batch_sizes={"mmlm": 4}).enabled(["mmlm", "tlm"])
+    with pytest.raises(ValueError, match="unknown objectives"):
+        pipeline.DataConfig(batch_sizes={"mlm": 4})
+
+
+def test_over_long_pairs_keep_both_sentences_and_trim_the_longer_first():
+    import tensorflow as tf
+    from ernie_m_jax.data import features
+    example = {"source": tf.range(10, 40), "target": tf.range(50, 55),
+               "source_language": tf.constant(1), "target_language": tf.constant(2)}
+    row = {k: v.numpy() for k, v in features.pair_row(example, length=20).items()}
+    segments = row["segment_ids"]
+    assert (segments == 1).sum() == 2 + 11 and (segments == 2).sum() == 2 + 5
+    np.testing.assert_array_equal(row["input_ids"][1:12], np.arange(10, 21))
+    keep = [features.fit_pair(tf.constant(a), tf.constant(b), 16) for a, b in
+            ((30, 30), (3, 30), (30, 3), (4, 5))]
+    assert [(int(a), int(b)) for a, b in keep] == [(8, 8), (3, 13), (13, 3), (4, 5)]
+    mono = features.monolingual_row({"text": tf.range(5, 100), "language": tf.constant(7)}, 12)
+    assert mono["input_ids"].numpy()[-1] == TOKENS.sep_id
+    assert (mono["language_ids"].numpy() == 7).all()

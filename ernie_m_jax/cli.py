@@ -23,6 +23,20 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[], required=True,
+                        help="gin file (repeatable), e.g. gin/runs/demo_cpu.gin")
+    parser.add_argument("--model_dir", required=True,
+                        help="checkpoints, TensorBoard events and metrics.jsonl go here; a run "
+                             "with an existing model_dir resumes it")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ernie_m_jax import train
+
+    return train.run_from_args(args, args.gin_bindings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-m-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,11 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--steps", type=int, default=150)
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(run=_smoke)
+    train = commands.add_parser(
+        "train", help="pretrain with gin configs: --gin_file=... [--gin.NAME=VALUE ...] "
+                      "--model_dir=DIR")
+    add_train_arguments(train)
+    train.set_defaults(run=_train)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from ernie_m_jax.gin_config import split_gin_flags
+
+    rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    args.gin_bindings = bindings
     if getattr(args, "steps", 1) <= 0:
         build_parser().error("--steps must be positive")
     return args.run(args)

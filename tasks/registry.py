@@ -68,13 +68,29 @@ def _drop_empty_ids(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset
     return ds.filter(lambda ex: tf.reduce_all([tf.size(ex[k]) > 0 for k in keys]))
 
 
-def _tensor_source(columns: Mapping[str, Dict[str, list]]) -> seqio.FunctionDataSource:
-    """A source over in-memory, already checked text: {split: {feature: [str, ...]}}."""
+def _encode_all(vocabulary: seqio.Vocabulary, lines: Sequence[str]) -> tf.RaggedTensor:
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        ids = vocabulary.tokenizer.EncodeAsIds(list(lines))  # one batched C++ call
+    else:
+        ids = [vocabulary.encode(line) for line in lines]
+    lengths = [len(row) for row in ids]
+    flat = np.fromiter((i for row in ids for i in row), np.int32, sum(lengths))
+    return tf.RaggedTensor.from_row_lengths(flat, np.asarray(lengths, np.int64))
+
+
+def _tensor_source(columns: Mapping[str, Dict[str, list]], vocabulary: seqio.Vocabulary
+                   ) -> seqio.FunctionDataSource:
+    """A source over in-memory, already checked text: {split: {feature: [str, ...]}}.
+
+    The text is tokenized once here, so a mixture of many small tasks does not re-tokenize
+    every example into every task's shuffle buffer.
+    """
+    encoded = {split: {k: _encode_all(vocabulary, v) for k, v in cols.items()}
+               for split, cols in columns.items()}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
         del shuffle_files, seed  # seqio shuffles examples after preprocessing
-        return tf.data.Dataset.from_tensor_slices(
-            {k: tf.constant(v, tf.string) for k, v in columns[split].items()})
+        return tf.data.Dataset.from_tensor_slices(encoded[split])
 
     counts = {split: len(next(iter(cols.values()))) for split, cols in columns.items()}
     return seqio.FunctionDataSource(dataset_fn, splits=list(columns), num_input_examples=counts)
@@ -98,16 +114,17 @@ def add_monolingual(language: str, texts: Union[sources.SplitTexts, seqio.DataSo
     lang_id = register_language(language, language_id)
     if isinstance(texts, seqio.DataSource):
         source = texts
-        first = [functools.partial(_select_and_clean, keys={"text": text_key})]
+        first = [functools.partial(_select_and_clean, keys={"text": text_key}),
+                 seqio.preprocessors.tokenize]
     else:
         checked = sources.load_split_texts(texts, max_chars, name)
-        source = _tensor_source({split: {"text": lines} for split, lines in checked.items()})
-        first = []
+        source = _tensor_source({split: {"text": lines} for split, lines in checked.items()},
+                                vocabulary)
+        first = []  # tokenized by the source
     _replace(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=mono_features(vocabulary),
-        preprocessors=[*first, seqio.preprocessors.tokenize,
-                       functools.partial(_drop_empty_ids, keys=("text",)),
+        preprocessors=[*first, functools.partial(_drop_empty_ids, keys=("text",)),
                        functools.partial(_add_constants, language=lang_id)])
 
 
@@ -146,15 +163,14 @@ def add_parallel(source_language: str, target_language: str,
     if isinstance(texts, seqio.DataSource):
         source = texts
         keys = {"source": source_key or source_language, "target": target_key or target_language}
-        first = [functools.partial(_select_and_clean, keys=keys)]
+        first = [functools.partial(_select_and_clean, keys=keys), seqio.preprocessors.tokenize]
     else:
-        source = _tensor_source(_checked_pairs(texts, max_chars, name))
-        first = []
+        source = _tensor_source(_checked_pairs(texts, max_chars, name), vocabulary)
+        first = []  # tokenized by the source
     _replace(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=para_features(vocabulary),
-        preprocessors=[*first, seqio.preprocessors.tokenize,
-                       functools.partial(_drop_empty_ids, keys=("source", "target")),
+        preprocessors=[*first, functools.partial(_drop_empty_ids, keys=("source", "target")),
                        functools.partial(_add_constants, **ids)])
 
 

@@ -1,0 +1,113 @@
+"""Orbax checkpoints of the train state plus each host's input-pipeline position.
+
+A checkpoint step directory holds `state` (params, optimizer state, step, rng; written by
+`StandardSave`, sharded arrays from every host) and `data` (one `tf.train.Checkpoint` of the
+tf.data iterator per process). Saves are asynchronous and atomic (orbax finalises a step only
+when every item is written); restores go onto whatever mesh the abstract state names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+STATE, DATA = "state", "data"
+
+
+class DataIteratorHandler(ocp.CheckpointHandler):
+    """Saves/restores a `pipeline.CheckpointableIterator`, one file set per process."""
+
+    @staticmethod
+    def _prefix(directory: epath.Path) -> str:
+        return os.fspath(directory / f"process_{jax.process_index()}" / "iterator")
+
+    def save(self, directory: epath.Path, args: "DataIteratorSave"):
+        args.iterator.save(self._prefix(directory))
+
+    def restore(self, directory: epath.Path, args: "DataIteratorRestore"):
+        prefix = self._prefix(directory)
+        if not epath.Path(prefix + ".index").exists():
+            raise FileNotFoundError(
+                f"no input-pipeline state for process {jax.process_index()} in {directory}; "
+                f"was the checkpoint written with a different number of processes?")
+        args.iterator.restore(prefix)
+        return args.iterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+    iterator: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+    iterator: Any
+
+
+def manager(directory: os.PathLike, save_every: int, keep: int,
+            async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every, max_to_keep=keep, create=True,
+        enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=(STATE, DATA))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, iterator, force: bool = False) -> bool:
+    return mngr.save(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.StandardSave(state), DATA: DataIteratorSave(iterator)}), force=force)
+
+
+def abstract_like(state, shardings):
+    """ShapeDtypeStructs carrying the shardings to restore onto (any mesh)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        state, shardings)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
+    """The state at `step` (placed as `abstract_state` says); rewinds `iterator` if given."""
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    if iterator is not None:
+        items[DATA] = DataIteratorRestore(iterator)
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"cannot restore checkpoint step {step} from {mngr.directory}: "
+                         f"{type(err).__name__}: {err}") from err
+    return restored[STATE]
+
+
+def latest_step(directory: os.PathLike) -> Optional[int]:
+    """The newest finalised step under `directory`, or None."""
+    if not epath.Path(directory).exists():
+        return None
+    with ocp.CheckpointManager(os.path.abspath(directory),
+                               item_names=(STATE, DATA)) as mngr:
+        return mngr.latest_step()
+
+
+def restore_params(directory: os.PathLike, abstract_params, step: Optional[int] = None):
+    """Only the params of another run's checkpoint (e.g. stage 1 -> stage 2)."""
+    directory = os.path.abspath(directory)
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint to initialise from in {directory}")
+    path = epath.Path(directory) / str(step) / STATE
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint step {step} in {directory} has no {STATE} item")
+    target = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        try:
+            return checkpointer.restore(path, args=args)["params"]
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"{path}: its params do not match this model ({err})") from err

@@ -1,0 +1,99 @@
+"""Where training numbers go: TensorBoard events and a JSON-lines file in the model dir (on
+the first process only), plus the model-FLOPs estimate behind tokens/s and MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+# Dense bf16 peak FLOP/s per device, from the vendors' spec sheets. Unknown kinds (CPUs)
+# report no MFU rather than a made-up one.
+PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA B200": 2250e12,
+}
+
+
+def peak_flops(device: jax.Device) -> Optional[float]:
+    kind = device.device_kind
+    for name in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if kind.startswith(name):
+            return PEAK_FLOPS[name]
+    return None
+
+
+def forward_flops(config: ModelConfig, batch: int, length: int, predictions: int) -> float:
+    """Matmul FLOPs of one forward pass: the layers (weights and attention scores) plus the
+    MLM head at `predictions` positions per row (2 FLOPs per multiply-add)."""
+    d, m = config.hidden_size, config.mlp_dim
+    per_token_layer = 2 * (4 * d * d + 2 * d * m) + 2 * 2 * length * d
+    head = 2 * (d * d + d * config.vocab_size)
+    return batch * (config.num_layers * length * per_token_layer + predictions * head)
+
+
+def step_flops(config: ModelConfig, shapes: Mapping[str, Sequence[int]],
+               masking: MaskingConfig, btmlm: Optional[BTMLMConfig] = None) -> float:
+    """Model FLOPs of one train step (backward = 2x forward); `shapes` = {objective: (B, L)}.
+    CAMLM runs each pair twice; BTMLM adds a gradient-free generation pass over source +
+    placeholders and trains on the same length."""
+    total = 0.0
+    for name, (batch, length) in shapes.items():
+        if name == "camlm":
+            batch *= 2
+        if name == "btmlm":
+            slots = (btmlm.max_placeholders if btmlm and btmlm.max_placeholders else length)
+            total += forward_flops(config, batch, length + slots, slots)
+            length += slots
+        total += 3 * forward_flops(config, batch, length, masking.num_slots(length))
+    return total
+
+
+class MetricsWriter:
+    """One call per logging step writes TensorBoard scalars and a JSON line."""
+
+    def __init__(self, model_dir: os.PathLike):
+        import tensorflow as tf  # TensorBoard's event format, without the tensorboard package
+
+        self._tf = tf
+        primary = jax.process_index() == 0
+        self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
+        self._jsonl = open(os.path.join(model_dir, METRICS_FILE), "a") if primary else None
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        clean = {k: float(v) for k, v in scalars.items()
+                 if v is not None and math.isfinite(float(v))}
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            for name, value in clean.items():
+                self._tf.summary.scalar(name, value)
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"step": step, **clean}, sort_keys=True) + "\n")
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+        if self._jsonl:
+            self._jsonl.close()
+
+
+def read_metrics(model_dir: os.PathLike) -> list:
+    with open(os.path.join(model_dir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def as_floats(tree: Mapping[str, object]) -> Dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in tree.items()}

@@ -1,0 +1,153 @@
+"""The training job end to end: CLI, gin, sharding presets, checkpoints, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from ernie_m_jax import checkpoints, cli, gin_config, optimizer, train
+from ernie_m_jax.metrics import read_metrics
+from tests.train_runs import ROOT, run, tiny_bindings
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("demo_data"))
+
+
+def _losses(model_dir, key="train/loss"):
+    return [r[key] for r in read_metrics(model_dir) if key in r]
+
+
+def _final_params(model_dir, bindings, files=("runs/demo_cpu.gin",)):
+    gin.clear_config()
+    gin_config.parse(files, bindings)
+    exp = train.Experiment.from_gin()
+    gin.clear_config()
+    mesh = train.partitioning.make_mesh(exp.mesh)
+    opt = optimizer.make_optimizer(exp.optimizer, exp.train.num_steps)
+    state, shardings = train.init_state(exp, exp.model, opt, mesh)
+    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), 1, 5)
+    try:
+        step = mngr.latest_step()
+        restored = checkpoints.restore(mngr, step, checkpoints.abstract_like(state, shardings))
+    finally:
+        mngr.close()
+    return step, jax.tree.map(np.asarray, restored["params"])
+
+
+@pytest.mark.slow
+def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    bindings = tiny_bindings(data_dir, 30)
+    argv = ["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}"] + [
+        "--gin." + b.replace(" = ", "=", 1) for b in bindings]
+    gin.clear_config()
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        gin.clear_config()
+    records = read_metrics(model_dir)
+    for objective in ("mmlm", "tlm", "camlm", "btmlm"):
+        losses = [r[f"train/{objective}/loss"] for r in records if f"train/{objective}/loss" in r]
+        assert len(losses) == 30
+        assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), (objective, losses)
+    last = [r for r in records if "train/loss" in r][-1]
+    for key in ("train/learning_rate", "train/grad_norm", "train/tokens_per_second",
+                "train/btmlm/accuracy", "train/camlm/num_predictions"):
+        assert key in last and np.isfinite(last[key])
+    evals = [r for r in records if "eval/de/accuracy" in r]
+    assert evals and 0 <= evals[-1]["eval/de/accuracy"] <= 1
+    assert sorted(os.listdir(model_dir / "checkpoints"))[-1] == "30" or \
+        "30" in os.listdir(model_dir / "checkpoints")
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+    bindings = tiny_bindings(data_dir, 6)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    summary = run(straight, bindings)
+    assert summary["train_step_compilations"] == 1  # no recompilation after step 1
+    run(interrupted, bindings, stop_after=3)
+    assert checkpoints.latest_step(interrupted / "checkpoints") == 3
+    run(interrupted, bindings)  # same model_dir: picks up params, optimizer, rng and data
+    step_a, params_a = _final_params(straight, bindings)
+    step_b, params_b = _final_params(interrupted, bindings)
+    assert step_a == step_b == 6
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_losses(straight)[3:], _losses(interrupted)[3:], atol=1e-5)
+
+    # Stage 2 starts from these params (fresh optimizer and step), with BTMLM on.
+    stage2 = tmp_path / "stage2"
+    run(stage2, tiny_bindings(data_dir, 1, **{"TrainConfig.init_from": repr(str(straight))}))
+    fresh = tmp_path / "fresh"
+    run(fresh, tiny_bindings(data_dir, 1))
+    assert _losses(stage2, "train/mmlm/loss")[0] < _losses(fresh, "train/mmlm/loss")[0]
+
+    # The 1-device checkpoint, restored onto 8 devices with FSDP and trained there with the
+    # FSDP and tensor-parallel presets, gives the single-device losses.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.train_sharding_check", data_dir, str(tmp_path / "multi"),
+         str(straight)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    out = json.loads(result.stdout.split("RESULT ", 1)[1])
+    reference = _losses(straight)[:3]
+    for preset, shards in (("fsdp", 8), ("fsdp_tensor", 8)):
+        np.testing.assert_allclose(out[preset]["losses"], reference, rtol=2e-4)
+        assert out[preset]["linear1_fraction"] == pytest.approx(1 / shards)
+        assert out[preset]["linear1_moment_fractions"] and \
+            max(out[preset]["linear1_moment_fractions"]) == pytest.approx(1 / shards)
+        assert out[preset]["compilations"] == 1
+    assert out["fsdp"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert out["fsdp_tensor"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert out["fsdp_tensor"]["q_kernel_fraction"] == pytest.approx(1 / 8)
+    assert out["restored"]["step"] == 6
+    assert out["restored"]["embedding_fraction"] == pytest.approx(1 / 8)
+    expected_sum = sum(np.asarray(x, np.float64).sum() for x in jax.tree.leaves(params_a))
+    assert out["restored"]["param_sum"] == pytest.approx(expected_sum, rel=1e-9)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.TrainConfig.num_stepz=3", "num_stepz"),
+    ("--gin.NoSuchConfig.value=3", "NoSuchConfig"),
+    ("--gin.TrainConfig.objective_weights={'mlm': 1.0}", "unknown objectives"),
+])
+def test_bad_gin_bindings_fail_before_any_compute(flag, message, tmp_path):
+    model_dir = tmp_path / "never"
+    gin.clear_config()
+    try:
+        with pytest.raises(Exception, match=message):
+            cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}", flag])
+    finally:
+        gin.clear_config()
+    assert not model_dir.exists()
+
+
+def test_malformed_flags_and_missing_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="malformed gin flag"):
+        gin_config.split_gin_flags(["--gin.TrainConfig.num_steps"])
+    with pytest.raises(FileNotFoundError, match="gin file not found: runs/nope.gin"):
+        gin_config.parse(["runs/nope.gin"])
+
+
+def test_weight_decay_skips_biases_and_layer_norms(tiny_params):
+    mask = optimizer.decay_mask(tiny_params)
+    assert mask["embeddings"]["word_embeddings"]["embedding"]
+    assert mask["encoder"]["layers"]["linear1"]["kernel"]
+    assert not mask["encoder"]["layers"]["linear1"]["bias"]
+    assert not mask["encoder"]["layers"]["norm1"]["scale"]
+    assert not mask["embeddings"]["layer_norm"]["bias"]
+    schedule = optimizer.learning_rate_schedule(
+        optimizer.OptimizerConfig(learning_rate=1.0, warmup_steps=10), num_steps=110)
+    assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(60)) == pytest.approx(0.5) and float(schedule(110)) == pytest.approx(0)

@@ -1,0 +1,41 @@
+"""Tiny training runs through the real gin files, for the train tests (in and out of process)."""
+
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import gin
+
+ROOT = Path(__file__).resolve().parents[1]
+LANGUAGES = "('de', 'fr')"
+
+
+def tiny_bindings(data_dir: str, steps: int, **extra) -> List[str]:
+    """demo_cpu.gin shrunk to seconds: tiny model, two languages, short rows."""
+    bindings = {
+        "register_demo.data_dir": repr(str(data_dir)),
+        "register_demo.languages": LANGUAGES,
+        "NUM_STEPS": steps,
+        "ModelConfig.hidden_size": 32, "ModelConfig.num_layers": 2, "ModelConfig.num_heads": 4,
+        "ModelConfig.mlp_dim": 64, "ModelConfig.num_languages": 8,
+        "MONO_LENGTH": 16, "PAIR_LENGTH": 32, "BATCH_SIZE": 8,
+        "LEARNING_RATE": 3e-3, "OptimizerConfig.warmup_steps": 2,
+        "TrainConfig.log_every": 1, "TrainConfig.checkpoint_every": 3,
+        "TrainConfig.eval_every": 0, "TrainConfig.eval_languages": "('de',)",
+        "TrainConfig.eval_examples_per_language": 16, "TrainConfig.eval_batch_size": 8,
+        "TrainConfig.progress_bar": False, "TrainConfig.async_checkpointing": True,
+    }
+    bindings.update(extra)
+    return [f"{k} = {v}" for k, v in bindings.items()]
+
+
+def run(model_dir: str, bindings: Sequence[str], files: Sequence[str] = ("runs/demo_cpu.gin",),
+        stop_after=None) -> Dict[str, float]:
+    from ernie_m_jax import gin_config, train
+
+    gin.clear_config()
+    try:
+        gin_config.parse(files, bindings)
+        return train.train(str(model_dir), train.Experiment.from_gin(), stop_after=stop_after)
+    finally:
+        gin.clear_config()

@@ -51,18 +51,18 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
     iterator: Any
 
 
-def manager(directory: os.PathLike, save_every: int, keep: int,
-            async_save: bool = True) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every, max_to_keep=keep, create=True,
-        enable_async_checkpointing=async_save)
+def manager(directory: os.PathLike, keep: int, async_save: bool = True
+            ) -> ocp.CheckpointManager:
+    """The caller decides when to save (every N steps and at the end)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_names=(STATE, DATA))
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, iterator, force: bool = False) -> bool:
+def save(mngr: ocp.CheckpointManager, step: int, state, iterator) -> bool:
     return mngr.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), DATA: DataIteratorSave(iterator)}), force=force)
+        **{STATE: ocp.args.StandardSave(state), DATA: DataIteratorSave(iterator)}), force=True)
 
 
 def abstract_like(state, shardings):

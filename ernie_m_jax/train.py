@@ -316,8 +316,8 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
         pipeline.training_dataset(exp.data, objectives_enabled, shard, exp.tokens))
 
     state, state_shardings = init_state(exp, model_config, optimizer, mesh)
-    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.checkpoint_every,
-                               cfg.keep_checkpoints, cfg.async_checkpointing)
+    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
+                               cfg.async_checkpointing)
     start = mngr.latest_step()
     if start is not None:
         logging.info("resuming from step %d in %s", start, model_dir)
@@ -350,15 +350,20 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     writer_summary = {}
     bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not cfg.progress_bar or jax.process_index() != 0)
-    last_time, last_step = time.time(), start
+    last_time, last_step, running = time.time(), start, None
     try:
         with partitioning.activate(mesh, rules):
             for step in range(start, cfg.num_steps):
                 batch = global_batch(next(iterator), mesh, rules)
                 state, step_metrics = step_fn(state, batch)
+                # Summed on device (no host sync); logged as means over the interval.
+                running = step_metrics if running is None else jax.tree.map(
+                    jnp.add, running, step_metrics)
                 done = step + 1
                 if done % cfg.log_every == 0 or done == cfg.num_steps:
-                    scalars = metrics_lib.as_floats(step_metrics)
+                    scalars = {k: v / (done - last_step) for k, v in
+                               metrics_lib.as_floats(running).items()}
+                    running = None
                     if not np.isfinite(scalars["loss"]):
                         raise FloatingPointError(
                             f"loss is {scalars['loss']} at step {done}; not saving this state "
@@ -376,7 +381,8 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
                         [f"{o}={scalars[f'{o}/loss']:.3f}" for o in objectives_enabled] +
                         [f"tok/s={scalars['tokens_per_second']:.0f}"]))
                 bar.update(1)
-                checkpoints.save(mngr, done, state, iterator, force=done == cfg.num_steps)
+                if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+                    checkpoints.save(mngr, done, state, iterator)
                 if done == stop_after:
                     break
                 if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.num_steps:

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 import gin
+import seqio
 
 from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import corpus, vocab
 from tasks import registry
 
+# Tasks the last register_demo() call made; a later call with other languages drops them.
+_REGISTERED: set = set()
 MONO_MIXTURE = "ernie_m.demo.mono"
 PARA_MIXTURE = "ernie_m.demo.para"
 DATA_DIR_ENV = "ERNIE_M_JAX_DATA_DIR"
@@ -57,6 +60,16 @@ def demo_vocabulary(corpus_dir: Path, manifest: dict, vocab_size: int) -> Path:
     return path
 
 
+def _check_same_vocabulary(names, vocabulary) -> None:
+    """Added languages join the demo mixtures only if they share its vocabulary."""
+    other = [n for n in names if any(
+        f.vocabulary != vocabulary for k, f in seqio.get_mixture_or_task(n).output_features.items()
+        if k in ("text", "source", "target"))]
+    if other:
+        raise ValueError(f"tasks {other} were registered with another vocabulary than the demo's "
+                         f"({vocabulary}); register them with the demo vocabulary")
+
+
 @gin.configurable
 def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
                   languages: Sequence[str] = (), vocabulary_path: Optional[str] = None,
@@ -90,6 +103,16 @@ def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
                  for split, rows in texts[lang].items()}
         registry.add_parallel(corpus.SOURCE_LANGUAGE, lang,
                               {split: rows for split, rows in pairs.items() if rows}, vocabulary)
-    registry.add_mixture(MONO_MIXTURE, registry.task_names(kind=registry.MONO), alpha)
-    registry.add_mixture(PARA_MIXTURE, registry.task_names(kind=registry.PARA), alpha)
+    now = {registry.mono_task_name(lang) for lang in chosen} | {
+        registry.para_task_name(corpus.SOURCE_LANGUAGE, lang)
+        for lang in chosen if lang != corpus.SOURCE_LANGUAGE}
+    for stale in _REGISTERED - now:
+        if stale in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(stale)
+    _REGISTERED.clear()
+    _REGISTERED.update(now)
+    for mixture, kind in ((MONO_MIXTURE, registry.MONO), (PARA_MIXTURE, registry.PARA)):
+        names = registry.task_names(kind=kind)
+        _check_same_vocabulary(names, vocabulary)
+        registry.add_mixture(mixture, names, alpha)
     return DemoData(corpus_dir, path, chosen)

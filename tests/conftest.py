@@ -19,3 +19,9 @@ def tiny_model(tiny_config):
 @pytest.fixture(scope="session")
 def tiny_params(tiny_config):
     return nn.unbox(init_params(tiny_config, jax.random.key(0)))["params"]
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+    """One demo corpus and vocabulary for every test that registers the demo tasks."""
+    return str(tmp_path_factory.mktemp("demo_data"))

@@ -14,8 +14,8 @@ LANGUAGES = ("de", "fr", "zh_hans")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    return demo.register_demo(data_dir=str(tmp_path_factory.mktemp("data")), languages=LANGUAGES)
+def demo_data(demo_data_dir):
+    return demo.register_demo(data_dir=demo_data_dir, languages=LANGUAGES)
 
 
 @pytest.fixture(scope="module")

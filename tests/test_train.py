@@ -16,8 +16,8 @@ from tests.train_runs import ROOT, run, tiny_bindings
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("demo_data"))
+def data_dir(demo_data_dir):
+    return demo_data_dir
 
 
 def _losses(model_dir, key="train/loss"):
@@ -32,7 +32,7 @@ def _final_params(model_dir, bindings, files=("runs/demo_cpu.gin",)):
     mesh = train.partitioning.make_mesh(exp.mesh)
     opt = optimizer.make_optimizer(exp.optimizer, exp.train.num_steps)
     state, shardings = train.init_state(exp, exp.model, opt, mesh)
-    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), 1, 5)
+    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), 5)
     try:
         step = mngr.latest_step()
         restored = checkpoints.restore(mngr, step, checkpoints.abstract_like(state, shardings))
@@ -63,8 +63,8 @@ def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir,
         assert key in last and np.isfinite(last[key])
     evals = [r for r in records if "eval/de/accuracy" in r]
     assert evals and 0 <= evals[-1]["eval/de/accuracy"] <= 1
-    assert sorted(os.listdir(model_dir / "checkpoints"))[-1] == "30" or \
-        "30" in os.listdir(model_dir / "checkpoints")
+    # Every checkpoint_every (3) steps, the last keep_checkpoints (3) of them.
+    assert sorted(os.listdir(model_dir / "checkpoints"), key=int) == ["24", "27", "30"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
 
 
@@ -151,3 +151,33 @@ def test_weight_decay_skips_biases_and_layer_norms(tiny_params):
     assert float(schedule(0)) == 0.0 and float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(10)) == pytest.approx(1.0)
     assert float(schedule(60)) == pytest.approx(0.5) and float(schedule(110)) == pytest.approx(0)
+
+
+def test_gradient_accumulation_matches_the_full_batch():
+    import jax.numpy as jnp
+    import optax
+
+    def toy(params, batch, rng):  # a mean over rows, like every objective's loss
+        loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+        return loss, {"loss": loss}
+
+    rs = np.random.RandomState(0)
+    batch = {"toy": {"x": jnp.asarray(rs.randn(8, 3), jnp.float32),
+                     "y": jnp.asarray(rs.randn(8), jnp.float32)}}
+    state = {"params": {"w": jnp.ones(3)}, "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.key_data(jax.random.key(0))}
+    sgd = optax.sgd(0.1)
+    results = []
+    for accum in (1, 2, 4):
+        step = jax.jit(train.make_train_step({"toy": toy}, {"toy": 1.0}, sgd,
+                                             optax.constant_schedule(0.1), accum))
+        new_state, metrics = step({**state, "opt_state": sgd.init(state["params"])}, batch)
+        results.append((np.asarray(new_state["params"]["w"]), float(metrics["toy/loss"])))
+    for w, loss in results[1:]:
+        np.testing.assert_allclose(w, results[0][0], rtol=1e-6)
+        assert loss == pytest.approx(results[0][1], rel=1e-6)
+    assert not np.allclose(results[0][0], 1.0)
+    with pytest.raises(ValueError, match="does not split into 3"):
+        jax.jit(train.make_train_step({"toy": toy}, {"toy": 1.0}, sgd,
+                                      optax.constant_schedule(0.1), 3))(
+            {**state, "opt_state": sgd.init(state["params"])}, batch)

@@ -19,6 +19,12 @@ from etils import epath
 STATE, DATA = "state", "data"
 
 
+def absolute(directory: os.PathLike) -> epath.Path:
+    """Local paths made absolute (orbax wants that); gs:// and other URLs kept as they are."""
+    text = os.fspath(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
 class DataIteratorHandler(ocp.CheckpointHandler):
     """Saves/restores a `pipeline.CheckpointableIterator`, one file set per process."""
 
@@ -56,7 +62,7 @@ def manager(directory: os.PathLike, keep: int, async_save: bool = True
     """The caller decides when to save (every N steps and at the end)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+    return ocp.CheckpointManager(absolute(directory), options=options,
                                  item_names=(STATE, DATA))
 
 
@@ -86,20 +92,20 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
 
 def latest_step(directory: os.PathLike) -> Optional[int]:
     """The newest finalised step under `directory`, or None."""
-    if not epath.Path(directory).exists():
+    if not absolute(directory).exists():
         return None
-    with ocp.CheckpointManager(os.path.abspath(directory),
+    with ocp.CheckpointManager(absolute(directory),
                                item_names=(STATE, DATA)) as mngr:
         return mngr.latest_step()
 
 
 def restore_params(directory: os.PathLike, abstract_params, step: Optional[int] = None):
     """Only the params of another run's checkpoint (e.g. stage 1 -> stage 2)."""
-    directory = os.path.abspath(directory)
+    directory = absolute(directory)
     step = latest_step(directory) if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint to initialise from in {directory}")
-    path = epath.Path(directory) / str(step) / STATE
+    path = directory / str(step) / STATE
     if not path.exists():
         raise FileNotFoundError(f"checkpoint step {step} in {directory} has no {STATE} item")
     target = {"params": abstract_params}

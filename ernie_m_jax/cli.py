@@ -29,6 +29,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model_dir", required=True,
                         help="checkpoints, TensorBoard events and metrics.jsonl go here; a run "
                              "with an existing model_dir resumes it")
+    group = parser.add_argument_group(
+        "multi-process", "one process per host (or GPU); auto-detected on TPU VM slices and "
+        "under SLURM, or from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID")
+    group.add_argument("--coordinator_address", help="host:port of process 0")
+    group.add_argument("--num_processes", type=int)
+    group.add_argument("--process_id", type=int)
+    group.add_argument("--cpu_devices", type=int,
+                       help="simulate this many CPU devices per process (testing)")
 
 
 def _train(args: argparse.Namespace) -> int:

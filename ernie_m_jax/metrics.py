@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig
 
@@ -63,12 +64,16 @@ class MetricsWriter:
     """One call per logging step writes TensorBoard scalars and a JSON line."""
 
     def __init__(self, model_dir: os.PathLike):
-        import tensorflow as tf  # TensorBoard's event format, without the tensorboard package
+        import tensorflow as tf  # tf.summary writes TensorBoard's event files
 
         self._tf = tf
         primary = jax.process_index() == 0
         self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
-        self._jsonl = open(os.path.join(model_dir, METRICS_FILE), "a") if primary else None
+        self._path = epath.Path(os.fspath(model_dir)) / METRICS_FILE
+        # Object stores (gs://) cannot append: there the file is rewritten at each write.
+        self._rewrite = "://" in os.fspath(model_dir)
+        self._lines = self._path.read_text().splitlines(True) if (
+            primary and self._rewrite and self._path.exists()) else []
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         clean = {k: float(v) for k, v in scalars.items()
@@ -78,21 +83,24 @@ class MetricsWriter:
         with self._writer.as_default(step=step):
             for name, value in clean.items():
                 self._tf.summary.scalar(name, value)
-        if self._jsonl:
-            self._jsonl.write(json.dumps({"step": step, **clean}, sort_keys=True) + "\n")
-            self._jsonl.flush()
+        line = json.dumps({"step": step, **clean}, sort_keys=True) + "\n"
+        if self._rewrite:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+        else:
+            with open(self._path, "a") as f:
+                f.write(line)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()
-        if self._jsonl:
-            self._jsonl.close()
+
 
 
 def read_metrics(model_dir: os.PathLike) -> list:
-    with open(os.path.join(model_dir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (epath.Path(os.fspath(model_dir)) / METRICS_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def as_floats(tree: Mapping[str, object]) -> Dict[str, float]:

@@ -280,15 +280,18 @@ def evaluate(eval_fn, params, tasks: Mapping[str, str], exp: Experiment, mesh
 
 
 def train(model_dir: str, exp: Optional[Experiment] = None,
-          stop_after: Optional[int] = None) -> Dict[str, float]:
+          stop_after: Optional[int] = None,
+          input_fn: Optional[Callable[[seqio.ShardInfo], object]] = None) -> Dict[str, float]:
     """Train (or resume) in `model_dir`; returns the last logged and evaluated metrics.
 
     `stop_after` ends the job early at that step, as a preemption would (after its
     checkpoint, if one was due); a rerun with the same `model_dir` carries on.
+    `input_fn(shard_info)` replaces the configured input (a tf.data.Dataset of this host's
+    share of each batch).
     """
     exp = exp or Experiment.from_gin()
     cfg = exp.train
-    os.makedirs(model_dir, exist_ok=True)
+    checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
     if cfg.data_setup is not None:
         cfg.data_setup()
     model_config = exp.model
@@ -312,8 +315,9 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     schedule = learning_rate_schedule(exp.optimizer, cfg.num_steps)
 
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
-    iterator = pipeline.CheckpointableIterator(
-        pipeline.training_dataset(exp.data, objectives_enabled, shard, exp.tokens))
+    input_fn = input_fn or functools.partial(pipeline.training_dataset, exp.data,
+                                             objectives_enabled, tokens=exp.tokens)
+    iterator = pipeline.CheckpointableIterator(input_fn(shard))
 
     state, state_shardings = init_state(exp, model_config, optimizer, mesh)
     mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
@@ -406,11 +410,16 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
 
 
 def run_from_args(args, bindings: Sequence[str]) -> int:
-    from ernie_m_jax import gin_config
+    from ernie_m_jax import distributed, gin_config
 
+    # Before anything touches a backend: join the other processes, if any.
+    distributed.initialize(distributed.ProcessGroup(
+        args.coordinator_address, args.num_processes, args.process_id), args.cpu_devices)
     gin_config.parse(args.gin_file, bindings)
     exp = Experiment.from_gin()  # every config is built (and checked) before any compute
     summary = train(args.model_dir, exp)
+    if jax.process_index() != 0:
+        return 0
     losses = {k: v for k, v in summary.items() if k.endswith("/loss") and k.startswith("train/")}
     print("final: " + "  ".join(f"{k[len('train/'):]}={v:.3f}" for k, v in sorted(losses.items())))
     if "eval/accuracy" in summary:
@@ -427,7 +436,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rest, bindings = gin_config.split_gin_flags(sys.argv[1:] if argv is None else argv)
     from ernie_m_jax.cli import add_train_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m ernie_m_jax.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ernie_m_jax.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_arguments(parser)
     return run_from_args(parser.parse_args(rest), bindings)
 

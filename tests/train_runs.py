@@ -30,12 +30,13 @@ def tiny_bindings(data_dir: str, steps: int, **extra) -> List[str]:
 
 
 def run(model_dir: str, bindings: Sequence[str], files: Sequence[str] = ("runs/demo_cpu.gin",),
-        stop_after=None) -> Dict[str, float]:
+        stop_after=None, input_fn=None) -> Dict[str, float]:
     from ernie_m_jax import gin_config, train
 
     gin.clear_config()
     try:
         gin_config.parse(files, bindings)
-        return train.train(str(model_dir), train.Experiment.from_gin(), stop_after=stop_after)
+        return train.train(str(model_dir), train.Experiment.from_gin(), stop_after=stop_after,
+                           input_fn=input_fn)
     finally:
         gin.clear_config()

@@ -30,7 +30,7 @@ import polib
 SPLITS = ("train", "validation", "test")
 SOURCE_LANGUAGE = "en"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _PRINTF = re.compile(r"%(\([^)]*\))?[-#0 +]*\d*(\.\d+)?[sdifgGeExXoucr%]")
 _BRACES = re.compile(r"\{[^{}\s]*\}")
@@ -56,7 +56,7 @@ class CatalogSource:
         root = Path(self.root) if self.root else self._installed_root()
         found: Dict[str, List[Path]] = defaultdict(list)
         for path in sorted(root.glob(f"**/locale/*/LC_MESSAGES/{self.domain}.po")):
-            found[path.parts[-3].lower()].append(path)
+            found[normalize_locale(path.parts[-3])].append(path)
         if not found:
             raise FileNotFoundError(f"no {self.domain}.po catalogs under {root}")
         return dict(found)
@@ -76,7 +76,25 @@ class CatalogSource:
         return Path(list(spec.submodule_search_locations)[0])
 
 
-DEFAULT_SOURCES = (CatalogSource("Django", "5.2.19", "django", "django"),)
+# Several packages, so that the larger languages reach a few thousand messages.
+DEFAULT_SOURCES = (
+    CatalogSource("Django", "5.2.19", "django", "django"),
+    CatalogSource("wagtail", "8.0", "wagtail", "django"),
+    CatalogSource("Sphinx", "8.2.3", "sphinx", "sphinx"),
+)
+# Catalog directory names that mean a language another package spells differently.
+LOCALE_ALIASES = {"zh_cn": "zh_hans", "zh_sg": "zh_hans", "zh_tw": "zh_hant",
+                  "zh_hk": "zh_hant", "pt_pt": "pt", "nb_no": "nb", "sr_rs": "sr", "he_il": "he"}
+
+
+def normalize_locale(name: str) -> str:
+    """`de_DE` -> `de`, `ca@valencia` -> `ca_valencia`, `zh_CN` -> `zh_hans`: one code per
+    language across packages, usable in task names."""
+    code = name.lower().replace("-", "_").replace("@", "_")
+    parts = code.split("_")
+    if len(parts) == 2 and parts[0] == parts[1]:
+        code = parts[0]
+    return LOCALE_ALIASES.get(code, code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +126,10 @@ def clean_text(text: str, strip_placeholders: bool = True) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def message_key(package: str, entry: polib.POEntry) -> str:
-    """Stable id of one English message (its context and text), shared by all languages."""
-    raw = "\x00".join([package, entry.msgctxt or "", entry.msgid])
+def message_key(entry: polib.POEntry) -> str:
+    """Stable id of one English message (its context and text), shared by all languages and
+    packages: the same message in two packages is one message, in one split."""
+    raw = "\x00".join([entry.msgctxt or "", entry.msgid])
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:20]
 
 
@@ -123,7 +142,7 @@ def split_of(key: str, config: CorpusConfig) -> str:
     return "train"
 
 
-def read_catalog(path: Path, package: str, config: CorpusConfig, skipped: Counter
+def read_catalog(path: Path, config: CorpusConfig, skipped: Counter
                  ) -> Iterable[Tuple[str, str, str]]:
     """(key, english, translation) for each usable entry; the rest are counted in `skipped`."""
     try:
@@ -150,7 +169,7 @@ def read_catalog(path: Path, package: str, config: CorpusConfig, skipped: Counte
         if len(english) > config.max_chars or len(translation) > config.max_chars:
             skipped["too_long"] += 1
             continue
-        yield message_key(package, entry), english, translation
+        yield message_key(entry), english, translation
 
 
 def collect(config: CorpusConfig) -> Tuple[Dict[str, Dict[str, str]], Counter]:
@@ -162,8 +181,7 @@ def collect(config: CorpusConfig) -> Tuple[Dict[str, Dict[str, str]], Counter]:
             if language == SOURCE_LANGUAGE or language.startswith(SOURCE_LANGUAGE + "_"):
                 continue  # the English originals come from msgid; en_GB etc. are near-copies
             for path in paths:
-                for key, english, translation in read_catalog(path, source.package, config,
-                                                              skipped):
+                for key, english, translation in read_catalog(path, config, skipped):
                     texts[SOURCE_LANGUAGE].setdefault(key, english)
                     texts[language].setdefault(key, translation)
     return texts, skipped

@@ -9,6 +9,7 @@ when every item is written); restores go onto whatever mesh the abstract state n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Optional
 
@@ -84,10 +85,45 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
         items[DATA] = DataIteratorRestore(iterator)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
         raise ValueError(f"cannot restore checkpoint step {step} from {mngr.directory}: "
                          f"{type(err).__name__}: {err}") from err
     return restored[STATE]
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=None):
+    """Restore the newest checkpoint that reads back whole; damaged ones are skipped with a
+    warning naming them. (Unfinished writes are never listed: orbax renames a step into place
+    only when every item is complete.)"""
+    failures = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            state = restore(mngr, step, abstract_state, iterator)
+        except (ValueError, FileNotFoundError) as err:
+            logging.warning("checkpoint %s/%d is damaged, using an older one: %s",
+                            mngr.directory, step, err)
+            failures.append(step)
+            continue
+        _set_aside(mngr, failures)
+        return state
+    raise ValueError(f"no checkpoint in {mngr.directory} could be restored (tried steps "
+                     f"{failures}; see the warnings above)")
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
+    """Rename damaged steps to `<step>.damaged` (kept for inspection, no longer listed), so
+    the resumed run can write those steps again."""
+    if not steps:
+        return
+    if jax.process_index() == 0:
+        for step in steps:
+            path = epath.Path(mngr.directory) / str(step)
+            path.rename(path.parent / f"{step}.damaged")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ernie_m_jax: damaged checkpoints set aside")
+    mngr.reload()
 
 
 def latest_step(directory: os.PathLike) -> Optional[int]:

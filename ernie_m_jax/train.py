@@ -11,6 +11,15 @@ Everything is configured by gin (`TrainConfig`, `ModelConfig`, `DataConfig`, `Me
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m ernie_m_jax.train`: run the importable module instead, so that gin sees one
+    # TrainConfig (ernie_m_jax.train.TrainConfig), not a second one in __main__.
+    import sys
+
+    from ernie_m_jax.train import main
+
+    sys.exit(main())
+
 import dataclasses
 import functools
 import logging
@@ -27,7 +36,7 @@ import optax
 import seqio
 from tqdm import tqdm
 
-from ernie_m_jax import checkpoints, metrics as metrics_lib, partitioning
+from ernie_m_jax import checkpoints, metrics as metrics_lib, partitioning, preemption
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig, SpecialTokens
 from ernie_m_jax.data import pipeline
 from ernie_m_jax.model import ErnieM, init_params
@@ -35,6 +44,8 @@ from ernie_m_jax.objectives import OBJECTIVES, make_objectives, mmlm_loss, weigh
 from ernie_m_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
 State = Dict[str, object]
+# Steps skipped for a non-finite loss or gradient: in total, and in a row right now.
+COUNTERS = ("nonfinite_steps", "consecutive_nonfinite")
 
 
 @gin.configurable
@@ -64,12 +75,21 @@ class TrainConfig:
     # Called once before the data is read, e.g. `@register_demo` (builds and registers tasks).
     data_setup: Optional[Callable] = None
     progress_bar: bool = True
+    # A step whose loss or gradient norm is not finite leaves params and optimizer state
+    # untouched and is counted. "skip" goes on; "stop" raises after that many in a row.
+    nonfinite_policy: str = "skip"
+    max_consecutive_nonfinite: int = 10
+    # Fault injection for testing the policy: steps whose loss is made NaN.
+    inject_nonfinite_steps: Tuple[int, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.objective_weights) - set(OBJECTIVES)
         if unknown:
             raise ValueError(f"TrainConfig.objective_weights: unknown objectives "
                              f"{sorted(unknown)}; choose from {OBJECTIVES}")
+        if self.nonfinite_policy not in ("skip", "stop"):
+            raise ValueError(f"TrainConfig.nonfinite_policy must be 'skip' or 'stop', "
+                             f"got {self.nonfinite_policy!r}")
         if not any(self.objective_weights.values()):
             raise ValueError("TrainConfig.objective_weights enables no objective")
         for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every",
@@ -137,9 +157,10 @@ def init_state(exp: Experiment, model_config: ModelConfig, optimizer, mesh) -> T
     state = {"params": params, "opt_state": opt_state,
              "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
              "rng": jax.device_put(jax.random.key_data(jax.random.key(exp.train.seed + 1)),
-                                   replicated)}
+                                   replicated),
+             **{k: jax.device_put(jnp.zeros((), jnp.int32), replicated) for k in COUNTERS}}
     state_shardings = {"params": param_shardings, "opt_state": opt_shardings,
-                       "step": replicated, "rng": replicated}
+                       "step": replicated, "rng": replicated, **{k: replicated for k in COUNTERS}}
     return state, state_shardings
 
 
@@ -156,38 +177,59 @@ def _split_microbatches(batches, count: int):
 
 
 def make_train_step(objectives, weights: Mapping[str, float], optimizer,
-                    schedule: optax.Schedule, accum_steps: int = 1):
-    """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings."""
+                    schedule: optax.Schedule, accum_steps: int = 1,
+                    inject_nonfinite_steps: Sequence[int] = ()):
+    """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings.
 
-    def loss_and_grads(params, batches, rng):
-        grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
-        (_, metrics), grads = grad_fn(params, batches, rng, objectives, weights)
+    A step with a non-finite loss or gradient norm keeps the old params and optimizer state
+    and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
+    """
+
+    def loss_and_grads(params, batches, rng, poison):
+        def loss_fn(p):
+            total, metrics = weighted_loss(p, batches, rng, objectives, weights)
+            return total * poison, metrics
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return metrics, grads
 
     def train_step(state: State, batches) -> Tuple[State, Dict[str, jax.Array]]:
         params, step = state["params"], state["step"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        poison = jnp.float32(1.0)
+        if inject_nonfinite_steps:
+            poison = jnp.where(jnp.isin(step + 1, jnp.asarray(inject_nonfinite_steps)),
+                               jnp.nan, poison)
         if accum_steps == 1:
-            metrics, grads = loss_and_grads(params, batches, rng)
+            metrics, grads = loss_and_grads(params, batches, rng, poison)
         else:
             micro = _split_microbatches(batches, accum_steps)
 
             def body(carry, inputs):
                 index, microbatch = inputs
-                m, g = loss_and_grads(params, microbatch, jax.random.fold_in(rng, index))
+                m, g = loss_and_grads(params, microbatch, jax.random.fold_in(rng, index), poison)
                 return jax.tree.map(jnp.add, carry, (m, g)), None
 
             zeros = jax.eval_shape(loss_and_grads, params,
-                                   jax.tree.map(lambda x: x[0], micro), rng)
+                                   jax.tree.map(lambda x: x[0], micro), rng, poison)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
             (metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
             metrics = jax.tree.map(lambda x: x / accum_steps, metrics)
             grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"] * poison) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
-                     "step": step + 1, "rng": state["rng"]}
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
-                   "learning_rate": schedule(step)}
+        keep_if_bad = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), new, old)
+        bad = 1 - finite.astype(jnp.int32)
+        new_state = {"params": keep_if_bad(optax.apply_updates(params, updates), params),
+                     "opt_state": keep_if_bad(opt_state, state["opt_state"]),
+                     "step": step + 1, "rng": state["rng"],
+                     "nonfinite_steps": state["nonfinite_steps"] + bad,
+                     "consecutive_nonfinite": (state["consecutive_nonfinite"] + bad) * bad}
+        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(step)}
+        # Bad steps contribute zeros; the loop divides by the number of finite steps.
+        metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+        metrics["finite"] = finite.astype(jnp.float32)
         return new_state, metrics
 
     return train_step
@@ -322,11 +364,10 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     state, state_shardings = init_state(exp, model_config, optimizer, mesh)
     mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
                                cfg.async_checkpointing)
-    start = mngr.latest_step()
-    if start is not None:
-        logging.info("resuming from step %d in %s", start, model_dir)
-        state = checkpoints.restore(mngr, start, checkpoints.abstract_like(state, state_shardings),
-                                    iterator)
+    if mngr.all_steps():
+        state = checkpoints.restore_newest_intact(
+            mngr, checkpoints.abstract_like(state, state_shardings), iterator)
+        logging.info("resumed from step %d in %s", int(state["step"]), model_dir)
     elif cfg.init_from:
         abstract = checkpoints.abstract_like(state["params"], state_shardings["params"])
         state["params"] = checkpoints.restore_params(
@@ -338,7 +379,8 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
                            ("input_ids", "segment_ids", "language_ids")}
                        for o in objectives_enabled}
     step_fn = jax.jit(
-        make_train_step(objectives, weights, optimizer, schedule, cfg.grad_accum_steps),
+        make_train_step(objectives, weights, optimizer, schedule, cfg.grad_accum_steps,
+                        cfg.inject_nonfinite_steps),
         in_shardings=(state_shardings, batch_shardings),
         out_shardings=(state_shardings, partitioning.replicated(mesh)),
         donate_argnums=(0,))
@@ -355,8 +397,9 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not cfg.progress_bar or jax.process_index() != 0)
     last_time, last_step, running = time.time(), start, None
+    stop_signal = preemption.SignalWatcher()
     try:
-        with partitioning.activate(mesh, rules):
+        with partitioning.activate(mesh, rules), stop_signal:
             for step in range(start, cfg.num_steps):
                 batch = global_batch(next(iterator), mesh, rules)
                 state, step_metrics = step_fn(state, batch)
@@ -365,13 +408,9 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
                     jnp.add, running, step_metrics)
                 done = step + 1
                 if done % cfg.log_every == 0 or done == cfg.num_steps:
-                    scalars = {k: v / (done - last_step) for k, v in
-                               metrics_lib.as_floats(running).items()}
+                    scalars = _interval_means(running, done - last_step)
                     running = None
-                    if not np.isfinite(scalars["loss"]):
-                        raise FloatingPointError(
-                            f"loss is {scalars['loss']} at step {done}; not saving this state "
-                            f"(last checkpoint: {mngr.latest_step()})")
+                    scalars.update(_nonfinite_check(state, cfg, done, mngr))
                     elapsed = time.time() - last_time
                     steps_done = done - last_step
                     scalars["tokens_per_second"] = tokens_per_step * steps_done / elapsed
@@ -382,11 +421,20 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
                     writer.write(done, {f"train/{k}": v for k, v in scalars.items()})
                     writer_summary.update({f"train/{k}": v for k, v in scalars.items()})
                     bar.set_postfix_str("  ".join(
-                        [f"{o}={scalars[f'{o}/loss']:.3f}" for o in objectives_enabled] +
+                        [f"{o}={scalars.get(f'{o}/loss', float('nan')):.3f}"
+                         for o in objectives_enabled] +
                         [f"tok/s={scalars['tokens_per_second']:.0f}"]))
                 bar.update(1)
-                if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+                preempted = stop_signal.agreed(every=1 if jax.process_count() == 1
+                                               else cfg.log_every, step=done)
+                if done % cfg.checkpoint_every == 0 or done == cfg.num_steps or preempted:
+                    _nonfinite_check(state, cfg, done, mngr)
                     checkpoints.save(mngr, done, state, iterator)
+                if preempted:
+                    bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "
+                              f"written to {model_dir}; rerun the same command to resume")
+                    writer_summary["preempted_at_step"] = done
+                    break
                 if done == stop_after:
                     break
                 if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.num_steps:
@@ -404,6 +452,27 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
         mngr.close()
         writer.close()
     return writer_summary
+
+
+def _interval_means(running, steps: int) -> Dict[str, float]:
+    """Means over the finite steps of the interval (bad steps report zeros)."""
+    sums = metrics_lib.as_floats(running)
+    finite = sums.pop("finite")
+    means = {k: v / finite for k, v in sums.items()} if finite else {}
+    means["skipped_steps_in_interval"] = steps - finite
+    return means
+
+
+def _nonfinite_check(state: State, cfg: TrainConfig, step: int, mngr) -> Dict[str, float]:
+    """Apply the non-finite policy; returns the counters for logging."""
+    total, in_a_row = (int(state[k]) for k in COUNTERS)
+    if cfg.nonfinite_policy == "stop" and in_a_row >= cfg.max_consecutive_nonfinite:
+        raise FloatingPointError(
+            f"{in_a_row} consecutive steps up to step {step} had a non-finite loss or "
+            f"gradient (policy 'stop', max_consecutive_nonfinite="
+            f"{cfg.max_consecutive_nonfinite}); their updates were skipped and the last "
+            f"checkpoint (step {mngr.latest_step()}) is intact")
+    return {"nonfinite_steps": total}
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -441,6 +510,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_train_arguments(parser)
     return run_from_args(parser.parse_args(rest), bindings)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -165,7 +165,8 @@ def test_gradient_accumulation_matches_the_full_batch():
     batch = {"toy": {"x": jnp.asarray(rs.randn(8, 3), jnp.float32),
                      "y": jnp.asarray(rs.randn(8), jnp.float32)}}
     state = {"params": {"w": jnp.ones(3)}, "step": jnp.zeros((), jnp.int32),
-             "rng": jax.random.key_data(jax.random.key(0))}
+             "rng": jax.random.key_data(jax.random.key(0)),
+             **{k: jnp.zeros((), jnp.int32) for k in train.COUNTERS}}
     sgd = optax.sgd(0.1)
     results = []
     for accum in (1, 2, 4):

@@ -1,0 +1,84 @@
+"""Preemption, damaged checkpoints and non-finite steps never lose work or pass silently."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ernie_m_jax import checkpoints
+from ernie_m_jax.metrics import read_metrics
+from tests.train_runs import ROOT, run, tiny_bindings
+
+
+def _flags(bindings):
+    return ["--gin." + b.replace(" = ", "=", 1) for b in bindings]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(demo_data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    bindings = tiny_bindings(demo_data_dir, 500, **{"TrainConfig.checkpoint_every": 100})
+    command = [sys.executable, "-m", "ernie_m_jax.train", "--gin_file=runs/demo_cpu.gin",
+               f"--model_dir={model_dir}", *_flags(bindings)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        path = model_dir / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert "stopping at step" in output and "SIGTERM" in output
+    step = checkpoints.latest_step(model_dir / "checkpoints")
+    assert 5 <= step < 100  # not a scheduled checkpoint: written because of the signal
+    assert read_metrics(model_dir)[-1]["step"] <= step
+    # Rerunning continues from there.
+    summary = run(model_dir, tiny_bindings(demo_data_dir, step + 2))
+    steps = [r["step"] for r in read_metrics(model_dir) if "train/loss" in r]
+    assert steps[-2:] == [step + 1, step + 2]
+    assert "train/loss" in summary
+
+
+@pytest.mark.slow
+def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, caplog):
+    model_dir = tmp_path / "run"
+    run(model_dir, tiny_bindings(demo_data_dir, 6))  # checkpoints at 3 and 6
+    ckpt = model_dir / "checkpoints"
+    # A write killed half-way leaves an orbax temporary directory: never listed.
+    (ckpt / "9.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
+    # A finished step whose files were damaged afterwards.
+    damaged = [p for p in (ckpt / "6" / "state").rglob("*") if p.is_file()]
+    for path in damaged:
+        path.write_bytes(b"\x00garbage")
+    run(model_dir, tiny_bindings(demo_data_dir, 7))
+    assert "checkpoint" in caplog.text and "/6 is damaged" in caplog.text
+    steps = [r["step"] for r in read_metrics(model_dir) if "train/loss" in r]
+    assert steps[-4:] == [4, 5, 6, 7]  # resumed from 3
+    assert checkpoints.latest_step(ckpt) == 7
+    assert (ckpt / "6.damaged").is_dir()  # set aside, not deleted
+
+
+@pytest.mark.slow
+def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(demo_data_dir, tmp_path):
+    bindings = tiny_bindings(demo_data_dir, 4, **{"TrainConfig.inject_nonfinite_steps": (2,)})
+    summary = run(tmp_path / "skip", bindings)
+    records = [r for r in read_metrics(tmp_path / "skip") if "train/nonfinite_steps" in r]
+    assert [r["train/nonfinite_steps"] for r in records] == [0, 1, 1, 1]
+    assert [r["train/skipped_steps_in_interval"] for r in records] == [0, 1, 0, 0]
+    assert "train/loss" not in records[1] and np.isfinite(records[2]["train/loss"])
+    assert summary["train/nonfinite_steps"] == 1
+
+    stop = tiny_bindings(demo_data_dir, 6, **{
+        "TrainConfig.inject_nonfinite_steps": (4, 5), "TrainConfig.nonfinite_policy": "'stop'",
+        "TrainConfig.max_consecutive_nonfinite": 2})
+    with pytest.raises(FloatingPointError, match=r"2 consecutive steps up to step 5.*"
+                                                 r"last checkpoint \(step 3\) is intact"):
+        run(tmp_path / "stop", stop)
+    assert checkpoints.latest_step(tmp_path / "stop" / "checkpoints") == 3

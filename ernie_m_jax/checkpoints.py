@@ -78,13 +78,48 @@ def abstract_like(state, shardings):
                         state, shardings)
 
 
+class ShapeMismatchError(ValueError):
+    """The checkpoint is intact but holds another model (e.g. another ModelConfig)."""
+
+
+def saved_shapes(path: epath.Path):
+    """{"['params']['...']": shape} of a saved state item, read from its metadata only."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(path).item_metadata
+    tree = getattr(tree, "tree", tree)
+    return {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()) or ())
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_shapes(path: epath.Path, abstract_state) -> None:
+    """One clear error, naming the arrays, when a checkpoint does not fit this model."""
+    try:
+        saved = saved_shapes(path)
+    except Exception as err:  # unreadable metadata: the restore itself will report it
+        logging.debug("no shape metadata in %s: %s", path, err)
+        return
+    wanted = {jax.tree_util.keystr(k): tuple(v.shape)
+              for k, v in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    # Only arrays present in both are compared: missing ones mean damage (or a changed
+    # tree), which the restore reports.
+    differ = {k: (saved[k], v) for k, v in wanted.items() if k in saved and saved[k] != v}
+    if differ:
+        shown = "; ".join(f"{k}: saved {a} vs model {b}" for k, (a, b) in list(differ.items())[:4])
+        raise ShapeMismatchError(
+            f"checkpoint {path} holds a different model than configured ({shown}; "
+            f"{len(differ)} arrays differ); check ModelConfig against the run that wrote it")
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
     """The state at `step` (placed as `abstract_state` says); rewinds `iterator` if given."""
+    check_shapes(epath.Path(mngr.directory) / str(step) / STATE, abstract_state)
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if iterator is not None:
         items[DATA] = DataIteratorRestore(iterator)
     try:
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    except ShapeMismatchError:
+        raise
     except (ValueError, KeyError, OSError, RuntimeError) as err:
         raise ValueError(f"cannot restore checkpoint step {step} from {mngr.directory}: "
                          f"{type(err).__name__}: {err}") from err
@@ -99,6 +134,8 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             state = restore(mngr, step, abstract_state, iterator)
+        except ShapeMismatchError:
+            raise  # a configuration mistake, not damage: touch nothing
         except (ValueError, FileNotFoundError) as err:
             logging.warning("checkpoint %s/%d is damaged, using an older one: %s",
                             mngr.directory, step, err)

@@ -63,6 +63,11 @@ def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, 
     assert steps[-4:] == [4, 5, 6, 7]  # resumed from 3
     assert checkpoints.latest_step(ckpt) == 7
     assert (ckpt / "6.damaged").is_dir()  # set aside, not deleted
+    # Resuming with another model size is a configuration error: named, and nothing renamed.
+    with pytest.raises(checkpoints.ShapeMismatchError, match=r"hidden|saved \(.*\) vs model"):
+        run(model_dir, tiny_bindings(demo_data_dir, 8, **{"ModelConfig.hidden_size": 64}))
+    assert sorted(p.name for p in ckpt.iterdir()) == sorted(
+        ["3", "6", "6.damaged", "7", "9.orbax-checkpoint-tmp-1234"])
 
 
 @pytest.mark.slow
@@ -82,3 +87,72 @@ def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(demo_data_dir, 
                                                  r"last checkpoint \(step 3\) is intact"):
         run(tmp_path / "stop", stop)
     assert checkpoints.latest_step(tmp_path / "stop" / "checkpoints") == 3
+
+
+def _hostile_lines(seed):
+    """A seeded mix of what real corpora contain besides text."""
+    rs = np.random.RandomState(seed)
+    lines = []
+    for _ in range(60):
+        kind = rs.randint(7)
+        if kind == 0:
+            lines.append(bytes(rs.randint(0, 256, rs.randint(1, 80)).astype(np.uint8)))
+        elif kind == 1:
+            lines.append("Null\x00bytes\x00inside a sentence.".encode())
+        elif kind == 2:
+            lines.append(("x" * 1_000_000).encode())  # a megabyte line
+        elif kind == 3:
+            lines.append("Größe in Latin-1".encode("latin-1"))  # mixed encodings
+        elif kind == 4:
+            lines.append(b"   \t ")
+        elif kind == 5:
+            lines.append("Ein ganz normaler Satz über Übersetzung.".encode())
+        else:
+            lines.append("Emoji 🙂 and CJK 中文 and RTL עברית".encode())
+    return lines
+
+
+def test_fuzzed_corpus_files_never_crash_the_pipeline(demo_data_dir, tmp_path):
+    import seqio
+
+    from ernie_m_jax.data import pipeline, sources
+    from tasks import demo, registry
+
+    vocabulary = seqio.SentencePieceVocabulary(
+        str(demo.register_demo(data_dir=demo_data_dir, languages=("de",)).vocabulary_path))
+    for seed in range(8):
+        lines = _hostile_lines(seed)
+        path = tmp_path / f"fuzz{seed}.txt"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        kept, skips = sources.clean_lines(sources.read_lines(path))
+        assert len(kept) + sum(skips.values()) == len(sources.read_lines(path))
+        assert all(text and "\x00" not in text and len(text) <= sources.DEFAULT_MAX_CHARS
+                   for text in kept)
+        if not kept:
+            continue
+        registry.add_monolingual("zz", {"train": path}, vocabulary)
+        rows = [row for batch in pipeline.evaluation_batches("ernie_m.mono.zz", 24, 8, "train")
+                for row, seg in zip(batch["input_ids"], batch["segment_ids"]) if seg.any()]
+        assert len(rows) == len(kept)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"no usable text from {empty}"):
+        registry.add_monolingual("zz", {"train": empty}, vocabulary)
+
+
+def test_bad_files_and_paths_get_one_clear_error(demo_data_dir, tmp_path):
+    import gin
+
+    from ernie_m_jax import gin_config
+
+    bad = tmp_path / "bad.gin"
+    bad.write_text("include 'runs/demo_cpu.gin'\nTrainConfig.num_steps = = 3\n")
+    gin.clear_config()
+    try:
+        with pytest.raises(Exception, match="bad.gin"):
+            gin_config.parse([str(bad)])
+    finally:
+        gin.clear_config()
+    with pytest.raises(FileNotFoundError, match="no checkpoint to initialise from"):
+        run(tmp_path / "stage2", tiny_bindings(
+            demo_data_dir, 1, **{"TrainConfig.init_from": repr(str(tmp_path / "nowhere"))}))

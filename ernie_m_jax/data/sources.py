@@ -23,6 +23,9 @@ DEFAULT_MAX_CHARS = 2000
 TextLike = Union[str, bytes]
 # A language code as used in task names: ISO 639 plus optional script/region, e.g. zh_hans.
 _LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(_[a-z0-9]{2,8})*$")
+_SPACES = re.compile(r"\s+")
+# Format characters that carry meaning in real text (ZWJ/ZWNJ in Indic and Persian scripts).
+_FORMAT_CHARS = {"\u200c", "\u200d"}
 
 
 class SkipCounts(collections.Counter):
@@ -50,7 +53,10 @@ def clean_line(line: TextLike, max_chars: int, skips: SkipCounts) -> str:
         except UnicodeDecodeError:
             skips["invalid_utf8"] += 1
             return ""
-    text = unicodedata.normalize("NFC", line).strip()
+    # NULs and other control characters (tabs and newlines included) become spaces.
+    text = "".join(ch if unicodedata.category(ch)[0] != "C" or ch in _FORMAT_CHARS else " "
+                   for ch in unicodedata.normalize("NFC", line))
+    text = _SPACES.sub(" ", text).strip()
     if not text:
         skips["empty"] += 1
         return ""
@@ -100,9 +106,11 @@ def load_split_texts(texts: SplitTexts, max_chars: int, what: str) -> Dict[str, 
     for split, value in texts.items():
         lines = read_lines(value) if isinstance(value, (str, os.PathLike)) else value
         kept, skips = clean_lines(lines, max_chars)
-        skips.report(f"{what} [{split}]")
+        origin = f" from {value}" if isinstance(value, (str, os.PathLike)) else ""
+        skips.report(f"{what} [{split}]{origin}")
         if not kept:
-            raise ValueError(f"{what} [{split}]: no usable text (skipped {dict(skips)})")
+            raise ValueError(f"{what} [{split}]: no usable text{origin} "
+                             f"({len(lines)} lines, skipped {dict(skips)})")
         out[split] = kept
     return out
 

@@ -331,6 +331,14 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     `input_fn(shard_info)` replaces the configured input (a tf.data.Dataset of this host's
     share of each batch).
     """
+    # Watch for SIGTERM/SIGINT from the start: one arriving during set-up stops the run
+    # after its first step, with a checkpoint.
+    with preemption.SignalWatcher() as stop_signal:
+        return _train(model_dir, exp, stop_after, input_fn, stop_signal)
+
+
+def _train(model_dir: str, exp: Optional[Experiment], stop_after: Optional[int],
+           input_fn, stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
     exp = exp or Experiment.from_gin()
     cfg = exp.train
     checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
@@ -397,9 +405,8 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not cfg.progress_bar or jax.process_index() != 0)
     last_time, last_step, running = time.time(), start, None
-    stop_signal = preemption.SignalWatcher()
     try:
-        with partitioning.activate(mesh, rules), stop_signal:
+        with partitioning.activate(mesh, rules):
             for step in range(start, cfg.num_steps):
                 batch = global_batch(next(iterator), mesh, rules)
                 state, step_metrics = step_fn(state, batch)

@@ -156,3 +156,17 @@ def test_bad_files_and_paths_get_one_clear_error(demo_data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to initialise from"):
         run(tmp_path / "stage2", tiny_bindings(
             demo_data_dir, 1, **{"TrainConfig.init_from": repr(str(tmp_path / "nowhere"))}))
+
+
+@pytest.mark.slow
+def test_short_soak_ends_where_an_uninterrupted_run_ends(demo_data_dir, tmp_path):
+    from tests.soak import soak
+
+    result = soak(demo_data_dir, tmp_path, steps=12, seconds=120, seed=3, max_interruptions=3)
+    assert result["steps"] == [12, 12]
+    assert any(name in ("SIGKILL", "SIGTERM") for name, _ in result["events"]), result
+    for name, code in result["events"]:
+        # SIGTERM before the trainer has started (imports) ends the process the default way.
+        assert (name, code) in (("SIGTERM", 0), ("SIGTERM", -15), ("SIGKILL", -9),
+                                ("finished", 0)), result
+    assert result["max_abs_param_diff"] <= 1e-6, result

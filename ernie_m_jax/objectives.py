@@ -173,7 +173,6 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
             f"model's {cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
     language_rng, sample_rng = jax.random.split(rng)
 
-    source_real = (segments > 0).sum(-1)
     words = maskable_tokens(ids, segments, tokens).sum(-1)
     count = jnp.clip(jnp.round(btmlm.placeholder_ratio * words), 1, slots).astype(jnp.int32)
     active = jnp.arange(slots)[None, :] < count[:, None]

@@ -27,7 +27,6 @@ import os
 import time
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -257,11 +256,12 @@ def global_batch(local, mesh, rules):
 
 
 def _btmlm_config(exp: Experiment, model_config: ModelConfig) -> BTMLMConfig:
+    """BTMLM generates into the languages of the monolingual mixture, unless configured."""
     if exp.btmlm.target_languages or "btmlm" not in exp.train.enabled:
         return exp.btmlm
-    from tasks import languages  # the registered languages decide what BTMLM may generate
+    from tasks import languages
 
-    ids = tuple(sorted(languages.registered_languages().values()))
+    ids = tuple(sorted({languages.language_id(lang) for lang in eval_tasks(exp, all_=True)}))
     if model_config.num_languages:
         ids = tuple(i for i in ids if i < model_config.num_languages)
     return dataclasses.replace(exp.btmlm, target_languages=ids)
@@ -277,12 +277,12 @@ def _check_languages(model_config: ModelConfig) -> None:
                          f"embedding for languages {too_big}; raise num_languages")
 
 
-def eval_tasks(exp: Experiment) -> Dict[str, str]:
-    """{language: monolingual task} to score."""
+def eval_tasks(exp: Experiment, all_: bool = False) -> Dict[str, str]:
+    """{language: monolingual task} to score (`all_`: every task of the mono mixture)."""
     provider = seqio.get_mixture_or_task(exp.data.mono_mixture)
     tasks = [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
     by_language = {t.name.rsplit(".", 1)[-1]: t.name for t in tasks}
-    if not exp.train.eval_languages:
+    if all_ or not exp.train.eval_languages:
         return by_language
     unknown = sorted(set(exp.train.eval_languages) - set(by_language))
     if unknown:

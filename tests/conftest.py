@@ -25,3 +25,23 @@ def tiny_params(tiny_config):
 def demo_data_dir(tmp_path_factory):
     """One demo corpus and vocabulary for every test that registers the demo tasks."""
     return str(tmp_path_factory.mktemp("demo_data"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_registrations():
+    """seqio's registries and our language ids are process-global: what a test module
+    registers is removed when it ends, so no module sees another's tasks."""
+    import seqio
+
+    from tasks import languages
+
+    tasks_before = set(seqio.TaskRegistry.names())
+    mixtures_before = set(seqio.MixtureRegistry.names())
+    ids_before = languages.registered_languages()
+    yield
+    for name in set(seqio.MixtureRegistry.names()) - mixtures_before:
+        seqio.MixtureRegistry.remove(name)
+    for name in set(seqio.TaskRegistry.names()) - tasks_before:
+        seqio.TaskRegistry.remove(name)
+    languages._IDS.clear()
+    languages._IDS.update(ids_before)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.train_runs import ROOT, tiny_bindings
+from tests.train_runs import ROOT, as_flags, tiny_bindings
 
 
 def _command(data_dir, model_dir, steps):
     bindings = tiny_bindings(data_dir, steps, **{"TrainConfig.checkpoint_every": 2,
                                                  "TrainConfig.eval_examples_per_language": 8})
     return [sys.executable, "-m", "ernie_m_jax.train", "--gin_file=runs/demo_cpu.gin",
-            f"--model_dir={model_dir}", *("--gin." + b.replace(" = ", "=", 1) for b in bindings)]
+            f"--model_dir={model_dir}", *as_flags(bindings)]
 
 
 def _final_params(model_dir):

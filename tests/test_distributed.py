@@ -76,9 +76,9 @@ def test_process_group_settings_are_checked():
 
 
 def test_a_mesh_that_does_not_fit_the_devices_fails_before_compiling(demo_data_dir, tmp_path):
-    from tests.train_runs import tiny_bindings
+    from tests.train_runs import as_flags, tiny_bindings
 
-    flags = ["--gin." + b.replace(" = ", "=", 1) for b in tiny_bindings(demo_data_dir, 2)]
+    flags = as_flags(tiny_bindings(demo_data_dir, 2))
     for mesh, message in (("(3, 1, 1)", "has 3 devices, there are 1"),):
         gin.clear_config()
         try:

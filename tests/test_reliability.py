@@ -1,6 +1,5 @@
 """Preemption, damaged checkpoints and non-finite steps never lose work or pass silently."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,11 +10,7 @@ import pytest
 
 from ernie_m_jax import checkpoints
 from ernie_m_jax.metrics import read_metrics
-from tests.train_runs import ROOT, run, tiny_bindings
-
-
-def _flags(bindings):
-    return ["--gin." + b.replace(" = ", "=", 1) for b in bindings]
+from tests.train_runs import ROOT, as_flags, run, tiny_bindings
 
 
 @pytest.mark.slow
@@ -23,7 +18,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(demo_data_di
     model_dir = tmp_path / "run"
     bindings = tiny_bindings(demo_data_dir, 500, **{"TrainConfig.checkpoint_every": 100})
     command = [sys.executable, "-m", "ernie_m_jax.train", "--gin_file=runs/demo_cpu.gin",
-               f"--model_dir={model_dir}", *_flags(bindings)]
+               f"--model_dir={model_dir}", *as_flags(bindings)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -138,6 +133,7 @@ def test_fuzzed_corpus_files_never_crash_the_pipeline(demo_data_dir, tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ValueError, match=f"no usable text from {empty}"):
         registry.add_monolingual("zz", {"train": empty}, vocabulary)
+    seqio.TaskRegistry.remove("ernie_m.mono.zz")
 
 
 def test_bad_files_and_paths_get_one_clear_error(demo_data_dir, tmp_path):

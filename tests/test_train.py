@@ -12,7 +12,7 @@ import pytest
 
 from ernie_m_jax import checkpoints, cli, gin_config, optimizer, train
 from ernie_m_jax.metrics import read_metrics
-from tests.train_runs import ROOT, run, tiny_bindings
+from tests.train_runs import ROOT, as_flags, run, tiny_bindings
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def _final_params(model_dir, bindings, files=("runs/demo_cpu.gin",)):
 def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir, tmp_path):
     model_dir = tmp_path / "run"
     bindings = tiny_bindings(data_dir, 30)
-    argv = ["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}"] + [
-        "--gin." + b.replace(" = ", "=", 1) for b in bindings]
+    argv = ["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}",
+            *as_flags(bindings)]
     gin.clear_config()
     try:
         assert cli.main(argv) == 0

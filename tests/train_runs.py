@@ -1,6 +1,5 @@
 """Tiny training runs through the real gin files, for the train tests (in and out of process)."""
 
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -27,6 +26,11 @@ def tiny_bindings(data_dir: str, steps: int, **extra) -> List[str]:
     }
     bindings.update(extra)
     return [f"{k} = {v}" for k, v in bindings.items()]
+
+
+def as_flags(bindings: Sequence[str]) -> List[str]:
+    """`A.b = 1` -> `--gin.A.b=1`, for the command line."""
+    return ["--gin." + b.replace(" = ", "=", 1) for b in bindings]
 
 
 def run(model_dir: str, bindings: Sequence[str], files: Sequence[str] = ("runs/demo_cpu.gin",),

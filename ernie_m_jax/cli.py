@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -45,6 +46,101 @@ def _train(args: argparse.Namespace) -> int:
     return train.run_from_args(args, args.gin_bindings)
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_dir", required=True, help="a training run's directory")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="extra gin files on top of the run's config.gin (repeatable)")
+
+
+def _load_run(args: argparse.Namespace):
+    from ernie_m_jax import saved_run
+
+    return saved_run.load(args.model_dir, args.step, args.gin_file, args.gin_bindings)
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    from ernie_m_jax.export import hf_export
+
+    out = hf_export.export(_load_run(args), args.out, args.format, args.fold_language,
+                           args.overwrite)
+    print(f"wrote the {args.format} checkpoint to {out}")
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from ernie_m_jax.export import hf_import
+
+    out = hf_import.import_hf(args.hf_dir, args.model_dir, args.overwrite, args.seed)
+    print(f"wrote {out}; continue pretraining from it with\n  ernie-m-jax train "
+          f"--gin_file=YOUR_RUN.gin --gin_file={out}/config.gin "
+          f"--gin.TrainConfig.init_from=\"'{out}'\" --model_dir=NEW_DIR")
+    return 0
+
+
+def _read_text_lines(path: str) -> list:
+    """Lines of a UTF-8 file; one clear error for a missing, empty or undecodable file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not valid UTF-8 ({err.reason})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    return lines
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ernie_m_jax.evaluation.embedding import SentenceEncoder
+
+    texts = _read_text_lines(args.input)
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        print(f"note: {empty} empty lines get the vector of [CLS] [SEP]", file=sys.stderr)
+    encoder = SentenceEncoder(_load_run(args), args.pooling, args.layer, args.batch_size)
+    vectors = encoder.embed_texts(texts, args.language, progress=True)
+    tmp = args.output + ".partial.npy"
+    np.save(tmp, vectors)
+    os.replace(tmp, args.output)
+    print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} vectors to {args.output}")
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    import seqio
+
+    from ernie_m_jax.evaluation import retrieval
+    from ernie_m_jax.evaluation.embedding import SentenceEncoder
+
+    run = _load_run(args)
+    encoder = SentenceEncoder(run, args.pooling, args.layer, args.batch_size)
+    if args.source_file or args.target_file:
+        if not (args.source_file and args.target_file):
+            raise ValueError("--source_file and --target_file go together")
+        sets = [retrieval.PairSet(
+            f"{args.source_file} | {args.target_file}",
+            encoder.tokenize(_read_text_lines(args.source_file)),
+            encoder.tokenize(_read_text_lines(args.target_file)),
+            run.language_id(args.source_language), run.language_id(args.target_language))]
+    else:
+        names = args.task or [t.name for t in seqio.get_mixture_or_task(
+            run.experiment.data.pair_mixture).tasks]
+        sets = [retrieval.task_pairs(n, args.split, args.max_examples) for n in names]
+    results = retrieval.evaluate(encoder, sets, args.center, progress=True)
+    print(retrieval.format_table(results))
+    settings = {"model_dir": args.model_dir, "step": run.step, "layer": encoder.layer,
+                "pooling": args.pooling, "center": args.center, "split": args.split}
+    if args.output:
+        retrieval.write_json(args.output, results, settings)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-m-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +155,54 @@ def build_parser() -> argparse.ArgumentParser:
                       "--model_dir=DIR")
     add_train_arguments(train)
     train.set_defaults(run=_train)
+
+    export = commands.add_parser(
+        "export-hf", help="write a run's checkpoint as a Hugging Face model directory")
+    _add_run_arguments(export)
+    export.add_argument("--out", required=True, help="new directory to write")
+    export.add_argument("--format", choices=("ernie_m", "xlm_roberta"), default="ernie_m")
+    export.add_argument("--fold_language", help="for models with language embeddings: add "
+                        "this language's embedding (or 'mean') to the position embeddings")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_export_hf, plain_errors=True)
+
+    imp = commands.add_parser(
+        "import-hf", help="turn an ErnieM or XLM-R checkpoint directory into a run to "
+                          "continue pretraining from")
+    imp.add_argument("--hf_dir", required=True)
+    imp.add_argument("--model_dir", required=True, help="new directory to write")
+    imp.add_argument("--seed", type=int, default=0, help="for tensors initialised fresh")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(run=_import_hf, plain_errors=True)
+
+    for name, helptext in (("embed", "sentence vectors for the lines of a text file"),
+                           ("eval-retrieval", "cross-lingual retrieval accuracy (both "
+                                              "directions) on parallel tasks or two files")):
+        sub = commands.add_parser(name, help=helptext)
+        _add_run_arguments(sub)
+        sub.add_argument("--pooling", choices=("cls", "mean"), default="mean")
+        sub.add_argument("--layer", type=int, default=-1,
+                         help="0 = embeddings, 1..N = layer outputs, -1 = last")
+        sub.add_argument("--batch_size", type=int, default=64)
+        if name == "embed":
+            sub.add_argument("--input", required=True, help="UTF-8 text, one sentence a line")
+            sub.add_argument("--output", required=True, help=".npy file to write")
+            sub.add_argument("--language", help="the text's language (models with language "
+                                                "embeddings)")
+            sub.set_defaults(run=_embed, plain_errors=True)
+        else:
+            sub.add_argument("--task", action="append", help="registered parallel task "
+                             "(repeatable; default: every task of the run's pair mixture)")
+            sub.add_argument("--split", default="test")
+            sub.add_argument("--max_examples", type=int)
+            sub.add_argument("--source_file")
+            sub.add_argument("--target_file")
+            sub.add_argument("--source_language")
+            sub.add_argument("--target_language")
+            sub.add_argument("--center", action="store_true",
+                             help="subtract each side's mean vector before comparing")
+            sub.add_argument("--output", help="JSON file for the results")
+            sub.set_defaults(run=_eval_retrieval, plain_errors=True)
     return parser
 
 
@@ -70,7 +214,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.gin_bindings = bindings
     if getattr(args, "steps", 1) <= 0:
         build_parser().error("--steps must be positive")
-    return args.run(args)
+    if not getattr(args, "plain_errors", False):
+        return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"ernie-m-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

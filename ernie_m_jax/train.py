@@ -35,7 +35,7 @@ import optax
 import seqio
 from tqdm import tqdm
 
-from ernie_m_jax import checkpoints, metrics as metrics_lib, partitioning, preemption
+from ernie_m_jax import checkpoints, metrics as metrics_lib, partitioning, preemption, saved_run
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig, SpecialTokens
 from ernie_m_jax.data import pipeline
 from ernie_m_jax.model import ErnieM, init_params
@@ -344,6 +344,7 @@ def _train(model_dir: str, exp: Optional[Experiment], stop_after: Optional[int],
     checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
     if cfg.data_setup is not None:
         cfg.data_setup()
+    saved_run.write_config(model_dir)
     model_config = exp.model
     _check_languages(model_config)
     btmlm = _btmlm_config(exp, model_config)

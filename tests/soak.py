@@ -30,14 +30,10 @@ def _command(data_dir, model_dir, steps):
 
 
 def _final_params(model_dir):
-    import orbax.checkpoint as ocp
+    from ernie_m_jax import saved_run
 
-    from ernie_m_jax import checkpoints
-
-    step = checkpoints.latest_step(Path(model_dir) / "checkpoints")
-    with ocp.PyTreeCheckpointer() as c:
-        state = c.restore(Path(model_dir).resolve() / "checkpoints" / str(step) / "state")
-    return step, state["params"]
+    loaded = saved_run.load(str(model_dir), setup_data=False)
+    return loaded.step, loaded.params
 
 
 def soak(data_dir, work_dir, steps=12, seconds=300.0, seed=0, max_interruptions=None):

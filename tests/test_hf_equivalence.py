@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ernie_m_jax.configs import model_config
-from ernie_m_jax.export.ernie_m_layout import encoder_state_dict
+from ernie_m_jax.export import layouts
 from ernie_m_jax.model import ErnieM, init_params
 
 torch = pytest.importorskip("torch")
@@ -24,7 +24,8 @@ def test_flax_encoder_matches_transformers_ernie_m():
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
         intermediate_size=config.mlp_dim, max_position_embeddings=config.max_position_embeddings,
         layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_id)).eval()
-    state = {k: torch.from_numpy(np.array(v)) for k, v in encoder_state_dict(params, config).items()}
+    state = {k: torch.from_numpy(np.array(v)) for k, v in
+             layouts.to_state_dict(params, config, layouts.ERNIE_M_ENCODER).items()}
     hf.load_state_dict(state, strict=True)
 
     rs = np.random.RandomState(0)
@@ -41,8 +42,22 @@ def test_flax_encoder_matches_transformers_ernie_m():
     np.testing.assert_allclose(ours["pooled_output"], theirs.pooler_output.numpy(), atol=1e-5)
 
 
-def test_models_with_language_embeddings_refuse_the_ernie_m_layout():
+def test_models_with_language_embeddings_refuse_the_hf_layouts():
     config = model_config("tiny", num_languages=2)
     params = nn.unbox(init_params(config, jax.random.key(0)))["params"]
-    with pytest.raises(ValueError, match="language embeddings"):
-        encoder_state_dict(params, config)
+    for layout in layouts.LAYOUTS.values():
+        with pytest.raises(ValueError, match="language embeddings.*--fold_language"):
+            layouts.to_state_dict(params, config, layout)
+
+
+def test_folding_a_language_embedding_is_exact_for_that_language():
+    config = model_config("tiny", num_languages=3)
+    params = nn.unbox(init_params(config, jax.random.key(1)))["params"]
+    folded, plain = layouts.fold_language_embedding(params, config, 2)
+    assert plain.num_languages == 0 and "language_embeddings" not in folded["embeddings"]
+    ids = np.array([[0, 7, 9, 11, 2, 1]])
+    ours = ErnieM(config).apply({"params": params}, ids, language_ids=np.full(ids.shape, 2))
+    theirs = ErnieM(plain).apply({"params": folded}, ids)
+    np.testing.assert_allclose(ours["hidden_states"], theirs["hidden_states"], atol=1e-6)
+    other = ErnieM(config).apply({"params": params}, ids, language_ids=np.zeros_like(ids))
+    assert np.abs(other["hidden_states"] - theirs["hidden_states"]).max() > 1e-3

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ernie_m_jax import checkpoints, cli, gin_config, optimizer, train
+from ernie_m_jax import checkpoints, cli, gin_config, optimizer, saved_run, train
 from ernie_m_jax.metrics import read_metrics
 from tests.train_runs import ROOT, as_flags, run, tiny_bindings
 
@@ -24,21 +24,11 @@ def _losses(model_dir, key="train/loss"):
     return [r[key] for r in read_metrics(model_dir) if key in r]
 
 
-def _final_params(model_dir, bindings, files=("runs/demo_cpu.gin",)):
+def _final_params(model_dir):
+    """(step, params) of the newest checkpoint, read through the run's own config.gin."""
+    loaded = saved_run.load(str(model_dir), setup_data=False)
     gin.clear_config()
-    gin_config.parse(files, bindings)
-    exp = train.Experiment.from_gin()
-    gin.clear_config()
-    mesh = train.partitioning.make_mesh(exp.mesh)
-    opt = optimizer.make_optimizer(exp.optimizer, exp.train.num_steps)
-    state, shardings = train.init_state(exp, exp.model, opt, mesh)
-    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), 5)
-    try:
-        step = mngr.latest_step()
-        restored = checkpoints.restore(mngr, step, checkpoints.abstract_like(state, shardings))
-    finally:
-        mngr.close()
-    return step, jax.tree.map(np.asarray, restored["params"])
+    return loaded.step, loaded.params
 
 
 @pytest.mark.slow
@@ -77,8 +67,8 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     run(interrupted, bindings, stop_after=3)
     assert checkpoints.latest_step(interrupted / "checkpoints") == 3
     run(interrupted, bindings)  # same model_dir: picks up params, optimizer, rng and data
-    step_a, params_a = _final_params(straight, bindings)
-    step_b, params_b = _final_params(interrupted, bindings)
+    step_a, params_a = _final_params(straight)
+    step_b, params_b = _final_params(interrupted)
     assert step_a == step_b == 6
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

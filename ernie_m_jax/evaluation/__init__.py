@@ -1,0 +1,1 @@
+"""Using a trained encoder: sentence vectors and cross-lingual retrieval."""

@@ -1,0 +1,113 @@
+"""Sentence vectors from a trained run: rows like training's, one jit-compiled forward.
+
+Rows are `[CLS] x [SEP]` as in `data/features.py`, tokenized by the run's own SentencePiece
+model (so the ids are the ones training saw). Batches are padded to a fixed number of rows
+and to a multiple of `length_multiple` positions, so a whole file compiles a handful of times.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, List, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ernie_m_jax.model import ErnieM
+from ernie_m_jax.saved_run import SavedRun
+
+POOLINGS = ("cls", "mean")
+
+
+def pool(hidden: jax.Array, keys: jax.Array, pooling: str) -> jax.Array:
+    """`cls`: the first position; `mean`: the mean over real (non-pad) tokens, [CLS] and
+    [SEP] included, as sentence-transformers does."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = keys.astype(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+
+
+class SentenceEncoder:
+    def __init__(self, run: SavedRun, pooling: str = "mean", layer: int = -1,
+                 batch_size: int = 64, length_multiple: int = 16):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
+        layers = run.model.num_layers
+        if not -layers - 1 <= layer <= layers:
+            raise ValueError(f"layer {layer} does not exist: 0 is the embeddings, 1..{layers} "
+                             "the encoder layers (negative counts from the last)")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.run, self.pooling, self.batch_size = run, pooling, batch_size
+        self.layer = layer % (layers + 1)
+        self.length_multiple = length_multiple
+        self.max_length = run.model.max_length
+        self._processor = None
+        model = ErnieM(run.model)
+        self._params = jax.device_put(run.params)
+
+        def forward(params, ids, language_ids):
+            keys = ids != run.model.pad_id
+            out = model.apply({"params": params}, ids, attention_mask=keys,
+                              language_ids=language_ids, output_hidden_states=True)
+            return pool(out["all_hidden_states"][self.layer].astype(jnp.float32), keys, pooling)
+
+        self._forward = jax.jit(forward)
+
+    @property
+    def processor(self):
+        if self._processor is None:
+            import sentencepiece as spm
+
+            if self.run.vocabulary_path is None:
+                raise ValueError(f"{self.run.model_dir}: the run's vocabulary is unknown")
+            self._processor = spm.SentencePieceProcessor(
+                model_file=str(self.run.vocabulary_path))
+        return self._processor
+
+    def tokenize(self, texts: Iterable[str]) -> List[List[int]]:
+        """Each text's ids (no special tokens); over-long texts are cut and counted."""
+        rows, cut = [], 0
+        for text in texts:
+            ids = self.processor.EncodeAsIds(text)
+            if len(ids) > self.max_length - 2:
+                cut += 1
+                ids = ids[:self.max_length - 2]
+            rows.append(ids)
+        if cut:
+            logging.warning("%d of %d texts were longer than %d tokens and were cut", cut,
+                            len(rows), self.max_length - 2)
+        return rows
+
+    def embed_ids(self, rows: Sequence[Sequence[int]], language: Union[int, Sequence[int]] = 0,
+                  progress: bool = False, desc: str = "embed") -> np.ndarray:
+        """[len(rows), hidden] float32 vectors for token-id rows (without special tokens)."""
+        tokens = self.run.tokens
+        languages = ([language] * len(rows) if isinstance(language, (int, np.integer))
+                     else list(language))
+        out = []
+        bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = [[tokens.cls_id, *r[:self.max_length - 2], tokens.sep_id]
+                     for r in rows[start:start + self.batch_size]]
+            longest = max(len(r) for r in chunk)
+            length = min(-(-longest // self.length_multiple) * self.length_multiple,
+                         self.max_length)
+            ids = np.full((self.batch_size, length), tokens.pad_id, np.int32)
+            lang = np.zeros((self.batch_size, length), np.int32)
+            for i, r in enumerate(chunk):
+                ids[i, :len(r)] = r
+                lang[i] = languages[start + i]
+            out.append(np.asarray(self._forward(self._params, ids, lang))[:len(chunk)])
+            bar.update(len(chunk))
+        bar.close()
+        if not out:
+            return np.zeros((0, self.run.model.hidden_size), np.float32)
+        return np.concatenate(out)
+
+    def embed_texts(self, texts: Sequence[str], language: Optional[str] = None,
+                    progress: bool = False) -> np.ndarray:
+        return self.embed_ids(self.tokenize(texts), self.run.language_id(language), progress)

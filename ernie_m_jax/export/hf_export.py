@@ -1,0 +1,116 @@
+"""Write a trained run as a Hugging Face checkpoint directory (`ernie-m-jax export-hf`).
+
+`ernie_m`: `ErnieMModel` (`config.json` with `model_type: ernie_m`, `model.safetensors`), our
+MLM head beside it in `mlm_head.safetensors` (ErnieM has no MLM class in transformers), the
+tokenizer files. `xlm_roberta`: the same encoder as `XLMRobertaForMaskedLM` with its MLM head
+and a single all-zero token type, which transformers 4.x and 5.x and sentence-transformers
+load. The output directory is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ernie_m_jax.configs import ModelConfig, SpecialTokens
+from ernie_m_jax.export import hf_tokenizer, layouts
+from ernie_m_jax.saved_run import TRAINING_VOCAB_FILE, SavedRun, checked_output_dir
+
+PROVENANCE_FILE = "ernie_m_jax_export.json"
+MLM_HEAD_FILE = "mlm_head.safetensors"
+MEAN = "mean"
+
+
+def hf_config(config: ModelConfig, tokens: SpecialTokens, fmt: str) -> dict:
+    common = {
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "intermediate_size": config.mlp_dim, "hidden_act": "gelu",
+        "hidden_dropout_prob": config.dropout_rate,
+        "attention_probs_dropout_prob": config.attention_dropout_rate,
+        "max_position_embeddings": config.max_position_embeddings,
+        "initializer_range": config.initializer_range, "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": config.pad_id, "torch_dtype": "float32",
+    }
+    if fmt == layouts.ERNIE_M:
+        return {"model_type": "ernie_m", "architectures": ["ErnieMModel"],
+                "act_dropout": config.activation_dropout_rate, **common}
+    return {"model_type": "xlm-roberta", "architectures": ["XLMRobertaForMaskedLM"],
+            "type_vocab_size": 1, "position_embedding_type": "absolute",
+            "bos_token_id": tokens.cls_id, "eos_token_id": tokens.sep_id, **common}
+
+
+def _check_positions(config: ModelConfig, fmt: str) -> None:
+    # ErnieM numbers positions from 2; XLM-R from pad_id + 1 (for right-padded text).
+    wanted = 2 if fmt == layouts.ERNIE_M else config.pad_id + 1
+    if config.position_offset != wanted:
+        raise ValueError(f"the {fmt} format numbers positions from {wanted}, this model from "
+                         f"ModelConfig.position_offset={config.position_offset}")
+
+
+def fold_languages(run: SavedRun, fold_language: Optional[str]):
+    """(params, config) without language embeddings, or a clear refusal."""
+    config = run.model
+    if not config.num_languages:
+        return run.params, config
+    if fold_language is None:
+        raise ValueError(
+            f"this model was trained with language embeddings (ModelConfig.num_languages="
+            f"{config.num_languages}), which Hugging Face's ErnieM and XLM-R have no place for. "
+            "Pass --fold_language=LANG to add LANG's embedding to every position embedding: "
+            "the export then equals this model exactly on text fed as LANG, and encodes every "
+            f"other language as if it were LANG; or --fold_language={MEAN} for the mean of the "
+            f"run's languages ({sorted(run.languages)}), equal to none of them exactly")
+    if fold_language == MEAN:
+        ids = sorted(i for i in run.languages.values() if i < config.num_languages)
+        if not ids:
+            raise ValueError("the run registered no languages to average over")
+        table = np.asarray(run.params["embeddings"]["language_embeddings"]["embedding"])
+        params = dict(run.params, embeddings=dict(run.params["embeddings"], language_embeddings={
+            "embedding": np.concatenate([table, table[ids].mean(0, keepdims=True)])}))
+        widened = dataclasses.replace(config, num_languages=len(table) + 1)
+        return layouts.fold_language_embedding(params, widened, len(table))
+    return layouts.fold_language_embedding(run.params, config, run.language_id(fold_language))
+
+
+def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
+           fold_language: Optional[str] = None, overwrite: bool = False) -> Path:
+    from safetensors.numpy import save_file
+
+    if fmt not in layouts.FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {layouts.FORMATS}")
+    if run.vocabulary_path is None:
+        raise ValueError(f"{run.model_dir}: the run's vocabulary is unknown (its gin config "
+                         "registers no tasks); the export needs it for the tokenizer files")
+    out_dir = Path(checked_output_dir(out, overwrite))
+    params, config = fold_languages(run, fold_language)
+    _check_positions(config, fmt)
+    tmp = out_dir.parent / (out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    metadata = {"format": "pt", "producer": "ernie_m_jax"}
+    if fmt == layouts.ERNIE_M:
+        save_file(layouts.to_state_dict(params, config, layouts.ERNIE_M_ENCODER),
+                  str(tmp / "model.safetensors"), metadata)
+        save_file(layouts.to_state_dict(params, config, layouts.ERNIE_M_MLM_HEAD),
+                  str(tmp / MLM_HEAD_FILE), metadata)
+    else:
+        state = layouts.to_state_dict(params, config, layouts.XLM_ROBERTA_TENSORS)
+        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
+        save_file(state, str(tmp / "model.safetensors"), metadata)
+    (tmp / "config.json").write_text(json.dumps(hf_config(config, run.tokens, fmt), indent=2))
+    hf_tokenizer.write_tokenizer_files(tmp, run.vocabulary_path, run.tokens, config.max_length,
+                                       with_ernie_m_files=fmt == layouts.ERNIE_M)
+    shutil.copyfile(run.vocabulary_path, tmp / TRAINING_VOCAB_FILE)
+    provenance = {"format": fmt, "model_dir": run.model_dir, "step": run.step,
+                  "fold_language": fold_language, "special_tokens": dataclasses.asdict(run.tokens)}
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

@@ -35,7 +35,7 @@ def write_config(model_dir: str) -> None:
     tmp = path.parent / (CONFIG_FILE + ".tmp")
     tmp.write_text("# Written by ernie_m_jax.train: the gin config this run was started with.\n"
                    + text)
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,413 @@
+"""Train-step benchmark: step time, tokens/s and MFU beside the hardware's measured limit and
+beside a PyTorch eager baseline, plus the overheads that matter (BTMLM, FSDP, input, memory).
+
+    python -m benchmarks.train_step                      # this CPU (several minutes)
+    python -m benchmarks.train_step --preset gpu         # one GPU, bf16, <= 8 minutes
+    python -m benchmarks.train_step --preset quick       # seconds: checks the script runs
+
+Every figure comes from this one run on this one machine, so ratios are meaningful even on
+noisy machines; absolute numbers are not comparable across runs. FLOPs are counted as
+MaxText/MLPerf do (`metrics.step_flops`): matmuls x 3 for forward + backward, attention not
+halved, recomputation not counted, the MLM head only where logits are computed, BTMLM's
+generation pass added. MFU's peak is a large matmul timed here (CPU) or the device's dense
+bf16 peak (GPU/TPU, `metrics.PEAK_FLOPS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PRESETS = {
+    # (sizes, lengths, tokens per step, timed steps, warm-up steps, dtype)
+    "cpu": dict(sizes=("tiny", "small", "base"), lengths=(128, 512), tokens=2048, steps=3,
+                warmup=2, dtype="float32", torch=True, btmlm=True, fsdp=True, pipeline=True),
+    "gpu": dict(sizes=("small", "base"), lengths=(128, 512), tokens=32768, steps=10,
+                warmup=3, dtype="bfloat16", torch=False, btmlm=True, fsdp=False,
+                pipeline=True),
+    "quick": dict(sizes=("tiny",), lengths=(32,), tokens=256, steps=2, warmup=1,
+                  dtype="float32", torch=True, btmlm=True, fsdp=False, pipeline=False),
+}
+
+
+def _median_seconds(fn, steps: int, warmup: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(dtype: str, n: int) -> float:
+    """FLOP/s of one large square matmul in `dtype`: the practical peak of this device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda x, y: x @ y)
+    times = _median_seconds(lambda: f(a, b).block_until_ready(), 5, 2)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def _model_config(size: str, dtype: str, **overrides):
+    from ernie_m_jax.configs import model_config
+
+    # 512 positions for every size, so every length fits.
+    return model_config(size, max_position_embeddings=514, dtype=dtype, **overrides)
+
+
+def _batch(config, batch: int, length: int, seed: int = 0):
+    """Full-length rows ([CLS] x [SEP], no padding): every position is a real token."""
+    import numpy as np
+
+    rs = np.random.RandomState(seed)
+    ids = rs.randint(5, config.vocab_size, (batch, length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 0, 2
+    return {"input_ids": ids, "segment_ids": np.ones_like(ids),
+            "language_ids": np.zeros_like(ids)}
+
+
+def jax_step(config, batch: int, length: int, objective: str = "mmlm",
+             mesh_shape=(-1, 1, 1), steps: int = 3, warmup: int = 2,
+             placeholders: Optional[int] = None) -> Dict[str, float]:
+    """One objective's full train step (loss, grads, AdamW), jit with shardings and donation,
+    as `train.py` runs it."""
+    import jax
+
+    from ernie_m_jax import metrics, partitioning, train
+    from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
+    from ernie_m_jax.data.pipeline import DataConfig
+    from ernie_m_jax.model import ErnieM
+    from ernie_m_jax.objectives import make_objectives
+    from ernie_m_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+
+    btmlm = BTMLMConfig(max_placeholders=placeholders) if objective == "btmlm" else None
+    exp = train.Experiment(
+        train.TrainConfig(objective_weights={objective: 1.0}), config, DataConfig(),
+        partitioning.MeshConfig(shape=tuple(mesh_shape)), OptimizerConfig(), MaskingConfig(),
+        btmlm or BTMLMConfig(), SpecialTokens())
+    mesh = partitioning.make_mesh(exp.mesh)
+    rules = exp.mesh.rules
+    optimizer = make_optimizer(exp.optimizer, 1000)
+    objectives = make_objectives(ErnieM(config), exp.tokens, exp.masking, btmlm)
+    state, shardings = train.init_state(exp, config, optimizer, mesh)
+    data = partitioning.data_sharding(mesh, rules)
+    step_fn = jax.jit(
+        train.make_train_step(objectives, {objective: 1.0}, optimizer,
+                              learning_rate_schedule(exp.optimizer, 1000)),
+        in_shardings=(shardings, {objective: {k: data for k in
+                                              ("input_ids", "segment_ids", "language_ids")}}),
+        out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+    with partitioning.activate(mesh, rules):
+        batches = train.global_batch({objective: _batch(config, batch, length)}, mesh, rules)
+        start = time.perf_counter()
+        compiled = step_fn.lower(state, batches).compile()
+        compile_s = time.perf_counter() - start
+        holder = {"state": state}
+
+        def one():
+            holder["state"], out = compiled(holder["state"], batches)
+            jax.block_until_ready(out)
+
+        times = _median_seconds(one, steps, warmup)
+    memory = compiled.memory_analysis()
+    flops = metrics.step_flops(config, {objective: (batch, length)}, exp.masking, btmlm)
+    tokens = batch * (length + (placeholders or 0))
+    median = statistics.median(times)
+    result = {"compile_s": compile_s, "step_s": median, "step_s_all": times,
+              "tokens_per_s": tokens / median, "model_flops": flops,
+              "devices": mesh.size}
+    if memory is not None:
+        result["compiled_bytes"] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                       + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    return result
+
+
+def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict[str, float]:
+    """The same MLM step in PyTorch eager f32: transformers' ErnieMModel + an XLM-R-style head
+    (tied decoder), logits only at the masked positions (as ours), AdamW, clipping at 1.0."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from ernie_m_jax.configs import MaskingConfig
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    encoder = transformers.ErnieMModel(transformers.ErnieMConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        intermediate_size=config.mlp_dim, max_position_embeddings=config.max_position_embeddings,
+        hidden_dropout_prob=config.dropout_rate,
+        attention_probs_dropout_prob=config.attention_dropout_rate,
+        layer_norm_eps=config.layer_norm_eps, pad_token_id=config.pad_id))
+    head = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, config.hidden_size),
+                               torch.nn.GELU(), torch.nn.LayerNorm(config.hidden_size))
+    bias = torch.nn.Parameter(torch.zeros(config.vocab_size))
+    params = list(encoder.parameters()) + list(head.parameters()) + [bias]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, eps=1e-6, weight_decay=0.01)
+    encoder.train()
+    ids = torch.from_numpy(_batch(config, batch, length)["input_ids"].astype(np.int64))
+    slots = MaskingConfig().num_slots(length)
+    rs = np.random.RandomState(0)
+    positions = torch.from_numpy(np.stack([np.sort(rs.choice(np.arange(1, length - 1), slots,
+                                                               replace=False))
+                                           for _ in range(batch)]))
+    labels = torch.gather(ids, 1, positions)
+    masked = ids.scatter(1, positions, 4)
+    attention = torch.ones_like(ids)
+
+    def one():
+        optimizer.zero_grad(set_to_none=True)
+        hidden = encoder(input_ids=masked, attention_mask=attention).last_hidden_state
+        picked = torch.gather(hidden, 1, positions[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = head(picked) @ encoder.embeddings.word_embeddings.weight.T + bias
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, config.vocab_size),
+                                                 labels.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+
+    times = _median_seconds(one, steps, warmup)
+    median = statistics.median(times)
+    return {"step_s": median, "step_s_all": times, "tokens_per_s": batch * length / median,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def pipeline_rate(batches: int = 60) -> Dict[str, float]:
+    """Rows/s the demo input pipeline delivers (all four objectives' streams), after warm-up."""
+    from ernie_m_jax.data import pipeline
+    from tasks.demo import register_demo
+
+    register_demo()
+    config = pipeline.DataConfig(mono_length=128, pair_length=128)
+    objectives = ("mmlm", "tlm", "camlm", "btmlm")
+    rows = sum(config.enabled(objectives).values())
+    iterator = iter(pipeline.training_dataset(config, objectives).as_numpy_iterator())
+    for _ in range(10):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    return {"rows_per_s": rows * batches / seconds, "rows_per_step": rows, "length": 128}
+
+
+def _fsdp_child(args) -> None:
+    """Runs in a subprocess with 8 simulated devices (set before JAX starts)."""
+    import jax
+
+    config = _model_config(args.fsdp_size, "float32", dropout_rate=0.0,
+                           attention_dropout_rate=0.0)
+    batch = args.fsdp_tokens // args.fsdp_length
+    out = {"devices": jax.device_count()}
+    for name, shape in (("fsdp", (1, -1, 1)), ("data_parallel", (-1, 1, 1))):
+        out[name] = jax_step(config, batch, args.fsdp_length, mesh_shape=shape,
+                             steps=args.steps, warmup=args.warmup)
+    print("RESULT " + json.dumps(out))
+
+
+def fsdp_overhead(size: str, length: int, tokens: int, steps: int, warmup: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "benchmarks.train_step", "--fsdp_child",
+           f"--fsdp_size={size}", f"--fsdp_length={length}", f"--fsdp_tokens={tokens}",
+           f"--steps={steps}", f"--warmup={warmup}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
+    import jax
+
+    from ernie_m_jax import metrics
+
+    p = PRESETS[preset]
+    device = jax.devices()[0]
+    peak = metrics.peak_flops(device)
+    measured = matmul_peak(p["dtype"], 4096 if device.platform == "cpu" else 16384)
+    peak_source = "device spec (dense bf16)" if peak else "measured matmul"
+    peak = peak or measured
+    report = {"preset": preset, "device": device.device_kind, "platform": device.platform,
+              "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+              "jax": jax.__version__, "dtype": p["dtype"], "matmul_flops_measured": measured,
+              "peak_flops": peak, "peak_source": peak_source, "steps": p["steps"],
+              "warmup": p["warmup"], "rows": []}
+    for size in sizes:
+        for length in lengths:
+            batch = max(1, p["tokens"] // length)
+            config = _model_config(size, p["dtype"])
+            row = {"size": size, "length": length, "batch": batch}
+            ours = jax_step(config, batch, length, steps=p["steps"], warmup=p["warmup"])
+            row["jax"] = ours
+            row["mfu"] = ours["model_flops"] / ours["step_s"] / (peak * ours["devices"])
+            if p["torch"]:
+                theirs = torch_step(config, batch, length, p["steps"], p["warmup"])
+                row["torch"] = theirs
+                row["speedup_vs_torch"] = theirs["step_s"] / ours["step_s"]
+            report["rows"].append(row)
+            print(_row_line(row), flush=True)
+            if device.platform != "cpu":
+                stats = device.memory_stats() or {}
+                row["device_peak_bytes"] = stats.get("peak_bytes_in_use")
+    if p["btmlm"]:
+        size = "small" if "small" in sizes else sizes[0]
+        length = min(lengths)
+        k = length // 2
+        config = _model_config(size, p["dtype"])
+        batch = max(1, p["tokens"] // (length + k))
+        mmlm = jax_step(config, batch, length + k, steps=p["steps"], warmup=p["warmup"])
+        btmlm = jax_step(config, batch, length, "btmlm", steps=p["steps"], warmup=p["warmup"],
+                         placeholders=k)
+        report["btmlm_vs_mmlm"] = {
+            "size": size, "source_length": length, "placeholders": k, "batch": batch,
+            "mmlm_step_s": mmlm["step_s"], "btmlm_step_s": btmlm["step_s"],
+            "ratio": btmlm["step_s"] / mmlm["step_s"],
+            "flops_ratio": btmlm["model_flops"] / mmlm["model_flops"]}
+        print(f"BTMLM / MMLM step at equal tokens: {report['btmlm_vs_mmlm']['ratio']:.2f}x "
+              f"(FLOPs {report['btmlm_vs_mmlm']['flops_ratio']:.2f}x)", flush=True)
+    if p["fsdp"]:
+        size = "small" if "small" in sizes else sizes[0]
+        one = jax_step(_model_config(size, "float32", dropout_rate=0.0,
+                                     attention_dropout_rate=0.0),
+                       p["tokens"] // 128, 128, steps=p["steps"], warmup=p["warmup"])
+        eight = fsdp_overhead(size, 128, p["tokens"], p["steps"], p["warmup"])
+        report["fsdp_8_vs_1"] = {
+            "size": size, "length": 128, "one_device_step_s": one["step_s"],
+            "fsdp_8_step_s": eight["fsdp"]["step_s"],
+            "data_parallel_8_step_s": eight["data_parallel"]["step_s"],
+            "fsdp_ratio": eight["fsdp"]["step_s"] / one["step_s"],
+            "data_parallel_ratio": eight["data_parallel"]["step_s"] / one["step_s"]}
+        print(f"8 simulated devices / 1 device: FSDP {report['fsdp_8_vs_1']['fsdp_ratio']:.2f}x, "
+              f"data parallel {report['fsdp_8_vs_1']['data_parallel_ratio']:.2f}x", flush=True)
+    if p["pipeline"]:
+        rate = pipeline_rate()
+        demo = next((r for r in report["rows"] if r["size"] == "small" and r["length"] == 128),
+                    report["rows"][0])
+        consumed = demo["batch"] / demo["jax"]["step_s"]
+        report["input_pipeline"] = {**rate, "rows_per_s_consumed": consumed,
+                                    "headroom": rate["rows_per_s"] / consumed,
+                                    "consumer": f"{demo['size']}@{demo['length']}"}
+        print(f"input pipeline: {rate['rows_per_s']:.0f} rows/s vs {consumed:.1f} consumed "
+              f"({report['input_pipeline']['headroom']:.0f}x headroom)", flush=True)
+    report["process_peak_rss_gib"] = _peak_rss_gib()
+    return report
+
+
+def _row_line(row) -> str:
+    line = (f"{row['size']:>5} L={row['length']:<4} B={row['batch']:<4} "
+            f"step {row['jax']['step_s'] * 1e3:8.1f} ms  compile {row['jax']['compile_s']:5.1f} s  "
+            f"{row['jax']['tokens_per_s']:9.0f} tok/s  MFU {row['mfu']:6.1%}")
+    if "torch" in row:
+        line += (f"  torch {row['torch']['step_s'] * 1e3:8.1f} ms  "
+                 f"speed-up {row['speedup_vs_torch']:.2f}x")
+    return line
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Device: {report['device']} ({report['cores']} cores), jax {report['jax']}, "
+             f"{report['dtype']}; peak {report['peak_flops'] / 1e9:.1f} GFLOP/s "
+             f"({report['peak_source']}); median of {report['steps']} steps after "
+             f"{report['warmup']} warm-up.", "",
+             "| size | length | batch | step (ms) | compile (s) | tokens/s | MFU | PyTorch step "
+             "(ms) | speed-up vs PyTorch | compiled memory (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        torch_ms = f"{r['torch']['step_s'] * 1e3:.0f}" if "torch" in r else "–"
+        speed = f"{r['speedup_vs_torch']:.2f}x" if "torch" in r else "–"
+        mem = r["jax"].get("compiled_bytes")
+        mem_text = f"{mem / 2 ** 30:.2f}" if mem else "–"
+        lines.append(f"| {r['size']} | {r['length']} | {r['batch']} | "
+                     f"{r['jax']['step_s'] * 1e3:.0f} | {r['jax']['compile_s']:.1f} | "
+                     f"{r['jax']['tokens_per_s']:.0f} | {r['mfu']:.1%} | {torch_ms} | {speed} | "
+                     f"{mem_text} |")
+    lines.append("")
+    if "btmlm_vs_mmlm" in report:
+        b = report["btmlm_vs_mmlm"]
+        total = b["source_length"] + b["placeholders"]
+        lines.append(f"- BTMLM step / MMLM step at equal tokens ({b['size']}, "
+                     f"{b['source_length']} source + {b['placeholders']} placeholders vs {total} "
+                     f"tokens): **{b['ratio']:.2f}x** (model FLOPs {b['flops_ratio']:.2f}x)")
+    if "fsdp_8_vs_1" in report:
+        f = report["fsdp_8_vs_1"]
+        lines.append(f"- 8 simulated CPU devices / 1 device ({f['size']}, length 128, same global "
+                     f"batch): FSDP **{f['fsdp_ratio']:.2f}x**, data parallel "
+                     f"{f['data_parallel_ratio']:.2f}x (the 8 share the same cores: this "
+                     "measures partitioning overhead, not scaling)")
+    if "input_pipeline" in report:
+        i = report["input_pipeline"]
+        lines.append(f"- Input pipeline: {i['rows_per_s']:.0f} rows/s (all four objectives, "
+                     f"length 128) vs {i['rows_per_s_consumed']:.1f} rows/s consumed by the "
+                     f"{i['consumer']} step: **{i['headroom']:.0f}x** headroom")
+    lines.append(f"- Peak resident memory of the benchmark process: "
+                 f"{report['process_peak_rss_gib']:.1f} GiB")
+    return "\n".join(lines)
+
+
+def _update_readme(text: str, preset: str) -> None:
+    readme = Path(__file__).with_name("README.md")
+    begin, end = f"<!-- results:{preset} -->", f"<!-- /results:{preset} -->"
+    content = readme.read_text()
+    if begin not in content:
+        raise ValueError(f"{readme} has no {begin} ... {end} block")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--sizes", help="comma-separated, e.g. tiny,small")
+    parser.add_argument("--lengths", help="comma-separated, e.g. 128,512")
+    parser.add_argument("--output", help="JSON file (default benchmarks/results/<preset>.json)")
+    parser.add_argument("--update_readme", action="store_true",
+                        help="rewrite this preset's table in benchmarks/README.md")
+    parser.add_argument("--fsdp_child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp_size", default="small", help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp_length", type=int, default=128, help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp_tokens", type=int, default=2048, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.fsdp_child:
+        _fsdp_child(args)
+        return 0
+    preset = PRESETS[args.preset]
+    sizes = tuple(args.sizes.split(",")) if args.sizes else preset["sizes"]
+    lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else preset["lengths"]
+    report = run(args.preset, sizes, lengths)
+    text = markdown(report)
+    print(text)
+    output = Path(args.output or ROOT / "benchmarks" / "results" / f"{args.preset}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    print(f"wrote {output}")
+    if args.update_readme:
+        _update_readme(text, args.preset)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The benchmark's ingredients: FLOP counting against XLA's own count, and both step
+timers on a tiny model (speed targets live in benchmarks/, not here)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import train_step as bench
+from ernie_m_jax import metrics
+from ernie_m_jax.configs import MaskingConfig, model_config
+from ernie_m_jax.model import ErnieM, init_params
+
+
+def test_forward_flops_match_xla_cost_analysis():
+    # One layer: XLA's cost analysis counts the body of the scanned layer loop once.
+    config = model_config("tiny", hidden_size=256, num_heads=4, mlp_dim=1024, vocab_size=1000,
+                          num_layers=1)
+    batch, length, predictions = 2, 64, 9
+    params = init_params(config, jax.random.key(0))
+    ids = jnp.full((batch, length), 7, jnp.int32)
+    positions = jnp.tile(jnp.arange(predictions, dtype=jnp.int32), (batch, 1))
+    forward = jax.jit(lambda p, x: ErnieM(config).apply(p, x, mlm_positions=positions))
+    cost = forward.lower(params, ids).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ours = metrics.forward_flops(config, batch, length, predictions)
+    # XLA also counts elementwise work (softmax, GELU, LayerNorm): a few percent on top.
+    assert ours <= cost["flops"] <= 1.06 * ours, (ours, cost["flops"])
+
+
+def test_step_flops_add_btmlm_generation_and_count_camlm_twice():
+    config = model_config("tiny")
+    masking = MaskingConfig()
+    f = metrics.forward_flops
+    mmlm = metrics.step_flops(config, {"mmlm": (4, 32)}, masking)
+    assert mmlm == 3 * f(config, 4, 32, masking.num_slots(32))
+    camlm = metrics.step_flops(config, {"camlm": (4, 32)}, masking)
+    assert camlm == 3 * f(config, 8, 32, masking.num_slots(32))
+
+
+@pytest.mark.slow
+def test_both_step_timers_run_the_same_shapes():
+    config = bench._model_config("tiny", "float32")
+    ours = bench.jax_step(config, 4, 32, steps=2, warmup=1)
+    theirs = bench.torch_step(config, 4, 32, steps=2, warmup=1)
+    for result in (ours, theirs):
+        assert len(result["step_s_all"]) == 2 and result["step_s"] > 0
+        assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_s"])
+    assert ours["model_flops"] == metrics.step_flops(config, {"mmlm": (4, 32)}, MaskingConfig())
+    assert ours["compiled_bytes"] > 0
+    generated = bench.jax_step(config, 4, 16, "btmlm", steps=1, warmup=0, placeholders=16)
+    assert generated["tokens_per_s"] == pytest.approx(4 * 32 / generated["step_s"])
+    assert np.isfinite(bench.matmul_peak("float32", 256))

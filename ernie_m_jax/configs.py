@@ -51,6 +51,10 @@ class ModelConfig:
     # "none" keeps every activation; "full" recomputes each layer in the backward pass;
     # "dots" saves only matmul outputs without batch dims (jax.checkpoint_policies).
     remat_policy: str = "none"
+    # jax.nn.dot_product_attention's backend: "auto" lets JAX choose (cuDNN flash attention
+    # on GPUs that support the shapes and dtype, XLA otherwise), or force "xla" / "cudnn".
+    # Training with attention dropout uses Flax's unfused attention instead.
+    attention_implementation: str = "auto"
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -73,6 +77,9 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         _check_dtype("ModelConfig.dtype", self.dtype)
         _check_dtype("ModelConfig.param_dtype", self.param_dtype)
+        if self.attention_implementation not in ("auto", "xla", "cudnn"):
+            raise ValueError(f"ModelConfig.attention_implementation="
+                             f"{self.attention_implementation!r} is not one of auto/xla/cudnn")
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(
                 f"ModelConfig.remat_policy={self.remat_policy!r} is not one of none/full/dots")

@@ -116,6 +116,9 @@ class Embeddings(nn.Module):
         return self.word_embeddings.attend(hidden)
 
 
+ATTENTION_IMPLEMENTATIONS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with separate biased q/k/v/out projections and any boolean mask."""
 
@@ -133,18 +136,22 @@ class SelfAttention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
-        dropout_rng = None
-        if not self.deterministic and cfg.attention_dropout_rate > 0:
-            dropout_rng = self.make_rng("dropout")
-        context = nn.dot_product_attention(
-            q, k, v,
-            mask=mask[:, None, :, :],
-            dropout_rng=dropout_rng,
-            dropout_rate=cfg.attention_dropout_rate,
-            deterministic=self.deterministic,
-            dtype=cfg.compute_dtype,
-            force_fp32_for_softmax=True,
-        )
+        if self.deterministic or cfg.attention_dropout_rate == 0:
+            # JAX's fused attention (cuDNN flash attention on GPUs where it applies, XLA
+            # elsewhere); softmax in float32 either way.
+            context = jax.nn.dot_product_attention(
+                q, k, v, mask=mask[:, None, :, :],
+                implementation=ATTENTION_IMPLEMENTATIONS[cfg.attention_implementation])
+        else:  # attention dropout needs the weights explicitly
+            context = nn.dot_product_attention(
+                q, k, v,
+                mask=mask[:, None, :, :],
+                dropout_rng=self.make_rng("dropout"),
+                dropout_rate=cfg.attention_dropout_rate,
+                deterministic=False,
+                dtype=cfg.compute_dtype,
+                force_fp32_for_softmax=True,
+            )
         context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
         return _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out_proj",
                       in_axes=2)(context)

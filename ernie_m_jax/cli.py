@@ -141,6 +141,20 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from experiments import paper_in_miniature as paper
+
+    out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / args.config)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",") if args.arms else [paper.RANDOM_INIT, *paper.ARMS]
+    setting = paper.Setting(args.config, out, args.steps, tuple(args.gin_bindings))
+    summary = paper.run_experiment(setting, arms, seeds)
+    print(paper.format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-m-jax", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
                              help="subtract each side's mean vector before comparing")
             sub.add_argument("--output", help="JSON file for the results")
             sub.set_defaults(run=_eval_retrieval, plain_errors=True)
+
+    experiment = commands.add_parser(
+        "experiment", help="reproducible experiments; `paper-in-miniature`: what CAMLM and "
+                           "BTMLM add for languages without parallel data")
+    experiment.add_argument("name", choices=("paper-in-miniature",))
+    experiment.add_argument("--config", choices=("cpu", "tiny"), default="cpu")
+    experiment.add_argument("--seeds", default="0,1,2")
+    experiment.add_argument("--arms", help="comma-separated (default: random_init and all four)")
+    experiment.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
+    experiment.add_argument("--out", help="default experiments/results/paper_in_miniature/"
+                                          "<config>; finished arm x seed results are kept")
+    experiment.set_defaults(run=_experiment, plain_errors=True)
     return parser
 
 

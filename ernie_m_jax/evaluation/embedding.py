@@ -31,18 +31,21 @@ def pool(hidden: jax.Array, keys: jax.Array, pooling: str) -> jax.Array:
 
 
 class SentenceEncoder:
-    def __init__(self, run: SavedRun, pooling: str = "mean", layer: int = -1,
+    """`layer`: 0 = the embeddings, 1..N = the layers' outputs, negative counts from the last;
+    None gives every layer at once ([texts, N + 1, hidden])."""
+
+    def __init__(self, run: SavedRun, pooling: str = "mean", layer: Optional[int] = -1,
                  batch_size: int = 64, length_multiple: int = 16):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
         layers = run.model.num_layers
-        if not -layers - 1 <= layer <= layers:
+        if layer is not None and not -layers - 1 <= layer <= layers:
             raise ValueError(f"layer {layer} does not exist: 0 is the embeddings, 1..{layers} "
                              "the encoder layers (negative counts from the last)")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.run, self.pooling, self.batch_size = run, pooling, batch_size
-        self.layer = layer % (layers + 1)
+        self.layer = None if layer is None else layer % (layers + 1)
         self.length_multiple = length_multiple
         self.max_length = run.model.max_length
         self._processor = None
@@ -53,7 +56,10 @@ class SentenceEncoder:
             keys = ids != run.model.pad_id
             out = model.apply({"params": params}, ids, attention_mask=keys,
                               language_ids=language_ids, output_hidden_states=True)
-            return pool(out["all_hidden_states"][self.layer].astype(jnp.float32), keys, pooling)
+            hidden = out["all_hidden_states"].astype(jnp.float32)
+            if self.layer is not None:
+                return pool(hidden[self.layer], keys, pooling)
+            return jnp.stack([pool(h, keys, pooling) for h in hidden], axis=1)
 
         self._forward = jax.jit(forward)
 
@@ -84,7 +90,8 @@ class SentenceEncoder:
 
     def embed_ids(self, rows: Sequence[Sequence[int]], language: Union[int, Sequence[int]] = 0,
                   progress: bool = False, desc: str = "embed") -> np.ndarray:
-        """[len(rows), hidden] float32 vectors for token-id rows (without special tokens)."""
+        """[len(rows), hidden] (or [len(rows), layers + 1, hidden]) float32 vectors for
+        token-id rows (without special tokens)."""
         tokens = self.run.tokens
         languages = ([language] * len(rows) if isinstance(language, (int, np.integer))
                      else list(language))
@@ -105,7 +112,9 @@ class SentenceEncoder:
             bar.update(len(chunk))
         bar.close()
         if not out:
-            return np.zeros((0, self.run.model.hidden_size), np.float32)
+            shape = (0, self.run.model.hidden_size) if self.layer is not None else \
+                (0, self.run.model.num_layers + 1, self.run.model.hidden_size)
+            return np.zeros(shape, np.float32)
         return np.concatenate(out)
 
     def embed_texts(self, texts: Sequence[str], language: Optional[str] = None,

@@ -1,0 +1,422 @@
+"""ERNIE-M's claim in miniature: do CAMLM and BTMLM align languages beyond MMLM + TLM, above
+all for languages without parallel data?
+
+    ernie-m-jax experiment paper-in-miniature [--config cpu|tiny] [--seeds 0,1,2]
+        [--arms mmlm,mmlm_tlm,mmlm_tlm_camlm,ernie_m] [--out DIR] [--steps N]
+
+Arms share the model, the steps and the tokens per step (`gin/arms/*.gin`); `ernie_m` runs
+stage 1 (MMLM+TLM+CAMLM) for half the steps, then stage 2 (all four, BTMLM included) from it
+for the other half. Each finished arm x seed writes `results/<arm>_seed<k>.json` and is
+skipped on a rerun, so the experiment can be completed over several sittings (training itself
+resumes from its checkpoints too). `summary.json` (mean and spread over seeds) and `plot.png`
+are rewritten from whatever results exist.
+
+Evaluation is on the test split, for en<->X with X with and without parallel training data:
+retrieval accuracy in both directions at every layer with mean pooling, raw and with each
+language's mean vector subtracted, on the messages as they are and with format placeholders
+and markup stripped (UI catalogs share those across languages); MMLM accuracy per language;
+and two baselines in the same table: a randomly initialised model and bag-of-subwords cosine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import gin
+import numpy as np
+
+EXPERIMENT = "paper-in-miniature"
+GIN_DIR = Path(__file__).resolve().parent / "gin"
+CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
+ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")
+RANDOM_INIT, BAG_OF_SUBWORDS = "random_init", "bag_of_subwords"
+SOURCE = "en"
+MONO_MIXTURE, PARA_MIXTURE = "paper.mono", "paper.para"
+# printf/str.format/Django placeholders and HTML/XML tags.
+_MARKUP = re.compile(r"%\([^)]*\)[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]|%[-#0+]*\d*(?:\.\d+)?[sdifr]"
+                     r"|\{[^{}]*\}|<[^<>]+>|&[a-z]+;")
+
+
+@gin.configurable
+def register_experiment_data(data_dir: Optional[str] = None, vocab_size: int = 8000,
+                             parallel_languages: Sequence[str] = ("de", "fr", "es", "ru",
+                                                                  "zh_hans"),
+                             monolingual_only_languages: Sequence[str] = (
+                                 "it", "pt", "nl", "pl", "tr", "ar", "ja")):
+    """The demo corpus's tasks for these languages, and mixtures in which only
+    `parallel_languages` have parallel data."""
+    from tasks import registry
+    from tasks.demo import register_demo
+
+    overlap = set(parallel_languages) & set(monolingual_only_languages)
+    if overlap:
+        raise ValueError(f"languages {sorted(overlap)} are both parallel and monolingual-only")
+    demo = register_demo(data_dir, vocab_size,
+                         languages=(SOURCE, *parallel_languages, *monolingual_only_languages))
+    mono = [registry.mono_task_name(lang)
+            for lang in (SOURCE, *parallel_languages, *monolingual_only_languages)]
+    registry.add_mixture(MONO_MIXTURE, mono)
+    registry.add_mixture(PARA_MIXTURE, [registry.para_task_name(SOURCE, lang)
+                                        for lang in parallel_languages])
+    return demo
+
+
+def strip_markup(text: str) -> str:
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    config: str
+    out: Path
+    steps: Optional[int] = None  # overrides NUM_STEPS
+    bindings: Tuple[str, ...] = ()  # extra gin bindings for every run, e.g. a data_dir
+
+    def files(self, *arm_files: str) -> List[str]:
+        return [str(GIN_DIR / CONFIGS[self.config]),
+                *[str(GIN_DIR / "arms" / f) for f in arm_files]]
+
+
+def _parse(setting: Setting, arm_files: Sequence[str], bindings: Sequence[str]) -> None:
+    from ernie_m_jax import gin_config
+
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    gin_config.parse(setting.files(*arm_files), [*setting.bindings, *bindings])
+
+
+def _train(setting: Setting, model_dir: Path, arm_files: Sequence[str], seed: int,
+           steps: int, extra: Sequence[str] = ()) -> Dict[str, float]:
+    from ernie_m_jax import train
+
+    bindings = [f"TrainConfig.seed = {seed}", f"DataConfig.seed = {seed}",
+                f"NUM_STEPS = {steps}", *extra]
+    _parse(setting, arm_files, bindings)
+    try:
+        return train.train(str(model_dir), train.Experiment.from_gin())
+    finally:
+        gin.clear_config()
+
+
+def total_steps(setting: Setting) -> int:
+    if setting.steps:
+        return setting.steps
+    _parse(setting, ["mmlm.gin"], [])
+    try:
+        return int(gin.query_parameter("%NUM_STEPS"))
+    finally:
+        gin.clear_config()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def experiment_languages() -> Dict[str, Tuple[str, ...]]:
+    """Languages with and without parallel training data, read from the registered mixtures."""
+    import seqio
+
+    from tasks import registry
+
+    para_prefix = registry.para_task_name(SOURCE, "")
+    parallel = tuple(t.name[len(para_prefix):]
+                     for t in seqio.get_mixture_or_task(PARA_MIXTURE).tasks)
+    mono_prefix = registry.mono_task_name("")
+    mono = [t.name[len(mono_prefix):] for t in seqio.get_mixture_or_task(MONO_MIXTURE).tasks]
+    return {"parallel": parallel,
+            "monolingual_only": tuple(l for l in mono if l != SOURCE and l not in parallel)}
+
+
+def _corpus_dir(run) -> Path:
+    path = Path(run.vocabulary_path).parent / "demo_corpus"
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(f"the demo corpus is not next to the run's vocabulary ({path})")
+    return path
+
+
+def pair_sets(run, languages: Sequence[str], stripped: bool, encoder) -> List:
+    """Test-split en<->X pairs as token ids (optionally with placeholders/markup removed)."""
+    from ernie_m_jax.data import corpus
+    from ernie_m_jax.evaluation.retrieval import PairSet
+
+    data_dir = _corpus_dir(run)
+    english = corpus.read_split(data_dir, "test", SOURCE)
+    sets = []
+    for lang in languages:
+        other = corpus.read_split(data_dir, "test", lang)
+        pairs = [(english[k], other[k]) for k in sorted(other) if k in english]
+        if stripped:
+            pairs = [(strip_markup(a), strip_markup(b)) for a, b in pairs]
+            pairs = [(a, b) for a, b in pairs if a and b]
+        src, tgt = zip(*pairs)
+        sets.append(PairSet(f"{SOURCE}-{lang}", encoder.tokenize(src), encoder.tokenize(tgt),
+                            run.language_id(SOURCE), run.language_id(lang)))
+    return sets
+
+
+def _layer_results(encoder, sets, num_layers: int) -> Dict[str, Dict[str, Dict[str, dict]]]:
+    """{"raw"/"centered": {layer: {pair: accuracies}}}, every layer from one pass per side."""
+    from ernie_m_jax.evaluation.retrieval import retrieval_accuracy
+
+    out: Dict[str, Dict[str, Dict[str, dict]]] = {"raw": {}, "centered": {}}
+    for pairs in sets:
+        src = encoder.embed_ids(pairs.source, pairs.source_language)
+        tgt = encoder.embed_ids(pairs.target, pairs.target_language)
+        for layer in range(num_layers + 1):
+            for variant in out:
+                out[variant].setdefault(str(layer), {})[pairs.name] = retrieval_accuracy(
+                    src[:, layer], tgt[:, layer], pairs, center=variant == "centered")
+    return out
+
+
+def _bag_results(sets, vocab_size: int) -> Dict[str, dict]:
+    from ernie_m_jax.evaluation.retrieval import bag_of_subwords, retrieval_accuracy
+
+    return {p.name: retrieval_accuracy(bag_of_subwords(p.source, vocab_size),
+                                       bag_of_subwords(p.target, vocab_size), p)
+            for p in sets}
+
+
+def evaluate_run(run) -> dict:
+    """Retrieval at every layer, raw and centred, on the messages and on stripped text, with
+    bag-of-subwords on the same pairs; the run's tasks must be registered."""
+    from ernie_m_jax.evaluation.embedding import SentenceEncoder
+
+    languages = experiment_languages()
+    encoder = SentenceEncoder(run, pooling="mean", layer=None, batch_size=64)
+    every = [*languages["parallel"], *languages["monolingual_only"]]
+    result = {"languages": languages, "retrieval": {}, "bag_of_subwords": {}, "pairs": {}}
+    for text in ("messages", "stripped"):
+        sets = pair_sets(run, every, text == "stripped", encoder)
+        result["retrieval"][text] = _layer_results(encoder, sets, run.model.num_layers)
+        result["bag_of_subwords"][text] = _bag_results(sets, run.model.vocab_size)
+        result["pairs"][text] = {p.name: len(p.source) for p in sets}
+    return result
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+def _result_path(setting: Setting, arm: str, seed: int) -> Path:
+    return setting.out / "results" / f"{arm}_seed{seed}.json"
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _mlm_accuracy(summary: Dict[str, float]) -> Dict[str, float]:
+    return {k.split("/")[1]: v for k, v in summary.items()
+            if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2}
+
+
+def run_arm(setting: Setting, arm: str, seed: int) -> dict:
+    """Train (or resume) one arm with one seed, evaluate it, write its result file."""
+    from ernie_m_jax import saved_run
+
+    steps = total_steps(setting)
+    model_dir = setting.out / "runs" / f"{arm}_seed{seed}"
+    if arm == "ernie_m":
+        first = steps // 2
+        _train(setting, model_dir / "stage1", ["mmlm_tlm_camlm.gin"], seed, first)
+        summary = _train(setting, model_dir / "stage2", ["ernie_m_stage2.gin"], seed,
+                         steps - first,
+                         [f"TrainConfig.init_from = {str(model_dir / 'stage1')!r}"])
+        final_dir = model_dir / "stage2"
+    else:
+        summary = _train(setting, model_dir, [f"{arm}.gin"], seed, steps)
+        final_dir = model_dir
+    run = saved_run.load(str(final_dir))
+    try:
+        result = evaluate_run(run)
+    finally:
+        gin.clear_config()
+    result.update(arm=arm, seed=seed, steps=steps, mlm_accuracy=_mlm_accuracy(summary),
+                  final_losses={k: v for k, v in summary.items()
+                                if k.startswith("train/") and k.endswith("loss")})
+    return result
+
+
+def run_random_init(setting: Setting, seed: int) -> dict:
+    """The same encoder, untrained: what architecture and shared subwords give by themselves."""
+    import flax.linen as nn
+    import jax
+
+    from ernie_m_jax import saved_run, train
+    from ernie_m_jax.model import init_params
+    from tasks import languages
+
+    _parse(setting, ["mmlm.gin"], [f"TrainConfig.seed = {seed}"])
+    try:
+        exp = train.Experiment.from_gin()
+        exp.train.data_setup()
+        params = nn.unbox(init_params(exp.model, jax.random.key(seed)))["params"]
+        run = saved_run.SavedRun(
+            model_dir="", step=0, model=exp.model, tokens=exp.tokens,
+            params=jax.tree.map(np.asarray, params),
+            vocabulary_path=saved_run.vocabulary_of(exp.data.mono_mixture),
+            languages=languages.registered_languages(), experiment=exp)
+        result = evaluate_run(run)
+    finally:
+        gin.clear_config()
+    result.update(arm=RANDOM_INIT, seed=seed, steps=0, mlm_accuracy={})
+    return result
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def headline_layer(num_layers: int) -> int:
+    """Fixed before looking at results: the middle of the stack (XTREME reads a middle
+    layer, e.g. 8 of 12)."""
+    return math.ceil(num_layers * 2 / 3)
+
+
+def _mean_both_ways(per_pair: Dict[str, dict], languages: Sequence[str]) -> float:
+    values = [(per_pair[f"{SOURCE}-{lang}"]["source_to_target"]
+               + per_pair[f"{SOURCE}-{lang}"]["target_to_source"]) / 2 for lang in languages]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def run_metrics(result: dict) -> Dict[str, float]:
+    """Flat metrics of one result: retrieval (mean of both directions) per group, text,
+    variant and layer; MMLM accuracy per group."""
+    groups = result["languages"]
+    out: Dict[str, float] = {}
+    for text, variants in result["retrieval"].items():
+        for variant, layers in variants.items():
+            for layer, per_pair in layers.items():
+                for group, langs in groups.items():
+                    key = f"retrieval/{text}/{variant}/layer{layer}/{group}"
+                    out[key] = _mean_both_ways(per_pair, langs)
+    for text, per_pair in result["bag_of_subwords"].items():
+        for group, langs in groups.items():
+            out[f"bag_of_subwords/{text}/{group}"] = _mean_both_ways(per_pair, langs)
+    for group, langs in groups.items():
+        accs = [result["mlm_accuracy"][lang] for lang in langs if lang in result["mlm_accuracy"]]
+        if accs:
+            out[f"mlm_accuracy/{group}"] = float(np.mean(accs))
+    return out
+
+
+def summarise(out: Path) -> dict:
+    """Mean, sample standard deviation and n over seeds, per arm and metric."""
+    by_arm: Dict[str, List[Dict[str, float]]] = {}
+    layers = None
+    for path in sorted((out / "results").glob("*_seed*.json")):
+        result = json.loads(path.read_text())
+        by_arm.setdefault(result["arm"], []).append(run_metrics(result))
+        layers = len(result["retrieval"]["messages"]["raw"]) - 1
+    summary = {"headline_layer": headline_layer(layers) if layers else None, "arms": {}}
+    for arm, runs in by_arm.items():
+        keys = sorted(set().union(*runs))
+        summary["arms"][arm] = {
+            k: {"mean": float(np.mean([r[k] for r in runs if k in r])),
+                "std": float(np.std([r[k] for r in runs if k in r],
+                                    ddof=1)) if len(runs) > 1 else 0.0,
+                "n": sum(k in r for r in runs)} for k in keys}
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def plot(summary: dict, path: Path) -> Optional[Path]:
+    """Bar chart of the headline retrieval per arm, with and without parallel data."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.warning("matplotlib is not installed (pip install -e '.[experiments]'): "
+                        "no plot")
+        return None
+    layer = summary["headline_layer"]
+    arms = [a for a in (RANDOM_INIT, *ARMS) if a in summary["arms"]]
+    if layer is None or not arms:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for i, group in enumerate(("parallel", "monolingual_only")):
+        key = f"retrieval/messages/centered/layer{layer}/{group}"
+        means = [summary["arms"][a].get(key, {}).get("mean", np.nan) for a in arms]
+        stds = [summary["arms"][a].get(key, {}).get("std", 0.0) for a in arms]
+        ax.bar(np.arange(len(arms)) + (i - 0.5) * width, means, width, yerr=stds, capsize=3,
+               label=f"en<->X, X {'with' if group == 'parallel' else 'without'} parallel data")
+        bag = summary["arms"][arms[0]].get(f"bag_of_subwords/messages/{group}", {}).get("mean")
+        if bag is not None:
+            ax.axhline(bag, color=f"C{i}", linestyle="--", linewidth=1)
+    ax.set_xticks(np.arange(len(arms)), arms, rotation=15)
+    ax.set_ylabel(f"retrieval accuracy (layer {layer}, centred)")
+    ax.set_title("Cross-lingual retrieval on held-out messages (dashed: bag of subwords)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) -> dict:
+    """Every missing arm x seed (random_init included), then the summary and the plot."""
+    unknown = set(arms) - set(ARMS) - {RANDOM_INIT}
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {(RANDOM_INIT, *ARMS)}")
+    for seed in seeds:
+        for arm in arms:
+            path = _result_path(setting, arm, seed)
+            if path.exists():
+                logging.info("%s exists: skipped", path)
+                continue
+            result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
+                run_arm(setting, arm, seed)
+            result["config"] = setting.config
+            _write_json(path, result)
+            print(f"finished {arm} seed {seed}: {path}", flush=True)
+    summary = summarise(setting.out)
+    plot(summary, setting.out / "plot.png")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown table: headline-layer retrieval (centred; mean of both directions) and MMLM
+    accuracy, mean ± standard deviation over seeds (n)."""
+    layer = summary.get("headline_layer")
+    if layer is None:
+        return "(no results yet)"
+    columns = [
+        (f"retrieval L{layer}, with parallel",
+         f"retrieval/messages/centered/layer{layer}/parallel"),
+        (f"retrieval L{layer}, without parallel",
+         f"retrieval/messages/centered/layer{layer}/monolingual_only"),
+        ("stripped, with", f"retrieval/stripped/centered/layer{layer}/parallel"),
+        ("stripped, without", f"retrieval/stripped/centered/layer{layer}/monolingual_only"),
+        ("MMLM acc., with", "mlm_accuracy/parallel"),
+        ("MMLM acc., without", "mlm_accuracy/monolingual_only"),
+    ]
+    lines = ["| arm | " + " | ".join(c for c, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+
+    def cell(stats: Optional[dict]) -> str:
+        if not stats or np.isnan(stats["mean"]):
+            return "–"
+        return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
+
+    arms = [a for a in (RANDOM_INIT, *ARMS) if a in summary["arms"]]
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(cell(summary["arms"][arm].get(k))
+                                                for _, k in columns) + " |")
+    if arms:
+        first = summary["arms"][arms[0]]
+        bag = [first.get(f"bag_of_subwords/{t}/{g}") for t in ("messages", "stripped")
+               for g in ("parallel", "monolingual_only")]
+        lines.append(f"| {BAG_OF_SUBWORDS} | " + " | ".join(cell(b) for b in bag)
+                     + " | – | – |")
+    return "\n".join(lines)

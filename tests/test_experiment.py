@@ -1,0 +1,52 @@
+"""The paper-in-miniature driver end to end on its tiny configuration (the CI smoke run)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import paper_in_miniature as paper
+
+
+def test_strip_markup_removes_placeholders_and_tags():
+    text = 'Delete “%(name)s”? <b>%d</b> items, {count} left &amp; 50% done'
+    assert paper.strip_markup(text) == "Delete “ ”? items, left 50% done"
+
+
+@pytest.mark.slow
+def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
+    setting = paper.Setting("tiny", tmp_path, bindings=(
+        f"register_experiment_data.data_dir = {demo_data_dir!r}",))
+    arms = [paper.RANDOM_INIT, *paper.ARMS]
+    summary = paper.run_experiment(setting, arms, seeds=[0])
+    results = {a: json.loads((tmp_path / "results" / f"{a}_seed0.json").read_text())
+               for a in arms}
+    assert set(summary["arms"]) == set(arms)
+    assert summary["headline_layer"] == 2  # of the tiny model's 2 layers
+    for arm, result in results.items():
+        assert result["languages"] == {"parallel": ["de"], "monolingual_only": ["it"]}
+        layers = result["retrieval"]["messages"]["centered"]
+        assert sorted(layers) == ["0", "1", "2"]
+        for per_pair in layers.values():
+            for name in ("en-de", "en-it"):
+                assert 0.0 <= per_pair[name]["source_to_target"] <= 1.0
+        assert result["pairs"]["stripped"]["en-de"] <= result["pairs"]["messages"]["en-de"]
+    # Stage 2 of ERNIE-M ran BTMLM; the single-stage arms ran only their own objectives.
+    assert "train/btmlm/loss" in results["ernie_m"]["final_losses"]
+    assert set(results["mmlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss"}
+    assert set(results["mmlm"]["mlm_accuracy"]) == {"en", "de", "it"}
+    stage1 = tmp_path / "runs" / "ernie_m_seed0" / "stage1"
+    assert (stage1 / "checkpoints").is_dir()
+    # Bag-of-subwords does not depend on the model: the same for every arm.
+    bags = {json.dumps(r["bag_of_subwords"], sort_keys=True) for r in results.values()}
+    assert len(bags) == 1
+    stats = summary["arms"]["mmlm"]["retrieval/messages/raw/layer2/parallel"]
+    assert stats["n"] == 1 and stats["std"] == 0.0 and np.isfinite(stats["mean"])
+    table = paper.format_summary(summary)
+    assert all(f"| {a} |" in table for a in arms) and "| bag_of_subwords |" in table
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()}
+    paper.run_experiment(setting, arms, seeds=[0])  # everything is done: nothing reruns
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()} == before
+    with pytest.raises(ValueError, match="unknown arms"):
+        paper.run_experiment(setting, ["tlm_only"], seeds=[0])

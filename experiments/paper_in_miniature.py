@@ -123,10 +123,10 @@ def experiment_languages() -> Dict[str, Tuple[str, ...]]:
 
     from tasks import registry
 
-    para_prefix = registry.para_task_name(SOURCE, "")
+    para_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.PARA}.{SOURCE}_"
     parallel = tuple(t.name[len(para_prefix):]
                      for t in seqio.get_mixture_or_task(PARA_MIXTURE).tasks)
-    mono_prefix = registry.mono_task_name("")
+    mono_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.MONO}."
     mono = [t.name[len(mono_prefix):] for t in seqio.get_mixture_or_task(MONO_MIXTURE).tasks]
     return {"parallel": parallel,
             "monolingual_only": tuple(l for l in mono if l != SOURCE and l not in parallel)}

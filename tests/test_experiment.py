@@ -8,11 +8,6 @@ import pytest
 from experiments import paper_in_miniature as paper
 
 
-def test_strip_markup_removes_placeholders_and_tags():
-    text = 'Delete “%(name)s”? <b>%d</b> items, {count} left &amp; 50% done'
-    assert paper.strip_markup(text) == "Delete “ ”? items, left 50% done"
-
-
 @pytest.mark.slow
 def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
     setting = paper.Setting("tiny", tmp_path, bindings=(
@@ -30,7 +25,7 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
         for per_pair in layers.values():
             for name in ("en-de", "en-it"):
                 assert 0.0 <= per_pair[name]["source_to_target"] <= 1.0
-        assert result["pairs"]["stripped"]["en-de"] <= result["pairs"]["messages"]["en-de"]
+        assert result["pairs"]["messages"]["en-de"] > 0
     # Stage 2 of ERNIE-M ran BTMLM; the single-stage arms ran only their own objectives.
     assert "train/btmlm/loss" in results["ernie_m"]["final_losses"]
     assert set(results["mmlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss"}

@@ -30,7 +30,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 import numpy as np
 
-EXPERIMENT = "paper-in-miniature"
 GIN_DIR = Path(__file__).resolve().parent / "gin"
 CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
 ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")

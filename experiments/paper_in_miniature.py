@@ -14,8 +14,11 @@ are rewritten from whatever results exist.
 Evaluation is on the test split, for en<->X with X with and without parallel training data:
 retrieval accuracy in both directions at every layer with mean pooling, raw and with each
 language's mean vector subtracted (the corpus has format placeholders and markup stripped,
-which UI catalogs share across languages); MMLM accuracy per language;
-and two baselines in the same table: a randomly initialised model and bag-of-subwords cosine.
+which UI catalogs share across languages); zero-shot cross-lingual transfer, XNLI's question
+in miniature: a linear probe fitted at every layer on English messages to tell which package
+(Django, Wagtail, Sphinx) a message comes from, scored on the other languages' translations
+of held-out messages; MMLM accuracy per language; and two baselines in the same tables: a
+randomly initialised model and bag of subwords.
 """
 
 from __future__ import annotations
@@ -170,9 +173,68 @@ def _bag_results(sets, vocab_size: int) -> Dict[str, dict]:
             for p in sets}
 
 
+@dataclasses.dataclass(frozen=True)
+class TransferSets:
+    """Which package a message comes from: English training messages to fit on, held-out
+    messages per language (English included) to test on."""
+    classes: Tuple[str, ...]
+    train_ids: List[List[int]]
+    train_labels: np.ndarray
+    tests: Dict[str, Tuple[List[List[int]], np.ndarray]]
+
+
+def transfer_sets(run, languages: Sequence[str], encoder) -> TransferSets:
+    """Messages of exactly one package (Django, Wagtail or Sphinx), labelled with it; a
+    translation shares its message's key and so its label. No test message is trained on,
+    in any language (the corpus splits by message)."""
+    from ernie_m_jax.data import corpus
+
+    data_dir = _corpus_dir(run)
+    packages = {k: p[0] for k, p in corpus.read_packages(data_dir).items() if len(p) == 1}
+    classes = tuple(sorted(set(packages.values())))
+
+    def labelled(split: str, lang: str):
+        rows = corpus.read_split(data_dir, split, lang)
+        keys = [k for k in sorted(rows) if k in packages]
+        return (encoder.tokenize([rows[k] for k in keys]),
+                np.array([classes.index(packages[k]) for k in keys], np.int32))
+
+    train_ids, train_labels = labelled("train", SOURCE)
+    return TransferSets(classes, train_ids, train_labels,
+                        {lang: labelled("test", lang) for lang in (SOURCE, *languages)})
+
+
+def _transfer_results(encoder, sets: TransferSets, num_layers: int, run) -> Dict[str, dict]:
+    """{"raw"/"centered": {layer: {language: scores}}}: a linear probe fitted on English at
+    each layer, scored on every language's held-out messages."""
+    from ernie_m_jax.evaluation import transfer
+
+    train = encoder.embed_ids(sets.train_ids, run.language_id(SOURCE))
+    tests = {lang: (encoder.embed_ids(ids, run.language_id(lang)), labels)
+             for lang, (ids, labels) in sets.tests.items()}
+    out: Dict[str, dict] = {"raw": {}, "centered": {}}
+    for layer in range(num_layers + 1):
+        layer_tests = {lang: (f[:, layer], labels) for lang, (f, labels) in tests.items()}
+        for variant in out:
+            out[variant][str(layer)] = transfer.zero_shot(
+                train[:, layer], sets.train_labels, layer_tests, len(sets.classes),
+                centered=variant == "centered")
+    return out
+
+
+def _bag_transfer(sets: TransferSets, vocab_size: int) -> Dict[str, dict]:
+    from ernie_m_jax.evaluation import transfer
+    from ernie_m_jax.evaluation.retrieval import bag_of_subwords
+
+    tests = {lang: (bag_of_subwords(ids, vocab_size), labels)
+             for lang, (ids, labels) in sets.tests.items()}
+    return transfer.zero_shot(bag_of_subwords(sets.train_ids, vocab_size), sets.train_labels,
+                              tests, len(sets.classes))
+
+
 def evaluate_run(run) -> dict:
-    """Retrieval at every layer, raw and centred, with bag-of-subwords on the same pairs;
-    the run's tasks must be registered."""
+    """Retrieval at every layer, raw and centred, with bag-of-subwords on the same pairs, and
+    zero-shot package classification from English; the run's tasks must be registered."""
     from ernie_m_jax.evaluation.embedding import SentenceEncoder
 
     languages = experiment_languages()
@@ -183,6 +245,12 @@ def evaluate_run(run) -> dict:
     result["retrieval"]["messages"] = _layer_results(encoder, sets, run.model.num_layers)
     result["bag_of_subwords"]["messages"] = _bag_results(sets, run.model.vocab_size)
     result["pairs"]["messages"] = {p.name: len(p.source) for p in sets}
+    labelled = transfer_sets(run, every, encoder)
+    result["transfer"] = {
+        "classes": list(labelled.classes),
+        "train_examples": len(labelled.train_ids),
+        "model": _transfer_results(encoder, labelled, run.model.num_layers, run),
+        "bag_of_subwords": _bag_transfer(labelled, run.model.vocab_size)}
     return result
 
 
@@ -287,6 +355,20 @@ def run_metrics(result: dict) -> Dict[str, float]:
     for text, per_pair in result["bag_of_subwords"].items():
         for group, langs in groups.items():
             out[f"bag_of_subwords/{text}/{group}"] = _mean_both_ways(per_pair, langs)
+    if "transfer" in result:
+        groups_and_english = {**groups, SOURCE: (SOURCE,)}
+
+        def mean_balanced(per_language: Dict[str, dict], langs: Sequence[str]) -> float:
+            return float(np.mean([per_language[l]["balanced_accuracy"] for l in langs]))
+
+        for variant, layers in result["transfer"]["model"].items():
+            for layer, per_language in layers.items():
+                for group, langs in groups_and_english.items():
+                    out[f"transfer/{variant}/layer{layer}/{group}"] = mean_balanced(
+                        per_language, langs)
+        for group, langs in groups_and_english.items():
+            out[f"transfer/bag_of_subwords/{group}"] = mean_balanced(
+                result["transfer"]["bag_of_subwords"], langs)
     for group, langs in groups.items():
         accs = [result["mlm_accuracy"][lang] for lang in langs if lang in result["mlm_accuracy"]]
         if accs:
@@ -314,8 +396,26 @@ def summarise(out: Path) -> dict:
     return summary
 
 
+def _bars(ax, summary: dict, arms: Sequence[str], key: str, baseline: str,
+          ylabel: str) -> None:
+    """Grouped bars per arm (X with / without parallel data) with the baseline dashed."""
+    width = 0.38
+    for i, group in enumerate(("parallel", "monolingual_only")):
+        stats = [summary["arms"][a].get(key.format(group=group), {}) for a in arms]
+        ax.bar(np.arange(len(arms)) + (i - 0.5) * width, [s.get("mean", np.nan) for s in stats],
+               width, yerr=[s.get("std", 0.0) for s in stats], capsize=3,
+               label=f"en<->X, X {'with' if group == 'parallel' else 'without'} parallel data")
+        bag = summary["arms"][arms[0]].get(baseline.format(group=group), {}).get("mean")
+        if bag is not None:
+            ax.axhline(bag, color=f"C{i}", linestyle="--", linewidth=1)
+    ax.set_xticks(np.arange(len(arms)), arms, rotation=15)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
 def plot(summary: dict, path: Path) -> Optional[Path]:
-    """Bar chart of the headline retrieval per arm, with and without parallel data."""
+    """Bars of the headline retrieval and zero-shot transfer per arm, with and without
+    parallel data; bag-of-subwords dashed."""
     try:
         import matplotlib
 
@@ -329,21 +429,17 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
     arms = [a for a in (RANDOM_INIT, *ARMS) if a in summary["arms"]]
     if layer is None or not arms:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.38
-    for i, group in enumerate(("parallel", "monolingual_only")):
-        key = f"retrieval/messages/centered/layer{layer}/{group}"
-        means = [summary["arms"][a].get(key, {}).get("mean", np.nan) for a in arms]
-        stds = [summary["arms"][a].get(key, {}).get("std", 0.0) for a in arms]
-        ax.bar(np.arange(len(arms)) + (i - 0.5) * width, means, width, yerr=stds, capsize=3,
-               label=f"en<->X, X {'with' if group == 'parallel' else 'without'} parallel data")
-        bag = summary["arms"][arms[0]].get(f"bag_of_subwords/messages/{group}", {}).get("mean")
-        if bag is not None:
-            ax.axhline(bag, color=f"C{i}", linestyle="--", linewidth=1)
-    ax.set_xticks(np.arange(len(arms)), arms, rotation=15)
-    ax.set_ylabel(f"retrieval accuracy (layer {layer}, centred)")
-    ax.set_title("Cross-lingual retrieval on held-out messages (dashed: bag of subwords)")
-    ax.legend(fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    _bars(left, summary, arms, f"retrieval/messages/centered/layer{layer}/{{group}}",
+          "bag_of_subwords/messages/{group}", f"retrieval accuracy (layer {layer}, centred)")
+    left.set_title("Retrieval of held-out translations", fontsize=10)
+    _bars(right, summary, arms, f"transfer/centered/layer{layer}/{{group}}",
+          "transfer/bag_of_subwords/{group}", f"balanced accuracy (layer {layer}, centred)")
+    right.axhline(1 / 3, color="grey", linestyle=":", linewidth=1)
+    right.set_title("Zero-shot package classification from English (dotted: chance)",
+                    fontsize=10)
+    fig.suptitle("Paper in miniature (mean ± std over seeds; dashed: bag of subwords)",
+                 fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -372,22 +468,9 @@ def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) 
     return summary
 
 
-def format_summary(summary: dict) -> str:
-    """Markdown table: headline-layer retrieval (centred and raw; mean of both directions), MMLM
-    accuracy, mean ± standard deviation over seeds (n)."""
-    layer = summary.get("headline_layer")
-    if layer is None:
-        return "(no results yet)"
-    columns = [
-        (f"retrieval L{layer}, with parallel",
-         f"retrieval/messages/centered/layer{layer}/parallel"),
-        (f"retrieval L{layer}, without parallel",
-         f"retrieval/messages/centered/layer{layer}/monolingual_only"),
-        (f"raw L{layer}, with", f"retrieval/messages/raw/layer{layer}/parallel"),
-        (f"raw L{layer}, without", f"retrieval/messages/raw/layer{layer}/monolingual_only"),
-        ("MMLM acc., with", "mlm_accuracy/parallel"),
-        ("MMLM acc., without", "mlm_accuracy/monolingual_only"),
-    ]
+def _table(summary: dict, columns: Sequence[Tuple[str, str]],
+           baseline: Sequence[Optional[str]]) -> List[str]:
+    """Markdown rows, one per arm, and a bag-of-subwords row with `baseline`'s keys."""
     lines = ["| arm | " + " | ".join(c for c, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
 
@@ -402,8 +485,41 @@ def format_summary(summary: dict) -> str:
                                                 for _, k in columns) + " |")
     if arms:
         first = summary["arms"][arms[0]]
-        bag = [first.get(f"bag_of_subwords/messages/{g}") for g in ("parallel",
-                                                                    "monolingual_only")]
-        lines.append(f"| {BAG_OF_SUBWORDS} | " + " | ".join(cell(b) for b in bag)
-                     + " | – | – | – | – |")
+        lines.append(f"| {BAG_OF_SUBWORDS} | " + " | ".join(
+            cell(first.get(k)) if k else "–" for k in baseline) + " |")
+    return lines
+
+
+def format_summary(summary: dict) -> str:
+    """Markdown tables, mean ± sample standard deviation over seeds (n): headline-layer
+    retrieval (centred and raw; mean of both directions) with MMLM accuracy, and zero-shot
+    package classification (balanced accuracy; chance is 1/3)."""
+    layer = summary.get("headline_layer")
+    if layer is None:
+        return "(no results yet)"
+    retrieval = [
+        (f"retrieval L{layer}, with parallel",
+         f"retrieval/messages/centered/layer{layer}/parallel"),
+        (f"retrieval L{layer}, without parallel",
+         f"retrieval/messages/centered/layer{layer}/monolingual_only"),
+        (f"raw L{layer}, with", f"retrieval/messages/raw/layer{layer}/parallel"),
+        (f"raw L{layer}, without", f"retrieval/messages/raw/layer{layer}/monolingual_only"),
+        ("MMLM acc., with", "mlm_accuracy/parallel"),
+        ("MMLM acc., without", "mlm_accuracy/monolingual_only"),
+    ]
+    lines = _table(summary, retrieval, [f"bag_of_subwords/messages/{g}"
+                                        for g in ("parallel", "monolingual_only")]
+                   + [None] * 4)
+    transfer = [
+        (f"transfer L{layer}, en (in-language)", f"transfer/centered/layer{layer}/{SOURCE}"),
+        (f"transfer L{layer}, with parallel", f"transfer/centered/layer{layer}/parallel"),
+        (f"transfer L{layer}, without parallel",
+         f"transfer/centered/layer{layer}/monolingual_only"),
+        (f"raw L{layer}, with", f"transfer/raw/layer{layer}/parallel"),
+        (f"raw L{layer}, without", f"transfer/raw/layer{layer}/monolingual_only"),
+    ]
+    if any(k in arm for arm in summary["arms"].values() for _, k in transfer):
+        lines += ["", *_table(summary, transfer, [
+            f"transfer/bag_of_subwords/{g}" for g in (SOURCE, "parallel", "monolingual_only")]
+            + [None] * 2)]
     return "\n".join(lines)

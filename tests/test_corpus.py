@@ -137,6 +137,9 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     assert corpus.load_or_build(tmp_path / "out", config) == manifest
     (tmp_path / "out" / corpus.MANIFEST).write_text("{not json")
     assert corpus.load_or_build(tmp_path / "out", config) == manifest
+    (tmp_path / "out" / corpus.PACKAGES).unlink()
+    assert corpus.load_or_build(tmp_path / "out", config) == manifest
+    assert corpus.read_packages(tmp_path / "out")
 
 
 def test_no_held_out_message_is_seen_in_training_in_any_language(django_corpus):
@@ -186,3 +189,10 @@ def test_a_message_shared_by_two_packages_is_one_message(tmp_path):
     rows = _all_rows(tmp_path / "out", "de")
     assert list(rows.values()).count("Speichern") == 1  # first package wins, one key
     assert "Sichern" not in rows.values()
+    # ... and the message's label names both packages; a message of one package, that one.
+    packages = corpus.read_packages(tmp_path / "out")
+    by_text = {text: packages[key] for key, text in rows.items()}
+    assert by_text["Speichern"] == ("a", "b")
+    assert by_text["Mai"] == ("a", "b")
+    assert by_text["Café zu 100% fertig".replace("é", "é")] == ("a",)
+    assert set(packages) == set(_all_rows(tmp_path / "out", "en"))

@@ -26,6 +26,17 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
             for name in ("en-de", "en-it"):
                 assert 0.0 <= per_pair[name]["source_to_target"] <= 1.0
         assert result["pairs"]["messages"]["en-de"] > 0
+        # Zero-shot package classification, fitted on English, at every layer.
+        transfer = result["transfer"]
+        assert transfer["classes"] == ["Django", "Sphinx", "wagtail"]
+        assert transfer["train_examples"] > 1000
+        for variant in ("raw", "centered"):
+            assert sorted(transfer["model"][variant]) == ["0", "1", "2"]
+            for per_language in transfer["model"][variant].values():
+                assert set(per_language) == {"en", "de", "it"}
+                for scores in per_language.values():
+                    assert 0.0 <= scores["balanced_accuracy"] <= 1.0
+                    assert scores["examples"] > 0
     # Stage 2 of ERNIE-M ran BTMLM; the single-stage arms ran only their own objectives.
     assert "train/btmlm/loss" in results["ernie_m"]["final_losses"]
     assert set(results["mmlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss"}
@@ -35,10 +46,16 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
     # Bag-of-subwords does not depend on the model: the same for every arm.
     bags = {json.dumps(r["bag_of_subwords"], sort_keys=True) for r in results.values()}
     assert len(bags) == 1
+    assert len({json.dumps(r["transfer"]["bag_of_subwords"], sort_keys=True)
+                for r in results.values()}) == 1
+    # Bag of subwords, fitted on English, knows English: it beats chance there.
+    assert results["mmlm"]["transfer"]["bag_of_subwords"]["en"]["balanced_accuracy"] > 0.5
     stats = summary["arms"]["mmlm"]["retrieval/messages/raw/layer2/parallel"]
     assert stats["n"] == 1 and stats["std"] == 0.0 and np.isfinite(stats["mean"])
     table = paper.format_summary(summary)
     assert all(f"| {a} |" in table for a in arms) and "| bag_of_subwords |" in table
+    assert "transfer L2, without parallel" in table
+    assert summary["arms"]["ernie_m"]["transfer/centered/layer2/en"]["n"] == 1
 
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()}
     paper.run_experiment(setting, arms, seeds=[0])  # everything is done: nothing reruns

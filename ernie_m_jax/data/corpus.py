@@ -30,7 +30,10 @@ import polib
 SPLITS = ("train", "validation", "test")
 SOURCE_LANGUAGE = "en"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+# `<corpus>/packages.tsv`: message key -> the packages it comes from, a label for
+# cross-lingual transfer tasks (a message's translations share its key, hence its label).
+PACKAGES = "packages.tsv"
+FORMAT_VERSION = 3
 
 _PRINTF = re.compile(r"%(\([^)]*\))?[-#0 +]*\d*(\.\d+)?[sdifgGeExXoucr%]")
 _BRACES = re.compile(r"\{[^{}\s]*\}")
@@ -172,9 +175,12 @@ def read_catalog(path: Path, config: CorpusConfig, skipped: Counter
         yield message_key(entry), english, translation
 
 
-def collect(config: CorpusConfig) -> Tuple[Dict[str, Dict[str, str]], Counter]:
-    """{language: {key: text}} over all sources (first occurrence of a key wins)."""
+def collect(config: CorpusConfig
+            ) -> Tuple[Dict[str, Dict[str, str]], Dict[str, List[str]], Counter]:
+    """{language: {key: text}} over all sources (first occurrence of a key wins), and
+    {key: packages it occurs in}."""
     texts: Dict[str, Dict[str, str]] = defaultdict(dict)
+    origins: Dict[str, List[str]] = defaultdict(list)
     skipped: Counter = Counter()
     for source in config.sources:
         for language, paths in sorted(source.catalogs().items()):
@@ -184,7 +190,9 @@ def collect(config: CorpusConfig) -> Tuple[Dict[str, Dict[str, str]], Counter]:
                 for key, english, translation in read_catalog(path, config, skipped):
                     texts[SOURCE_LANGUAGE].setdefault(key, english)
                     texts[language].setdefault(key, translation)
-    return texts, skipped
+                    if source.package not in origins[key]:
+                        origins[key].append(source.package)
+    return texts, dict(origins), skipped
 
 
 def _write_split_files(texts: Dict[str, Dict[str, str]], out: Path, config: CorpusConfig
@@ -207,12 +215,23 @@ def _write_split_files(texts: Dict[str, Dict[str, str]], out: Path, config: Corp
     return counts
 
 
+def _write_packages(origins: Dict[str, List[str]], out: Path) -> None:
+    with open(out / PACKAGES, "w", encoding="utf-8", newline="\n") as f:
+        for key in sorted(origins):
+            f.write(f"{key}\t{','.join(sorted(origins[key]))}\n")
+
+
 def _content_hash(root: Path) -> str:
+    """Of the texts alone: the vocabulary's cache key."""
     digest = hashlib.sha256()
     for path in sorted(root.glob("*/*.tsv")):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _file_hash(path: Path) -> Optional[str]:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def _config_record(config: CorpusConfig) -> dict:
@@ -225,17 +244,19 @@ def _config_record(config: CorpusConfig) -> dict:
 def build_corpus(out_dir: os.PathLike, config: CorpusConfig = CorpusConfig()) -> dict:
     """Build into `out_dir` (replacing it whole, atomically) and return the manifest."""
     out_dir = Path(out_dir)
-    texts, skipped = collect(config)
+    texts, origins, skipped = collect(config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         counts = _write_split_files(texts, staging, config)
+        _write_packages(origins, staging)
         manifest = {
             "config": _config_record(config),
             "languages": sorted(counts),
             "counts": counts,
             "skipped": dict(sorted(skipped.items())),
             "content_sha256": _content_hash(staging),
+            "packages_sha256": _file_hash(staging / PACKAGES),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         if out_dir.exists():
@@ -255,7 +276,8 @@ def load_or_build(out_dir: os.PathLike, config: CorpusConfig = CorpusConfig()) -
         try:
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("config") == json.loads(json.dumps(_config_record(config))) and \
-                    manifest.get("content_sha256") == _content_hash(out_dir):
+                    manifest.get("content_sha256") == _content_hash(out_dir) and \
+                    manifest.get("packages_sha256") == _file_hash(out_dir / PACKAGES):
                 return manifest
             logging.warning("corpus in %s is stale or damaged; rebuilding", out_dir)
         except (OSError, ValueError) as err:
@@ -276,6 +298,20 @@ def read_split(corpus_dir: os.PathLike, split: str, language: str) -> Dict[str, 
         for line in f:
             key, text = line.rstrip("\n").split("\t", 1)
             rows[key] = text
+    return rows
+
+
+def read_packages(corpus_dir: os.PathLike) -> Dict[str, Tuple[str, ...]]:
+    """{message key: the packages (`CatalogSource.package`) it occurs in}."""
+    path = Path(corpus_dir) / PACKAGES
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; rebuild the corpus (format version "
+                                f"{FORMAT_VERSION} records each message's packages)")
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            key, packages = line.rstrip("\n").split("\t", 1)
+            rows[key] = tuple(packages.split(","))
     return rows
 
 

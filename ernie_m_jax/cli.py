@@ -238,7 +238,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(rest)
     args.gin_bindings = bindings
-    if getattr(args, "steps", 1) <= 0:
+    steps = getattr(args, "steps", None)
+    if steps is not None and steps <= 0:
         build_parser().error("--steps must be positive")
     if not getattr(args, "plain_errors", False):
         return args.run(args)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from ernie_m_jax import checkpoints
+from ernie_m_jax import checkpoints, files
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 
 CONFIG_FILE = "config.gin"
@@ -31,11 +31,9 @@ def write_config(model_dir: str) -> None:
     text = gin.config_str()
     if jax.process_index() != 0 or not text.strip():
         return
-    path = checkpoints.absolute(model_dir) / CONFIG_FILE
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text("# Written by ernie_m_jax.train: the gin config this run was started with.\n"
-                   + text)
-    tmp.replace(path)
+    files.write_text_atomic(
+        checkpoints.absolute(model_dir) / CONFIG_FILE,
+        "# Written by ernie_m_jax.train: the gin config this run was started with.\n" + text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import gin
 import numpy as np
 
+from ernie_m_jax import files
+
 GIN_DIR = Path(__file__).resolve().parent / "gin"
 CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
 ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")
@@ -261,13 +263,6 @@ def _result_path(setting: Setting, arm: str, seed: int) -> Path:
     return setting.out / "results" / f"{arm}_seed{seed}.json"
 
 
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def _mlm_accuracy(summary: Dict[str, float]) -> Dict[str, float]:
     return {k.split("/")[1]: v for k, v in summary.items()
             if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2}
@@ -392,7 +387,7 @@ def summarise(out: Path) -> dict:
                 "std": float(np.std([r[k] for r in runs if k in r],
                                     ddof=1)) if len(runs) > 1 else 0.0,
                 "n": sum(k in r for r in runs)} for k in keys}
-    _write_json(out / "summary.json", summary)
+    files.write_json_atomic(out / "summary.json", summary)
     return summary
 
 
@@ -461,7 +456,7 @@ def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) 
             result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
                 run_arm(setting, arm, seed)
             result["config"] = setting.config
-            _write_json(path, result)
+            files.write_json_atomic(path, result)
             print(f"finished {arm} seed {seed}: {path}", flush=True)
     summary = summarise(setting.out)
     plot(summary, setting.out / "plot.png")

@@ -30,3 +30,10 @@ def test_cli_rejects_bad_arguments():
     assert exit_info.value.code == 2
     with pytest.raises(SystemExit):
         cli.main(["no-such-command"])
+
+
+def test_experiment_runs_without_a_steps_override(capsys, tmp_path):
+    # No --steps means the config's NUM_STEPS; the driver is reached and names the bad arm.
+    assert cli.main(["experiment", "paper-in-miniature", "--config", "tiny",
+                     "--arms", "tlm_only", "--out", str(tmp_path)]) == 2
+    assert "unknown arms ['tlm_only']" in capsys.readouterr().err

@@ -10,11 +10,11 @@ common fix for the language-specific offset that dominates raw multilingual embe
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ernie_m_jax import files
 
 Rows = List[List[int]]
 
@@ -112,12 +112,8 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def write_json(path: str, results: Mapping, settings: Mapping) -> None:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps({"settings": dict(settings), "pairs": dict(results),
-                               **summarise(results)}, indent=2))
-    tmp.replace(out)
+    files.write_json_atomic(path, {"settings": dict(settings), "pairs": dict(results),
+                                   **summarise(results)}, indent=2)
 
 
 def evaluate(encoder, sets: Sequence[PairSet], center: bool = False, progress: bool = False

@@ -225,7 +225,11 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
                      "step": step + 1, "rng": state["rng"],
                      "nonfinite_steps": state["nonfinite_steps"] + bad,
                      "consecutive_nonfinite": (state["consecutive_nonfinite"] + bad) * bad}
-        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(step)}
+        # Rows are right-padded with segment 0: what is left is text, the tokens that teach.
+        text_tokens = sum(jnp.sum(b["segment_ids"] != 0) for b in batches.values()
+                          if "segment_ids" in b)
+        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(step),
+                   "text_tokens": jnp.asarray(text_tokens, jnp.float32)}
         # Bad steps contribute zeros; the loop divides by the number of finite steps.
         metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
         metrics["finite"] = finite.astype(jnp.float32)
@@ -405,7 +409,7 @@ def _train(model_dir: str, exp: Optional[Experiment], stop_after: Optional[int],
     writer_summary = {}
     bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not cfg.progress_bar or jax.process_index() != 0)
-    last_time, last_step, running = time.time(), start, None
+    last_time, last_step, running, checked = time.time(), start, None, None
     try:
         with partitioning.activate(mesh, rules):
             for step in range(start, cfg.num_steps):
@@ -419,9 +423,14 @@ def _train(model_dir: str, exp: Optional[Experiment], stop_after: Optional[int],
                     scalars = _interval_means(running, done - last_step)
                     running = None
                     scalars.update(_nonfinite_check(state, cfg, done, mngr))
+                    checked = done
                     elapsed = time.time() - last_time
                     steps_done = done - last_step
                     scalars["tokens_per_second"] = tokens_per_step * steps_done / elapsed
+                    if "text_tokens" in scalars:  # absent when every step was skipped
+                        scalars["text_tokens_per_second"] = (
+                            scalars["text_tokens"] * steps_done / elapsed)
+                        scalars["padding_fraction"] = 1 - scalars["text_tokens"] / tokens_per_step
                     scalars["steps_per_second"] = steps_done / elapsed
                     if peak:
                         scalars["mfu"] = flops * steps_done / elapsed / (peak * jax.device_count())
@@ -436,7 +445,8 @@ def _train(model_dir: str, exp: Optional[Experiment], stop_after: Optional[int],
                 preempted = stop_signal.agreed(every=1 if jax.process_count() == 1
                                                else cfg.log_every, step=done)
                 if done % cfg.checkpoint_every == 0 or done == cfg.num_steps or preempted:
-                    _nonfinite_check(state, cfg, done, mngr)
+                    if checked != done:  # the counters were not read at this step's log
+                        _nonfinite_check(state, cfg, done, mngr)
                     checkpoints.save(mngr, done, state, iterator)
                 if preempted:
                     bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "

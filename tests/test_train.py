@@ -49,8 +49,11 @@ def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir,
         assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), (objective, losses)
     last = [r for r in records if "train/loss" in r][-1]
     for key in ("train/learning_rate", "train/grad_norm", "train/tokens_per_second",
-                "train/btmlm/accuracy", "train/camlm/num_predictions"):
+                "train/text_tokens_per_second", "train/btmlm/accuracy",
+                "train/camlm/num_predictions"):
         assert key in last and np.isfinite(last[key])
+    assert 0 < last["train/padding_fraction"] < 1
+    assert last["train/text_tokens_per_second"] < last["train/tokens_per_second"]
     evals = [r for r in records if "eval/de/accuracy" in r]
     assert evals and 0 <= evals[-1]["eval/de/accuracy"] <= 1
     # Every checkpoint_every (3) steps, the last keep_checkpoints (3) of them.
@@ -152,8 +155,10 @@ def test_gradient_accumulation_matches_the_full_batch():
         return loss, {"loss": loss}
 
     rs = np.random.RandomState(0)
+    segments = (np.arange(5)[None, :] < rs.randint(1, 6, size=(8, 1))).astype(np.int32)
     batch = {"toy": {"x": jnp.asarray(rs.randn(8, 3), jnp.float32),
-                     "y": jnp.asarray(rs.randn(8), jnp.float32)}}
+                     "y": jnp.asarray(rs.randn(8), jnp.float32),
+                     "segment_ids": jnp.asarray(segments)}}  # right-padded with 0
     state = {"params": {"w": jnp.ones(3)}, "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.key_data(jax.random.key(0)),
              **{k: jnp.zeros((), jnp.int32) for k in train.COUNTERS}}
@@ -164,6 +169,7 @@ def test_gradient_accumulation_matches_the_full_batch():
                                              optax.constant_schedule(0.1), accum))
         new_state, metrics = step({**state, "opt_state": sgd.init(state["params"])}, batch)
         results.append((np.asarray(new_state["params"]["w"]), float(metrics["toy/loss"])))
+        assert float(metrics["text_tokens"]) == segments.sum()  # padding is not counted
     for w, loss in results[1:]:
         np.testing.assert_allclose(w, results[0][0], rtol=1e-6)
         assert loss == pytest.approx(results[0][1], rel=1e-6)

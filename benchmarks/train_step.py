@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ernie_m_jax import files
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = {
@@ -365,17 +367,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _update_readme(text: str, preset: str) -> None:
-    readme = Path(__file__).with_name("README.md")
-    begin, end = f"<!-- results:{preset} -->", f"<!-- /results:{preset} -->"
-    content = readme.read_text()
-    if begin not in content:
-        raise ValueError(f"{readme} has no {begin} ... {end} block")
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -405,7 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     output.write_text(json.dumps(report, indent=2))
     print(f"wrote {output}")
     if args.update_readme:
-        _update_readme(text, args.preset)
+        files.replace_marked_block(Path(__file__).with_name("README.md"), args.preset, text)
     return 0
 
 

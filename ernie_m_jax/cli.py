@@ -151,7 +151,12 @@ def _experiment(args: argparse.Namespace) -> int:
     arms = args.arms.split(",") if args.arms else [paper.RANDOM_INIT, *paper.ARMS]
     setting = paper.Setting(args.config, out, args.steps, tuple(args.gin_bindings))
     summary = paper.run_experiment(setting, arms, seeds)
-    print(paper.format_summary(summary))
+    table = paper.format_summary(summary)
+    print(table)
+    if args.update_readme:
+        from ernie_m_jax import files
+
+        print(f"updated {files.replace_marked_block(paper.README, args.config, table)}")
     return 0
 
 
@@ -228,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
     experiment.add_argument("--out", help="default experiments/results/paper_in_miniature/"
                                           "<config>; finished arm x seed results are kept")
+    experiment.add_argument("--update_readme", action="store_true",
+                            help="write the tables into experiments/README.md between "
+                                 "<!-- results:CONFIG --> markers")
     experiment.set_defaults(run=_experiment, plain_errors=True)
     return parser
 

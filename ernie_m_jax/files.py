@@ -24,3 +24,17 @@ def write_text_atomic(path: os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def replace_marked_block(path: os.PathLike, name: str, text: str) -> Path:
+    """Put `text` between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in a markdown
+    file, so that a README's generated tables are regenerated in place, never pasted."""
+    path = Path(path)
+    begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    content = path.read_text(encoding="utf-8")
+    if content.count(begin) != 1 or content.count(end) != 1 or \
+            content.index(begin) > content.index(end):
+        raise ValueError(f"{path} needs exactly one {begin} ... {end} block")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return write_text_atomic(path, f"{head}{begin}\n{text}\n{end}{tail}")

@@ -36,6 +36,7 @@ import numpy as np
 from ernie_m_jax import files
 
 GIN_DIR = Path(__file__).resolve().parent / "gin"
+README = Path(__file__).resolve().parent / "README.md"  # tables between results markers
 CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
 ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")
 RANDOM_INIT, BAG_OF_SUBWORDS = "random_init", "bag_of_subwords"
@@ -493,9 +494,9 @@ def format_summary(summary: dict) -> str:
     if layer is None:
         return "(no results yet)"
     retrieval = [
-        (f"retrieval L{layer}, with parallel",
+        (f"retrieval L{layer} centred, with parallel",
          f"retrieval/messages/centered/layer{layer}/parallel"),
-        (f"retrieval L{layer}, without parallel",
+        (f"retrieval L{layer} centred, without parallel",
          f"retrieval/messages/centered/layer{layer}/monolingual_only"),
         (f"raw L{layer}, with", f"retrieval/messages/raw/layer{layer}/parallel"),
         (f"raw L{layer}, without", f"retrieval/messages/raw/layer{layer}/monolingual_only"),
@@ -506,9 +507,9 @@ def format_summary(summary: dict) -> str:
                                         for g in ("parallel", "monolingual_only")]
                    + [None] * 4)
     transfer = [
-        (f"transfer L{layer}, en (in-language)", f"transfer/centered/layer{layer}/{SOURCE}"),
-        (f"transfer L{layer}, with parallel", f"transfer/centered/layer{layer}/parallel"),
-        (f"transfer L{layer}, without parallel",
+        (f"transfer L{layer} centred, en (in-language)", f"transfer/centered/layer{layer}/{SOURCE}"),
+        (f"transfer L{layer} centred, with parallel", f"transfer/centered/layer{layer}/parallel"),
+        (f"transfer L{layer} centred, without parallel",
          f"transfer/centered/layer{layer}/monolingual_only"),
         (f"raw L{layer}, with", f"transfer/raw/layer{layer}/parallel"),
         (f"raw L{layer}, without", f"transfer/raw/layer{layer}/monolingual_only"),

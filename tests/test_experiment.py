@@ -54,7 +54,7 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
     assert stats["n"] == 1 and stats["std"] == 0.0 and np.isfinite(stats["mean"])
     table = paper.format_summary(summary)
     assert all(f"| {a} |" in table for a in arms) and "| bag_of_subwords |" in table
-    assert "transfer L2, without parallel" in table
+    assert "transfer L2 centred, without parallel" in table
     assert summary["arms"]["ernie_m"]["transfer/centered/layer2/en"]["n"] == 1
 
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()}

@@ -31,3 +31,16 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_marked_block_is_replaced_and_the_rest_kept(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:cpu -->\nold table\n<!-- /results:cpu -->\nafter\n")
+    files.replace_marked_block(readme, "cpu", "| new |")
+    assert readme.read_text() == ("intro\n<!-- results:cpu -->\n| new |\n"
+                                  "<!-- /results:cpu -->\nafter\n")
+    with pytest.raises(ValueError, match="needs exactly one <!-- results:gpu -->"):
+        files.replace_marked_block(readme, "gpu", "x")
+    readme.write_text("<!-- /results:cpu --> <!-- results:cpu -->")
+    with pytest.raises(ValueError, match="exactly one"):
+        files.replace_marked_block(readme, "cpu", "x")

@@ -5,8 +5,8 @@ all for languages without parallel data?
         [--arms mmlm,mmlm_tlm,mmlm_tlm_camlm,ernie_m] [--out DIR] [--steps N]
 
 Arms share the model, the steps and the tokens per step (`gin/arms/*.gin`); `ernie_m` runs
-stage 1 (MMLM+TLM+CAMLM) for half the steps, then stage 2 (all four, BTMLM included) from it
-for the other half. Each finished arm x seed writes `results/<arm>_seed<k>.json` and is
+stage 1 (MMLM+TLM+CAMLM) for `STAGE1_FRACTION` of the steps (half), then stage 2 (all four,
+BTMLM included) from it for the rest. Each finished arm x seed writes `results/<arm>_seed<k>.json` and is
 skipped on a rerun, so the experiment can be completed over several sittings (training itself
 resumes from its checkpoints too). `summary.json` (mean and spread over seeds) and `plot.png`
 are rewritten from whatever results exist.
@@ -99,14 +99,27 @@ def _train(setting: Setting, model_dir: Path, arm_files: Sequence[str], seed: in
         gin.clear_config()
 
 
-def total_steps(setting: Setting) -> int:
-    if setting.steps:
-        return setting.steps
+def _macro(setting: Setting, name: str):
     _parse(setting, ["mmlm.gin"], [])
     try:
-        return int(gin.query_parameter("%NUM_STEPS"))
+        return gin.query_parameter(f"%{name}")
     finally:
         gin.clear_config()
+
+
+def total_steps(setting: Setting) -> int:
+    return setting.steps or int(_macro(setting, "NUM_STEPS"))
+
+
+def stage1_steps(setting: Setting) -> int:
+    """ERNIE-M's stage-1 share of the steps (`STAGE1_FRACTION`); stage 2 gets the rest."""
+    fraction = float(_macro(setting, "STAGE1_FRACTION"))
+    steps = total_steps(setting)
+    first = round(steps * fraction)
+    if not 0 < first < steps:
+        raise ValueError(f"STAGE1_FRACTION={fraction} leaves no steps for one of ERNIE-M's "
+                         f"two stages ({steps} steps in all)")
+    return first
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -276,7 +289,7 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     steps = total_steps(setting)
     model_dir = setting.out / "runs" / f"{arm}_seed{seed}"
     if arm == "ernie_m":
-        first = steps // 2
+        first = stage1_steps(setting)
         _train(setting, model_dir / "stage1", ["mmlm_tlm_camlm.gin"], seed, first)
         summary = _train(setting, model_dir / "stage2", ["ernie_m_stage2.gin"], seed,
                          steps - first,

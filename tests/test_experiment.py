@@ -62,3 +62,14 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()} == before
     with pytest.raises(ValueError, match="unknown arms"):
         paper.run_experiment(setting, ["tlm_only"], seeds=[0])
+
+
+def test_stage_split_comes_from_the_config_and_must_leave_both_stages_steps(tmp_path):
+    setting = paper.Setting("tiny", tmp_path)
+    assert paper.total_steps(setting) == 4 and paper.stage1_steps(setting) == 2
+    longer = paper.Setting("tiny", tmp_path, steps=10, bindings=("STAGE1_FRACTION = 0.7",))
+    assert paper.stage1_steps(longer) == 7
+    for fraction in ("0.0", "1.0"):
+        with pytest.raises(ValueError, match="leaves no steps for one of ERNIE-M's"):
+            paper.stage1_steps(paper.Setting("tiny", tmp_path,
+                                             bindings=(f"STAGE1_FRACTION = {fraction}",)))

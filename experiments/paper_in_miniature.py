@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -288,8 +289,10 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
 
     steps = total_steps(setting)
     model_dir = setting.out / "runs" / f"{arm}_seed{seed}"
+    started = time.time()
+    extra: Dict[str, object] = {}
     if arm == "ernie_m":
-        first = stage1_steps(setting)
+        first = extra["stage1_steps"] = stage1_steps(setting)
         _train(setting, model_dir / "stage1", ["mmlm_tlm_camlm.gin"], seed, first)
         summary = _train(setting, model_dir / "stage2", ["ernie_m_stage2.gin"], seed,
                          steps - first,
@@ -298,14 +301,17 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     else:
         summary = _train(setting, model_dir, [f"{arm}.gin"], seed, steps)
         final_dir = model_dir
+    trained = time.time()
     run = saved_run.load(str(final_dir))
     try:
         result = evaluate_run(run)
     finally:
         gin.clear_config()
+    # Seconds of this sitting (a resumed run counts only what was left to train).
+    extra["seconds"] = {"train": round(trained - started), "evaluate": round(time.time() - trained)}
     result.update(arm=arm, seed=seed, steps=steps, mlm_accuracy=_mlm_accuracy(summary),
                   final_losses={k: v for k, v in summary.items()
-                                if k.startswith("train/") and k.endswith("loss")})
+                                if k.startswith("train/") and k.endswith("loss")}, **extra)
     return result
 
 

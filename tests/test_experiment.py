@@ -39,6 +39,8 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
                     assert scores["examples"] > 0
     # Stage 2 of ERNIE-M ran BTMLM; the single-stage arms ran only their own objectives.
     assert "train/btmlm/loss" in results["ernie_m"]["final_losses"]
+    assert results["ernie_m"]["stage1_steps"] == 2 and results["ernie_m"]["steps"] == 4
+    assert results["mmlm"]["seconds"]["train"] >= 0 and "stage1_steps" not in results["mmlm"]
     assert set(results["mmlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss"}
     assert set(results["mmlm"]["mlm_accuracy"]) == {"en", "de", "it"}
     stage1 = tmp_path / "runs" / "ernie_m_seed0" / "stage1"

@@ -2,14 +2,15 @@
 all for languages without parallel data?
 
     ernie-m-jax experiment paper-in-miniature [--config cpu|tiny] [--seeds 0,1,2]
-        [--arms mmlm,mmlm_tlm,mmlm_tlm_camlm,ernie_m] [--out DIR] [--steps N]
+        [--arms mmlm,mmlm_tlm,mmlm_tlm_camlm,ernie_m] [--out DIR] [--steps N] [--update_readme]
 
 Arms share the model, the steps and the tokens per step (`gin/arms/*.gin`); `ernie_m` runs
 stage 1 (MMLM+TLM+CAMLM) for `STAGE1_FRACTION` of the steps (half), then stage 2 (all four,
-BTMLM included) from it for the rest. Each finished arm x seed writes `results/<arm>_seed<k>.json` and is
-skipped on a rerun, so the experiment can be completed over several sittings (training itself
-resumes from its checkpoints too). `summary.json` (mean and spread over seeds) and `plot.png`
-are rewritten from whatever results exist.
+BTMLM included) from it for the rest. Each finished arm x seed writes
+`results/<arm>_seed<k>.json` and is skipped on a rerun, so the experiment can be completed over
+several sittings (training itself resumes from its checkpoints too). `summary.json` (mean and
+spread over seeds) and `plot.png` are rewritten from whatever results exist; `--update_readme`
+writes the tables into README.md.
 
 Evaluation is on the test split, for en<->X with X with and without parallel training data:
 retrieval accuracy in both directions at every layer with mean pooling, raw and with each
@@ -526,7 +527,8 @@ def format_summary(summary: dict) -> str:
                                         for g in ("parallel", "monolingual_only")]
                    + [None] * 4)
     transfer = [
-        (f"transfer L{layer} centred, en (in-language)", f"transfer/centered/layer{layer}/{SOURCE}"),
+        (f"transfer L{layer} centred, en (in-language)",
+         f"transfer/centered/layer{layer}/{SOURCE}"),
         (f"transfer L{layer} centred, with parallel", f"transfer/centered/layer{layer}/parallel"),
         (f"transfer L{layer} centred, without parallel",
          f"transfer/centered/layer{layer}/monolingual_only"),

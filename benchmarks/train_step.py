@@ -393,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(text)
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"{args.preset}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
+    files.write_json_atomic(output, report, indent=2)
     print(f"wrote {output}")
     if args.update_readme:
         files.replace_marked_block(Path(__file__).with_name("README.md"), args.preset, text)

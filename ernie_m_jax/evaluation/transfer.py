@@ -9,7 +9,7 @@ fall to the majority class or below, so the gap to English measures alignment.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,11 +89,11 @@ def transfer_accuracy(probe: LinearProbe, features: np.ndarray, labels: np.ndarr
             "examples": int(len(labels))}
 
 
-def center(features: np.ndarray, mean: Optional[np.ndarray] = None) -> np.ndarray:
-    """Subtract a language's mean vector (its own unless given): the same language offset
-    that centred retrieval removes."""
+def center(features: np.ndarray) -> np.ndarray:
+    """Subtract a language's own mean vector: the same language offset that centred
+    retrieval removes."""
     features = np.asarray(features, np.float32)
-    return features - (features.mean(0) if mean is None else mean)
+    return features - features.mean(0)
 
 
 def zero_shot(train_features: np.ndarray, train_labels: np.ndarray,

@@ -149,8 +149,16 @@ def _experiment(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / args.config)
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",") if args.arms else [paper.RANDOM_INIT, *paper.ARMS]
-    setting = paper.Setting(args.config, out, args.steps, tuple(args.gin_bindings))
-    summary = paper.run_experiment(setting, arms, seeds)
+    if args.stage1_from and arms != ["ernie_m"]:
+        raise ValueError("--stage1_from starts ERNIE-M's stage 2 from a finished stage 1: "
+                         "use it with --arms=ernie_m")
+    setting = paper.Setting(args.config, out, args.steps, tuple(args.gin_bindings),
+                            args.stage1_from)
+    try:
+        summary = paper.run_experiment(setting, arms, seeds)
+    except paper.RunStopped as stopped:
+        print(f"ernie-m-jax experiment: {stopped}", file=sys.stderr)
+        return 1
     table = paper.format_summary(summary)
     print(table)
     if args.update_readme:
@@ -233,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
     experiment.add_argument("--out", help="default experiments/results/paper_in_miniature/"
                                           "<config>; finished arm x seed results are kept")
+    experiment.add_argument("--stage1_from",
+                            help="with --arms=ernie_m: start stage 2 from this finished stage-1 "
+                                 "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
+                                 "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
     experiment.add_argument("--update_readme", action="store_true",
                             help="write the tables into experiments/README.md between "
                                  "<!-- results:CONFIG --> markers")

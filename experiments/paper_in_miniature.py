@@ -68,12 +68,19 @@ def register_experiment_data(data_dir: Optional[str] = None, vocab_size: int = 8
     return demo
 
 
+class RunStopped(RuntimeError):
+    """A run ended early (SIGTERM/SIGINT): its result must not be written as finished."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     config: str
     out: Path
     steps: Optional[int] = None  # overrides NUM_STEPS
     bindings: Tuple[str, ...] = ()  # extra gin bindings for every run, e.g. a data_dir
+    # ernie_m only: start stage 2 from this finished stage-1 run ("{seed}" is filled in)
+    # instead of training stage 1, so probes of stage-2 knobs share the arm's stage 1.
+    stage1_from: Optional[str] = None
 
     def files(self, *arm_files: str) -> List[str]:
         return [str(GIN_DIR / CONFIGS[self.config]),
@@ -96,9 +103,14 @@ def _train(setting: Setting, model_dir: Path, arm_files: Sequence[str], seed: in
                 f"NUM_STEPS = {steps}", *extra]
     _parse(setting, arm_files, bindings)
     try:
-        return train.train(str(model_dir), train.Experiment.from_gin())
+        summary = train.train(str(model_dir), train.Experiment.from_gin())
     finally:
         gin.clear_config()
+    if "preempted_at_step" in summary:
+        raise RunStopped(f"{model_dir} stopped at step {summary['preempted_at_step']} of "
+                         f"{steps} on a signal, with a checkpoint; no result is written for "
+                         f"it: rerun the same command to resume")
+    return summary
 
 
 def _macro(setting: Setting, name: str):
@@ -284,6 +296,22 @@ def _mlm_accuracy(summary: Dict[str, float]) -> Dict[str, float]:
             if k.startswith("eval/") and k.endswith("/accuracy") and k.count("/") == 2}
 
 
+def _finished_stage1(setting: Setting, seed: int, steps: int) -> str:
+    """`setting.stage1_from` for this seed, checked to hold a stage 1 of exactly `steps`."""
+    from ernie_m_jax import checkpoints
+
+    directory = setting.stage1_from.replace("{seed}", str(seed))
+    if "{seed}" not in setting.stage1_from:
+        logging.warning("--stage1_from has no {seed}: every seed starts stage 2 from %s",
+                        directory)
+    latest = checkpoints.latest_step(Path(directory) / "checkpoints")
+    if latest != steps:
+        raise ValueError(f"--stage1_from {directory} must hold a finished stage 1 of {steps} "
+                         f"steps (this config's STAGE1_FRACTION of NUM_STEPS); its latest "
+                         f"checkpoint is {'missing' if latest is None else f'step {latest}'}")
+    return directory
+
+
 def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     """Train (or resume) one arm with one seed, evaluate it, write its result file."""
     from ernie_m_jax import saved_run
@@ -294,10 +322,13 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     extra: Dict[str, object] = {}
     if arm == "ernie_m":
         first = extra["stage1_steps"] = stage1_steps(setting)
-        _train(setting, model_dir / "stage1", ["mmlm_tlm_camlm.gin"], seed, first)
+        if setting.stage1_from:
+            stage1 = extra["stage1_from"] = _finished_stage1(setting, seed, first)
+        else:
+            stage1 = str(model_dir / "stage1")
+            _train(setting, Path(stage1), ["mmlm_tlm_camlm.gin"], seed, first)
         summary = _train(setting, model_dir / "stage2", ["ernie_m_stage2.gin"], seed,
-                         steps - first,
-                         [f"TrainConfig.init_from = {str(model_dir / 'stage1')!r}"])
+                         steps - first, [f"TrainConfig.init_from = {stage1!r}"])
         final_dir = model_dir / "stage2"
     else:
         summary = _train(setting, model_dir, [f"{arm}.gin"], seed, steps)
@@ -477,6 +508,8 @@ def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) 
             result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
                 run_arm(setting, arm, seed)
             result["config"] = setting.config
+            if setting.bindings:  # a probe's knobs, so its result says what it ran
+                result["bindings"] = list(setting.bindings)
             files.write_json_atomic(path, result)
             print(f"finished {arm} seed {seed}: {path}", flush=True)
     summary = summarise(setting.out)

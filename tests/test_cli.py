@@ -37,3 +37,9 @@ def test_experiment_runs_without_a_steps_override(capsys, tmp_path):
     assert cli.main(["experiment", "paper-in-miniature", "--config", "tiny",
                      "--arms", "tlm_only", "--out", str(tmp_path)]) == 2
     assert "unknown arms ['tlm_only']" in capsys.readouterr().err
+
+
+def test_experiment_stage1_from_is_only_for_the_ernie_m_arm(capsys, tmp_path):
+    assert cli.main(["experiment", "paper-in-miniature", "--config", "tiny", "--arms", "mmlm",
+                     "--stage1_from", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "use it with --arms=ernie_m" in capsys.readouterr().err

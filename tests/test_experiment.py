@@ -65,6 +65,20 @@ def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown arms"):
         paper.run_experiment(setting, ["tlm_only"], seeds=[0])
 
+    # A stage-2 knob probe: greedy generation, stage 2 started from the run above's stage 1.
+    probe = paper.Setting("tiny", tmp_path / "probe", bindings=(
+        *setting.bindings, "BTMLMConfig.temperature = 0.0"),
+        stage1_from=str(tmp_path / "runs" / "ernie_m_seed{seed}" / "stage1"))
+    paper.run_experiment(probe, ["ernie_m"], seeds=[0])
+    probed = json.loads((tmp_path / "probe" / "results" / "ernie_m_seed0.json").read_text())
+    assert probed["stage1_from"] == str(stage1)
+    assert probed["bindings"][-1] == "BTMLMConfig.temperature = 0.0"
+    assert not (tmp_path / "probe" / "runs" / "ernie_m_seed0" / "stage1").exists()
+    assert "train/btmlm/loss" in probed["final_losses"]
+    # Greedy pseudo tokens, not sampled ones: stage 2 trained on other inputs.
+    assert probed["final_losses"]["train/btmlm/loss"] != \
+        results["ernie_m"]["final_losses"]["train/btmlm/loss"]
+
 
 def test_stage_split_comes_from_the_config_and_must_leave_both_stages_steps(tmp_path):
     setting = paper.Setting("tiny", tmp_path)
@@ -75,3 +89,39 @@ def test_stage_split_comes_from_the_config_and_must_leave_both_stages_steps(tmp_
         with pytest.raises(ValueError, match="leaves no steps for one of ERNIE-M's"):
             paper.stage1_steps(paper.Setting("tiny", tmp_path,
                                              bindings=(f"STAGE1_FRACTION = {fraction}",)))
+
+
+def test_a_probe_needs_a_finished_stage1_of_the_configured_length(tmp_path):
+    (tmp_path / "empty_seed0").mkdir()
+    probe = paper.Setting("tiny", tmp_path / "probe",
+                          stage1_from=str(tmp_path / "empty_seed{seed}"))
+    with pytest.raises(ValueError, match=r"empty_seed0 must hold a finished stage 1 of 2 "
+                                         r"steps .* checkpoint is missing"):
+        paper.run_arm(probe, "ernie_m", seed=0)
+    assert not (tmp_path / "probe" / "runs").exists()  # nothing trained
+
+
+def test_a_run_stopped_by_a_signal_writes_no_result(tmp_path, monkeypatch):
+    from ernie_m_jax import train
+
+    def preempted(model_dir, exp):
+        return {"preempted_at_step": 3, "train/loss": 5.0}
+
+    monkeypatch.setattr(train, "train", preempted)
+    with pytest.raises(paper.RunStopped, match=r"stopped at step 3 of 4 on a signal"):
+        paper.run_experiment(paper.Setting("tiny", tmp_path), ["mmlm"], seeds=[0])
+    assert not (tmp_path / "results" / "mmlm_seed0.json").exists()
+
+
+def test_committed_cpu_tables_and_summary_match_the_committed_results(tmp_path):
+    """The README's claim must be the JSON's: its tables and summary.json are regenerated
+    from results/*.json, never edited by hand."""
+    import shutil
+
+    committed = paper.README.parent / "results" / "paper_in_miniature" / "cpu"
+    shutil.copytree(committed / "results", tmp_path / "results")
+    summary = paper.summarise(tmp_path)
+    assert summary == json.loads((committed / "summary.json").read_text())
+    readme = paper.README.read_text(encoding="utf-8")
+    block = readme.split("<!-- results:cpu -->\n", 1)[1].split("\n<!-- /results:cpu -->", 1)[0]
+    assert block == paper.format_summary(summary)

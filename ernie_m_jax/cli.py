@@ -159,12 +159,17 @@ def _experiment(args: argparse.Namespace) -> int:
     except paper.RunStopped as stopped:
         print(f"ernie-m-jax experiment: {stopped}", file=sys.stderr)
         return 1
-    table = paper.format_summary(summary)
+    table, block = paper.format_summary(summary), args.config
+    if args.stage1_from:  # a probe: every probe beside this one, and the arm itself
+        block = f"{args.config}-probes"
+        arm_out = Path(args.stage1_from).parents[2]  # <arm out>/runs/ernie_m_seed{seed}/stage1
+        if (arm_out / "results").is_dir():
+            table = paper.format_probes(arm_out, out.parent)
     print(table)
     if args.update_readme:
         from ernie_m_jax import files
 
-        print(f"updated {files.replace_marked_block(paper.README, args.config, table)}")
+        print(f"updated {files.replace_marked_block(paper.README, block, table)}")
     return 0
 
 
@@ -247,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
     experiment.add_argument("--update_readme", action="store_true",
                             help="write the tables into experiments/README.md between "
-                                 "<!-- results:CONFIG --> markers")
+                                 "<!-- results:CONFIG --> markers (a probe's, with "
+                                 "--stage1_from, between <!-- results:CONFIG-probes -->)")
     experiment.set_defaults(run=_experiment, plain_errors=True)
     return parser
 

@@ -539,6 +539,43 @@ def _table(summary: dict, columns: Sequence[Tuple[str, str]],
     return lines
 
 
+def format_probes(arm_out: Path, probes_out: Path, arm: str = "ernie_m") -> str:
+    """One markdown row per stage-2 probe (a folder of `probes_out`) and per seed, beside
+    the arm's own result for that seed: headline-layer retrieval and transfer, with / without
+    parallel data. Rows are labelled by the gin bindings each probe recorded."""
+    rows = []
+    for path in sorted(probes_out.glob(f"*/results/{arm}_seed*.json")):
+        probe = json.loads(path.read_text())
+        own = _result_path(Setting(probe["config"], arm_out), arm, probe["seed"])
+        if not own.exists():
+            raise ValueError(f"{path}: no {arm} result of seed {probe['seed']} in {arm_out} "
+                             f"to compare it with")
+        rows.append((path.parents[1].name, probe, json.loads(own.read_text())))
+    if not rows:
+        return "(no probes yet)"
+    rows.sort(key=lambda row: (row[1]["seed"], row[0]))
+    layer = headline_layer(len(rows[0][1]["retrieval"]["messages"]["raw"]) - 1)
+    keys = [f"retrieval/messages/centered/layer{layer}", f"retrieval/messages/raw/layer{layer}",
+            f"transfer/centered/layer{layer}"]
+    lines = [f"| stage 2 | seed | retrieval L{layer} centred, with / without | "
+             f"raw L{layer}, with / without | transfer L{layer} centred, with / without |",
+             "|---|---|---|---|---|"]
+
+    def cells(result: dict) -> str:
+        metrics = run_metrics(result)
+        return " | ".join(f"{metrics[f'{k}/parallel']:.3f} / {metrics[f'{k}/monolingual_only']:.3f}"
+                          for k in keys)
+
+    shown = set()
+    for name, probe, own in rows:
+        if probe["seed"] not in shown:
+            shown.add(probe["seed"])
+            lines.append(f"| `{arm}` arm as configured | {probe['seed']} | {cells(own)} |")
+        knobs = "; ".join(f"`{b}`" for b in probe.get("bindings", ()))
+        lines.append(f"| {name}: {knobs} | {probe['seed']} | {cells(probe)} |")
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict) -> str:
     """Markdown tables, mean ± sample standard deviation over seeds (n): headline-layer
     retrieval (centred and raw; mean of both directions) with MMLM accuracy, and zero-shot

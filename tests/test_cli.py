@@ -43,3 +43,27 @@ def test_experiment_stage1_from_is_only_for_the_ernie_m_arm(capsys, tmp_path):
     assert cli.main(["experiment", "paper-in-miniature", "--config", "tiny", "--arms", "mmlm",
                      "--stage1_from", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "use it with --arms=ernie_m" in capsys.readouterr().err
+
+
+def test_a_probe_with_update_readme_writes_the_probe_table_only(tmp_path, monkeypatch):
+    from experiments import paper_in_miniature as paper
+
+    results = paper.README.parent / "results" / "paper_in_miniature"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
+                      "<!-- results:cpu-probes -->\nold\n<!-- /results:cpu-probes -->\n")
+    monkeypatch.setattr(paper, "README", readme)
+    ran = []
+    monkeypatch.setattr(paper, "run_experiment",  # the training itself is tested elsewhere
+                        lambda setting, arms, seeds: ran.append(setting) or {"arms": {}})
+    assert cli.main(["experiment", "paper-in-miniature", "--config", "cpu", "--arms", "ernie_m",
+                     "--seeds", "2", "--stage1_from",
+                     str(results / "cpu" / "runs" / "ernie_m_seed{seed}" / "stage1"),
+                     "--out", str(results / "probes" / "greedy"), "--update_readme",
+                     "--gin.BTMLMConfig.temperature=0.0"]) == 0
+    assert ran[0].stage1_from.endswith("ernie_m_seed{seed}/stage1")
+    assert ran[0].bindings == ("BTMLMConfig.temperature = 0.0",)
+    table = paper.format_probes(results / "cpu", results / "probes")
+    assert readme.read_text() == ("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
+                                  f"<!-- results:cpu-probes -->\n{table}\n"
+                                  "<!-- /results:cpu-probes -->\n")

@@ -125,3 +125,25 @@ def test_committed_cpu_tables_and_summary_match_the_committed_results(tmp_path):
     readme = paper.README.read_text(encoding="utf-8")
     block = readme.split("<!-- results:cpu -->\n", 1)[1].split("\n<!-- /results:cpu -->", 1)[0]
     assert block == paper.format_summary(summary)
+
+
+def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
+    results = paper.README.parent / "results" / "paper_in_miniature"
+    table = paper.format_probes(results / "cpu", results / "probes")
+    readme = paper.README.read_text(encoding="utf-8")
+    block = readme.split("<!-- results:cpu-probes -->\n", 1)[1].split(
+        "\n<!-- /results:cpu-probes -->", 1)[0]
+    assert block == table
+    # Each probe is set beside the arm's own result of its seed, labelled by its knobs.
+    assert "| `ernie_m` arm as configured | 2 |" in table
+    assert "greedy: `BTMLMConfig.temperature = 0.0` | 2 |" in table
+
+    # A probe whose seed the arm never ran has nothing to be compared with.
+    probe = tmp_path / "probes" / "lonely" / "results"
+    probe.mkdir(parents=True)
+    seed2 = json.loads((results / "probes" / "greedy" / "results" / "ernie_m_seed2.json")
+                       .read_text())
+    (probe / "ernie_m_seed7.json").write_text(json.dumps({**seed2, "seed": 7}))
+    with pytest.raises(ValueError, match="no ernie_m result of seed 7"):
+        paper.format_probes(results / "cpu", tmp_path / "probes")
+    assert paper.format_probes(results / "cpu", tmp_path / "empty") == "(no probes yet)"

@@ -1,0 +1,125 @@
+"""What BTMLM's stage 1 writes: a run's pseudo translations of English test messages, scored
+against the reference translations. It says whether back-translation has anything to learn
+from at the model's current quality (issue #8).
+
+    python -m experiments.btmlm_generation MODEL_DIR --temperatures=1.0,0.0 --out=FILE.json
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Sequence[int]],
+                     references: Sequence[Sequence[int]]) -> Dict[str, float]:
+    """Means over rows: the share of generated pieces found in the reference translation
+    (`reference_precision`) and in the English source (`copied`), the share of distinct
+    pieces (`distinct`), and `source_precision`, what copying the source would score."""
+    if not (len(generated) == len(sources) == len(references)) or not generated:
+        raise ValueError(f"need as many generated rows as sources and references, at least "
+                         f"one; got {len(generated)}, {len(sources)}, {len(references)}")
+
+    def share(pieces: Sequence[int], within: Sequence[int]) -> float:
+        return float(np.isin(pieces, list(within)).mean()) if len(pieces) else 0.0
+
+    rows = [(g, s, r) for g, s, r in zip(generated, sources, references) if len(g)]
+    return {
+        "reference_precision": float(np.mean([share(g, r) for g, _, r in rows])),
+        "copied": float(np.mean([share(g, s) for g, s, _ in rows])),
+        "distinct": float(np.mean([len(set(g)) / len(g) for g, _, _ in rows])),
+        "source_precision": float(np.mean([share(s, r) for _, s, r in rows if len(s)])),
+        "messages": len(rows),
+    }
+
+
+def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_language: int,
+             temperature: float, seed: int = 0, batch_size: int = 64) -> List[List[int]]:
+    """The run's BTMLM stage 1 (`objectives.btmlm_generate`, its placeholder ratio) on each
+    row, into `target_language`; returns the generated pieces without padding."""
+    import jax
+    import jax.numpy as jnp
+
+    from ernie_m_jax.model import ErnieM
+    from ernie_m_jax.objectives import btmlm_generate
+
+    tokens, cfg = run.tokens, run.model
+    btmlm = dataclasses.replace(run.experiment.btmlm, temperature=temperature,
+                                target_languages=(target_language,), max_placeholders=None)
+    model = ErnieM(cfg)
+    length = cfg.max_length // 2  # source + as many placeholders
+    fill = jax.jit(lambda params, batch, rng: btmlm_generate(
+        params, batch, rng, model=model, tokens=tokens, btmlm=btmlm)["input_ids"][:, length:])
+    params = jax.device_put(run.params)
+    out: List[List[int]] = []
+    rng = jax.random.key(seed)
+    for start in range(0, len(rows), batch_size):
+        chunk = [[tokens.cls_id, *r[:length - 2], tokens.sep_id]
+                 for r in rows[start:start + batch_size]]
+        ids = np.full((batch_size, length), tokens.pad_id, np.int32)
+        for i, r in enumerate(chunk):
+            ids[i, :len(r)] = r
+        batch = {"input_ids": jnp.asarray(ids),
+                 "segment_ids": jnp.asarray((ids != tokens.pad_id).astype(np.int32)),
+                 "language_ids": jnp.full(ids.shape, source_language, jnp.int32)}
+        rng, step_rng = jax.random.split(rng)
+        filled = np.asarray(fill(params, batch, step_rng))[:len(chunk)]
+        out += [[int(t) for t in row if t != tokens.pad_id] for row in filled]
+    return out
+
+
+def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
+             seed: int = 0, languages: Optional[Sequence[str]] = None) -> dict:
+    """Piece statistics per temperature and language, English test messages as sources."""
+    from ernie_m_jax import saved_run
+    from ernie_m_jax.evaluation.embedding import SentenceEncoder
+    from experiments import paper_in_miniature as paper
+
+    import gin
+
+    run = saved_run.load(model_dir)  # registers the run's own tasks
+    try:
+        groups = paper.experiment_languages()
+    finally:
+        gin.clear_config()
+    languages = list(languages or [*groups["parallel"], *groups["monolingual_only"]])
+    sets = {p.name.split("-", 1)[1]: p
+            for p in paper.pair_sets(run, languages, SentenceEncoder(run))}
+    result = {"model_dir": str(model_dir), "step": run.step, "limit": limit, "seed": seed,
+              "languages": groups, "temperatures": {}}
+    for temperature in temperatures:
+        per_language = result["temperatures"][str(temperature)] = {}
+        for lang in languages:
+            pairs = sets[lang]
+            sources, references = pairs.source[:limit], pairs.target[:limit]
+            generated = generate(run, sources, pairs.source_language, pairs.target_language,
+                                 temperature, seed)
+            per_language[lang] = piece_statistics(generated, sources, references)
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", help="a paper-in-miniature run, e.g. its ERNIE-M stage 1")
+    parser.add_argument("--temperatures", default="1.0,0.0")
+    parser.add_argument("--limit", type=int, default=128, help="test messages per language")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="write the JSON here (default: print it)")
+    args = parser.parse_args(argv)
+    result = diagnose(args.model_dir, [float(t) for t in args.temperatures.split(",")],
+                      args.limit, args.seed)
+    text = json.dumps(result, indent=1, sort_keys=True)
+    if args.out:
+        from ernie_m_jax import files
+
+        files.write_json_atomic(Path(args.out), result)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

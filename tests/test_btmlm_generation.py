@@ -1,0 +1,41 @@
+"""The BTMLM generation diagnostic: its statistics, and generation from a (random) run."""
+
+import types
+
+import numpy as np
+import pytest
+
+from experiments import btmlm_generation as diag
+
+
+def test_piece_statistics_score_against_the_reference_and_the_source():
+    stats = diag.piece_statistics(
+        generated=[[5, 6, 6, 9], [7]], sources=[[5, 8], [7, 1]], references=[[6, 9], [3]])
+    # Row 1: 3 of 4 pieces in the reference, 1 copied, 3 distinct; row 2: 0, 1, 1.
+    assert stats["reference_precision"] == pytest.approx((3 / 4 + 0) / 2)
+    assert stats["copied"] == pytest.approx((1 / 4 + 1) / 2)
+    assert stats["distinct"] == pytest.approx((3 / 4 + 1) / 2)
+    assert stats["source_precision"] == pytest.approx(0.0)
+    assert stats["messages"] == 2
+    with pytest.raises(ValueError, match="as many generated rows"):
+        diag.piece_statistics([[1]], [[1], [2]], [[1]])
+
+
+def test_generation_fills_one_placeholder_per_source_piece_in_the_target_language(
+        tiny_config, tiny_params):
+    from ernie_m_jax.configs import BTMLMConfig, SpecialTokens
+
+    tokens = SpecialTokens()
+    run = types.SimpleNamespace(
+        tokens=tokens, model=tiny_config, params=tiny_params,
+        experiment=types.SimpleNamespace(btmlm=BTMLMConfig()))
+    rows = [[10, 11, 12], [13], [14, 15]]
+    greedy = diag.generate(run, rows, source_language=1, target_language=2, temperature=0.0,
+                           batch_size=2)
+    assert [len(g) for g in greedy] == [3, 1, 2]  # placeholder ratio 1: one per source piece
+    specials = set(tokens.all_ids)
+    assert not specials & {t for g in greedy for t in g}
+    assert greedy == diag.generate(run, rows, 1, 2, temperature=0.0, batch_size=3)
+    sampled = diag.generate(run, rows, 1, 2, temperature=1.0, seed=3)
+    assert [len(s) for s in sampled] == [3, 1, 2] and sampled != greedy
+    assert np.all([0 <= t < tiny_config.vocab_size for s in sampled for t in s])

@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--temperatures", default="1.0,0.0")
     parser.add_argument("--limit", type=int, default=128, help="test messages per language")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="write the JSON here (default: print it)")
+    parser.add_argument("--out", help="also write the printed JSON to this file")
     args = parser.parse_args(argv)
     result = diagnose(args.model_dir, [float(t) for t in args.temperatures.split(",")],
                       args.limit, args.seed)

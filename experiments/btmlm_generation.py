@@ -44,6 +44,7 @@ def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_la
     import jax
     import jax.numpy as jnp
 
+    from ernie_m_jax.evaluation.embedding import framed_batch
     from ernie_m_jax.model import ErnieM
     from ernie_m_jax.objectives import btmlm_generate
 
@@ -58,11 +59,8 @@ def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_la
     out: List[List[int]] = []
     rng = jax.random.key(seed)
     for start in range(0, len(rows), batch_size):
-        chunk = [[tokens.cls_id, *r[:length - 2], tokens.sep_id]
-                 for r in rows[start:start + batch_size]]
-        ids = np.full((batch_size, length), tokens.pad_id, np.int32)
-        for i, r in enumerate(chunk):
-            ids[i, :len(r)] = r
+        chunk = rows[start:start + batch_size]
+        ids = framed_batch(chunk, tokens, batch_size, length)
         batch = {"input_ids": jnp.asarray(ids),
                  "segment_ids": jnp.asarray((ids != tokens.pad_id).astype(np.int32)),
                  "language_ids": jnp.full(ids.shape, source_language, jnp.int32)}

@@ -30,6 +30,17 @@ def pool(hidden: jax.Array, keys: jax.Array, pooling: str) -> jax.Array:
     return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
 
 
+def framed_batch(rows: Sequence[Sequence[int]], tokens, batch_size: int,
+                 length: int) -> np.ndarray:
+    """[batch_size, length] ids, each row as `[CLS] row [SEP]` (the row cut to fit), padded;
+    rows past len(rows) are all padding, so every batch has one static shape."""
+    ids = np.full((batch_size, length), tokens.pad_id, np.int32)
+    for i, row in enumerate(rows):
+        framed = [tokens.cls_id, *row[:length - 2], tokens.sep_id]
+        ids[i, :len(framed)] = framed
+    return ids
+
+
 class SentenceEncoder:
     """`layer`: 0 = the embeddings, 1..N = the layers' outputs, negative counts from the last;
     None gives every layer at once ([texts, N + 1, hidden])."""
@@ -98,16 +109,13 @@ class SentenceEncoder:
         out = []
         bar = tqdm(total=len(rows), desc=desc, disable=not progress, dynamic_ncols=True)
         for start in range(0, len(rows), self.batch_size):
-            chunk = [[tokens.cls_id, *r[:self.max_length - 2], tokens.sep_id]
-                     for r in rows[start:start + self.batch_size]]
-            longest = max(len(r) for r in chunk)
+            chunk = rows[start:start + self.batch_size]
+            longest = max(min(len(r), self.max_length - 2) for r in chunk) + 2
             length = min(-(-longest // self.length_multiple) * self.length_multiple,
                          self.max_length)
-            ids = np.full((self.batch_size, length), tokens.pad_id, np.int32)
+            ids = framed_batch(chunk, tokens, self.batch_size, length)
             lang = np.zeros((self.batch_size, length), np.int32)
-            for i, r in enumerate(chunk):
-                ids[i, :len(r)] = r
-                lang[i] = languages[start + i]
+            lang[:len(chunk)] = np.asarray(languages[start:start + len(chunk)])[:, None]
             out.append(np.asarray(self._forward(self._params, ids, lang))[:len(chunk)])
             bar.update(len(chunk))
         bar.close()

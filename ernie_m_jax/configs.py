@@ -55,6 +55,9 @@ class ModelConfig:
     # on GPUs that support the shapes and dtype, XLA otherwise), or force "xla" / "cudnn".
     # Training with attention dropout uses Flax's unfused attention instead.
     attention_implementation: str = "auto"
+    # Layers per iteration of the scanned layer loop (jax.lax.scan's `unroll`): num_layers
+    # unrolls it fully, trading compile time for a step without the loop's stacked buffers.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -80,6 +83,8 @@ class ModelConfig:
         if self.attention_implementation not in ("auto", "xla", "cudnn"):
             raise ValueError(f"ModelConfig.attention_implementation="
                              f"{self.attention_implementation!r} is not one of auto/xla/cudnn")
+        if self.scan_unroll < 1:
+            raise ValueError(f"ModelConfig.scan_unroll must be >= 1, got {self.scan_unroll}")
         if self.remat_policy not in ("none", "full", "dots"):
             raise ValueError(
                 f"ModelConfig.remat_policy={self.remat_policy!r} is not one of none/full/dots")
@@ -108,7 +113,7 @@ MODEL_PRESETS = {
                  max_position_embeddings=130),
     # CPU demo on the embedded corpus.
     "small": dict(vocab_size=8000, hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024,
-                  max_position_embeddings=258),
+                  max_position_embeddings=258, scan_unroll=4),
     "base": dict(vocab_size=250_002, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
                  max_position_embeddings=514),
     "large": dict(vocab_size=250_002, hidden_size=1024, num_layers=24, num_heads=16,

@@ -5,6 +5,7 @@ demo config has), then exported in both formats and loaded by transformers from 
 alone.
 """
 
+import dataclasses
 import json
 import os
 
@@ -123,7 +124,8 @@ def test_jax_to_hf_to_jax_round_trip_is_bit_exact(trained, exports, tmp_path):
         model_dir = hf_import.import_hf(str(out), str(tmp_path / fmt))
         back = saved_run.load(str(model_dir))
         gin.clear_config()
-        assert back.model == config
+        # How the loop runs (scan_unroll) is not part of an HF checkpoint; the shapes are.
+        assert dataclasses.replace(back.model, scan_unroll=config.scan_unroll) == config
         assert back.tokens == trained.tokens
         assert back.vocabulary_path.read_bytes() == trained.vocabulary_path.read_bytes()
         same = jax.tree.map(np.array_equal, folded, back.params)

@@ -103,6 +103,30 @@ def test_rematerialisation_changes_nothing_numerically(policy, tiny_params, tiny
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("unroll", [2, 3])
+def test_unrolling_the_layer_scan_changes_nothing(unroll, tiny_config):
+    """Same parameter tree, same dropout draws, same gradients: only the loop's shape moves."""
+    import dataclasses
+    config = dataclasses.replace(tiny_config, num_layers=3)
+    unrolled = dataclasses.replace(config, scan_unroll=unroll)
+    params = nn.unbox(init_params(config, jax.random.key(0)))["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(
+        nn.unbox(init_params(unrolled, jax.random.key(0)))["params"])
+    batch = monolingual_batch(0, batch=2, length=8)
+
+    def loss(cfg, p):
+        out = ErnieM(cfg).apply({"params": p}, batch["input_ids"],
+                                language_ids=batch["language_ids"], deterministic=False,
+                                rngs={"dropout": jax.random.key(3)})
+        return (out["hidden_states"] ** 2).mean()
+
+    (l1, g1), (l2, g2) = (jax.value_and_grad(loss, argnums=1)(c, params)
+                          for c in (config, unrolled))
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_dropout_is_active_only_when_not_deterministic():
     config = model_config("tiny")
     variables = nn.unbox(init_params(config, jax.random.key(0)))
@@ -120,6 +144,7 @@ def test_dropout_is_active_only_when_not_deterministic():
     (dict(num_layers=0), "num_layers"),
     (dict(dtype="float64"), "dtype"),
     (dict(remat_policy="some"), "remat_policy"),
+    (dict(scan_unroll=0), "scan_unroll"),
     (dict(dropout_rate=1.0), "dropout_rate"),
 ])
 def test_bad_model_config_names_the_field(kwargs, match):

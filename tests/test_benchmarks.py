@@ -51,3 +51,20 @@ def test_both_step_timers_run_the_same_shapes():
     generated = bench.jax_step(config, 4, 16, "btmlm", steps=1, warmup=0, placeholders=16)
     assert generated["tokens_per_s"] == pytest.approx(4 * 32 / generated["step_s"])
     assert np.isfinite(bench.matmul_peak("float32", 256))
+
+
+def test_rates_against_the_peak_bound_what_any_implementation_could_show():
+    # 300 GFLOP per step on a 100 GFLOP/s device: no step can beat 3 s.
+    row = {"size": "base", "length": 128, "batch": 16,
+           "jax": {"model_flops": 300e9, "step_s": 4.0, "devices": 1, "compile_s": 1.0,
+                   "tokens_per_s": 512.0},
+           "torch": {"step_s": 6.0}, "speedup_vs_torch": 1.5}
+    bench._rate_against_peak(row, 100e9)
+    assert row["ideal_step_s"] == pytest.approx(3.0)
+    assert row["mfu"] == pytest.approx(0.75)
+    assert row["speedup_ceiling_vs_torch"] == pytest.approx(2.0)
+    report = {"device": "cpu", "cores": 2, "jax": "x", "dtype": "float32", "peak_flops": 100e9,
+              "peak_source": "best measured matmul", "steps": 3, "warmup": 2, "rows": [row],
+              "process_peak_rss_gib": 1.0}
+    line = bench.markdown(report).splitlines()[4]
+    assert "| 75.0% | 6000 | 1.50x | 2.00x |" in line, line

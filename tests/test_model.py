@@ -155,3 +155,25 @@ def test_bad_model_config_names_the_field(kwargs, match):
 def test_unknown_size_lists_the_choices():
     with pytest.raises(ValueError, match="base"):
         model_config("huge")
+
+
+def test_mlm_bias_is_a_plain_per_token_bias_with_a_summed_gradient(tiny_config):
+    """The head adds its bias as a rank-1 product (for XLA:CPU's sake): the logits and the
+    bias gradient must be exactly those of `logits + bias`."""
+    params = nn.unbox(init_params(tiny_config, jax.random.key(0)))["params"]
+    bias = jax.random.normal(jax.random.key(1), params["mlm_head"]["bias"].shape)
+    params = {**params, "mlm_head": {**params["mlm_head"], "bias": bias}}
+    batch = monolingual_batch(0, batch=2, length=8)
+    positions = jnp.array([[1, 3, 5], [2, 4, 6]])
+    weights = jax.random.normal(jax.random.key(2), (2, 3, tiny_config.vocab_size))
+
+    def head(p):
+        return ErnieM(tiny_config).apply({"params": p}, batch["input_ids"],
+                                         language_ids=batch["language_ids"],
+                                         mlm_positions=positions)["mlm_logits"]
+
+    without_bias = {**params, "mlm_head": {**params["mlm_head"],
+                                           "bias": jnp.zeros_like(bias)}}
+    np.testing.assert_array_equal(head(params), head(without_bias) + bias)
+    grad = jax.grad(lambda p: (head(p) * weights).sum())(params)["mlm_head"]["bias"]
+    np.testing.assert_allclose(grad, weights.sum((0, 1)), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from ernie_m_jax import attention_masks
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, model_config
 from ernie_m_jax.model import ErnieM, init_params
 from ernie_m_jax.objectives import (btmlm_generate, camlm_inputs, make_objectives,
-                                    weighted_loss)
+                                    masked_lm_metrics, weighted_loss)
 from tests.synthetic import TOKENS, monolingual_batch, pair_batch
 
 VOCAB = 128
@@ -208,3 +208,18 @@ def test_weighted_loss_is_the_weighted_sum(tiny_model, tiny_params):
 def test_btmlm_rejects_languages_the_model_cannot_embed(tiny_model):
     with pytest.raises(ValueError, match="target_languages"):
         make_objectives(tiny_model, TOKENS, MaskingConfig(), BTMLMConfig(target_languages=(9,)))
+
+
+def test_masked_lm_metrics_match_a_plain_argmax_reference():
+    logits = jax.random.normal(jax.random.key(0), (3, 5, 50))
+    targets = jax.random.randint(jax.random.key(1), (3, 5), 0, 50)
+    targets = targets.at[0, :3].set(logits[0, :3].argmax(-1))  # some right answers
+    weights = jnp.ones((3, 5)).at[2, 3:].set(0.0)
+    loss, metrics = masked_lm_metrics(logits, targets, weights)
+    right = np.asarray(logits.argmax(-1) == targets, np.float32) * np.asarray(weights)
+    assert metrics["accuracy"] == pytest.approx(right.sum() / 13)
+    assert metrics["accuracy"] >= 3 / 13
+    log_probs = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    assert loss == pytest.approx(float((nll * weights).sum() / 13), rel=1e-6)
+    assert metrics["num_predictions"] == 13

@@ -9,8 +9,8 @@ Every figure comes from this one run on this one machine, so ratios are meaningf
 noisy machines; absolute numbers are not comparable across runs. FLOPs are counted as
 MaxText/MLPerf do (`metrics.step_flops`): matmuls x 3 for forward + backward, attention not
 halved, recomputation not counted, the MLM head only where logits are computed, BTMLM's
-generation pass added. MFU's peak is a large matmul timed here (CPU) or the device's dense
-bf16 peak (GPU/TPU, `metrics.PEAK_FLOPS`).
+generation pass added. MFU's peak is the best rate of large matmuls timed here before and
+after the steps (CPU) or the device's dense bf16 peak (GPU/TPU, `metrics.PEAK_FLOPS`).
 """
 
 from __future__ import annotations

@@ -97,33 +97,25 @@ def jax_step(config, batch: int, length: int, objective: str = "mmlm",
              mesh_shape=(-1, 1, 1), steps: int = 3, warmup: int = 2,
              placeholders: Optional[int] = None) -> Dict[str, float]:
     """One objective's full train step (loss, grads, AdamW), jit with shardings and donation,
-    as `train.py` runs it."""
+    built by the same `train.build_train_step` that training uses."""
     import jax
 
     from ernie_m_jax import metrics, partitioning, train
     from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
     from ernie_m_jax.data.pipeline import DataConfig
-    from ernie_m_jax.model import ErnieM
-    from ernie_m_jax.objectives import make_objectives
-    from ernie_m_jax.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+    from ernie_m_jax.optimizer import OptimizerConfig
 
     btmlm = BTMLMConfig(max_placeholders=placeholders) if objective == "btmlm" else None
     exp = train.Experiment(
-        train.TrainConfig(objective_weights={objective: 1.0}), config, DataConfig(),
+        train.TrainConfig(num_steps=1000, objective_weights={objective: 1.0}), config,
+        DataConfig(batch_sizes={objective: batch}, mono_length=length, pair_length=length),
         partitioning.MeshConfig(shape=tuple(mesh_shape)), OptimizerConfig(), MaskingConfig(),
         btmlm or BTMLMConfig(), SpecialTokens())
     mesh = partitioning.make_mesh(exp.mesh)
     rules = exp.mesh.rules
-    optimizer = make_optimizer(exp.optimizer, 1000)
-    objectives = make_objectives(ErnieM(config), exp.tokens, exp.masking, btmlm)
-    state, shardings = train.init_state(exp, config, optimizer, mesh)
-    data = partitioning.data_sharding(mesh, rules)
-    step_fn = jax.jit(
-        train.make_train_step(objectives, {objective: 1.0}, optimizer,
-                              learning_rate_schedule(exp.optimizer, 1000)),
-        in_shardings=(shardings, {objective: {k: data for k in
-                                              ("input_ids", "segment_ids", "language_ids")}}),
-        out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+    built = train.build_train_step(exp, mesh, btmlm=exp.btmlm)
+    state = train.init_state(config, built.optimizer, exp.train.seed, built.state_shardings)
+    step_fn = built.fn
     with partitioning.activate(mesh, rules):
         batches = train.global_batch({objective: _batch(config, batch, length)}, mesh, rules)
         start = time.perf_counter()

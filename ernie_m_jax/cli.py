@@ -1,4 +1,9 @@
-"""`ernie-m-jax` command line: one subcommand per job."""
+"""`ernie-m-jax` command line: one subcommand per job, the only module that reads argv.
+
+Each subcommand imports what it runs inside its handler: `--help` and a mistyped flag answer
+at once instead of after loading TensorFlow and JAX, and `train` joins its process group
+before anything touches a backend.
+"""
 
 from __future__ import annotations
 
@@ -41,9 +46,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ernie_m_jax import train
+    import jax
 
-    return train.run_from_args(args, args.gin_bindings)
+    from ernie_m_jax import distributed, gin_config, train
+
+    # Before anything touches a backend: join the other processes, if any.
+    distributed.initialize(distributed.ProcessGroup(
+        args.coordinator_address, args.num_processes, args.process_id), args.cpu_devices)
+    gin_config.parse(args.gin_file, args.gin_bindings)
+    exp = train.Experiment.from_gin()  # every config is built (and checked) before any compute
+    summary = train.train(args.model_dir, exp)
+    if jax.process_index() != 0:
+        return 0
+    losses = {k: v for k, v in summary.items() if k.endswith("/loss") and k.startswith("train/")}
+    print("final: " + "  ".join(f"{k[len('train/'):]}={v:.3f}" for k, v in sorted(losses.items())))
+    if "eval/accuracy" in summary:
+        print(f"eval accuracy: {summary['eval/accuracy']:.3f}")
+    return 0
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,8 +131,7 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    import seqio
-
+    from ernie_m_jax.data import pipeline
     from ernie_m_jax.evaluation import retrieval
     from ernie_m_jax.evaluation.embedding import SentenceEncoder
 
@@ -127,9 +145,11 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
             encoder.tokenize(_read_text_lines(args.source_file)),
             encoder.tokenize(_read_text_lines(args.target_file)),
             run.language_id(args.source_language), run.language_id(args.target_language))]
-    else:
-        names = args.task or [t.name for t in seqio.get_mixture_or_task(
-            run.experiment.data.pair_mixture).tasks]
+    else:  # registered tasks: the run's data setup registers them (the data must exist)
+        if run.experiment.train.data_setup is not None:
+            run.experiment.train.data_setup()
+        names = args.task or [t.name for t in pipeline.tasks_of(
+            run.experiment.data.pair_mixture)]
         sets = [retrieval.task_pairs(n, args.split, args.max_examples) for n in names]
     results = retrieval.evaluate(encoder, sets, args.center, progress=True)
     print(retrieval.format_table(results))
@@ -138,38 +158,6 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     if args.output:
         retrieval.write_json(args.output, results, settings)
         print(f"wrote {args.output}")
-    return 0
-
-
-def _experiment(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from experiments import paper_in_miniature as paper
-
-    out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / args.config)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    arms = args.arms.split(",") if args.arms else [paper.RANDOM_INIT, *paper.ARMS]
-    if args.stage1_from and arms != ["ernie_m"]:
-        raise ValueError("--stage1_from starts ERNIE-M's stage 2 from a finished stage 1: "
-                         "use it with --arms=ernie_m")
-    setting = paper.Setting(args.config, out, args.steps, tuple(args.gin_bindings),
-                            args.stage1_from)
-    try:
-        summary = paper.run_experiment(setting, arms, seeds)
-    except paper.RunStopped as stopped:
-        print(f"ernie-m-jax experiment: {stopped}", file=sys.stderr)
-        return 1
-    table, block = paper.format_summary(summary), args.config
-    if args.stage1_from:  # a probe: every probe beside this one, and the arm itself
-        block = f"{args.config}-probes"
-        arm_out = Path(args.stage1_from).parents[2]  # <arm out>/runs/ernie_m_seed{seed}/stage1
-        if (arm_out / "results").is_dir():
-            table = paper.format_probes(arm_out, out.parent)
-    print(table)
-    if args.update_readme:
-        from ernie_m_jax import files
-
-        print(f"updated {files.replace_marked_block(paper.README, block, table)}")
     return 0
 
 
@@ -236,25 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--output", help="JSON file for the results")
             sub.set_defaults(run=_eval_retrieval, plain_errors=True)
 
-    experiment = commands.add_parser(
-        "experiment", help="reproducible experiments; `paper-in-miniature`: what CAMLM and "
-                           "BTMLM add for languages without parallel data")
-    experiment.add_argument("name", choices=("paper-in-miniature",))
-    experiment.add_argument("--config", choices=("cpu", "tiny"), default="cpu")
-    experiment.add_argument("--seeds", default="0,1,2")
-    experiment.add_argument("--arms", help="comma-separated (default: random_init and all four)")
-    experiment.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
-    experiment.add_argument("--out", help="default experiments/results/paper_in_miniature/"
-                                          "<config>; finished arm x seed results are kept")
-    experiment.add_argument("--stage1_from",
-                            help="with --arms=ernie_m: start stage 2 from this finished stage-1 "
-                                 "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
-                                 "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
-    experiment.add_argument("--update_readme", action="store_true",
-                            help="write the tables into experiments/README.md between "
-                                 "<!-- results:CONFIG --> markers (a probe's, with "
-                                 "--stage1_from, between <!-- results:CONFIG-probes -->)")
-    experiment.set_defaults(run=_experiment, plain_errors=True)
     return parser
 
 

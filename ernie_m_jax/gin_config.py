@@ -7,10 +7,11 @@ binding or unknown name raises gin's own error here, before any data is read or 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import gin
 
@@ -33,14 +34,14 @@ def split_gin_flags(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
-    """Register the configurables, then parse files and bindings (gin errors propagate)."""
-    # Import everything gin files may name, so unknown names are real mistakes.
-    import ernie_m_jax.train  # noqa: F401
-    import tasks.demo  # noqa: F401
+    """Parse files and bindings into gin's global config (gin errors propagate).
 
-    if GIN_DIR.is_dir():
-        gin.add_config_file_search_path(str(GIN_DIR))
-    gin.add_config_file_search_path(os.getcwd())
+    The configurables a file names must be registered: the files import their modules
+    (`import ernie_m_jax.train`, `import tasks.demo`), as T5X's do.
+    """
+    for directory in (str(GIN_DIR), os.getcwd()):
+        if Path(directory).is_dir() and directory not in gin.config._LOCATION_PREFIXES:
+            gin.add_config_file_search_path(directory)
     for path in files:
         if not Path(path).exists() and not (GIN_DIR / path).exists():
             raise FileNotFoundError(f"gin file not found: {path} (also looked in {GIN_DIR})")
@@ -50,6 +51,31 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
         gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """Parse and read a config inside, leaving the caller's gin config as it was.
+
+    Reading a saved run must have no side effects, but gin keeps one global config and has
+    no public way to set it aside: the bindings, imports and operative config are copied
+    out of `gin.config` and put back on exit.
+    """
+    state = gin.config
+    saved = ({k: dict(v) for k, v in state._CONFIG.items()}, set(state._IMPORTS),
+             {k: dict(v) for k, v in state._OPERATIVE_CONFIG.items()}, dict(state._SINGLETONS),
+             state._CONFIG_IS_LOCKED)
+    gin.clear_config()
+    try:
+        yield
+    finally:
+        gin.clear_config()
+        config, imports, operative, singletons, locked = saved
+        state._CONFIG.update(config)
+        state._IMPORTS.update(imports)
+        state._OPERATIVE_CONFIG.update(operative)
+        state._SINGLETONS.update(singletons)
+        state._set_config_is_locked(locked)
 
 
 class _DropMissingPathProbes(logging.Filter):

@@ -40,6 +40,16 @@ def sample_non_special(rng: Array, shape, vocab_size: int, special_ids: Sequence
     return ids
 
 
+def selection_counts(maskable: Array, config: MaskingConfig, slots: int) -> Array:
+    """Tokens `mask_tokens` selects in each row: round(rate * maskable), at least one if any,
+    at most `slots`. Random draws decide which, never how many, so a batch's number of
+    predictions is known before masking (gradient accumulation divides by it once)."""
+    num_maskable = maskable.sum(-1)
+    num_selected = jnp.round(config.rate * num_maskable).astype(jnp.int32)
+    num_selected = jnp.where(num_maskable > 0, jnp.maximum(num_selected, 1), 0)
+    return jnp.minimum(num_selected, min(slots, maskable.shape[-1]))
+
+
 def mask_tokens(
     rng: Array,
     input_ids: Array,
@@ -59,10 +69,7 @@ def mask_tokens(
     slots = min(slots, length)
     select_rng, action_rng, random_rng = jax.random.split(rng, 3)
 
-    num_maskable = maskable.sum(-1)
-    num_selected = jnp.round(config.rate * num_maskable).astype(jnp.int32)
-    num_selected = jnp.where(num_maskable > 0, jnp.maximum(num_selected, 1), 0)
-    num_selected = jnp.minimum(num_selected, slots)
+    num_selected = selection_counts(maskable, config, slots)
 
     scores = jnp.where(maskable, jax.random.uniform(select_rng, (batch, length)), -1.0)
     _, positions = jax.lax.top_k(scores, slots)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Dict, Mapping, Optional, Sequence
 
 import jax
@@ -105,3 +106,36 @@ def read_metrics(model_dir: os.PathLike) -> list:
 
 def as_floats(tree: Mapping[str, object]) -> Dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in tree.items()}
+
+
+class IntervalMetrics:
+    """The train step's metrics between two logs: summed on device (no host sync per step),
+    reported as means over the interval's finite steps (a skipped step reports zeros and
+    `finite = 0`), with throughput and, where the peak is known, MFU."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float,
+                 peak_flops_total: Optional[float], start_step: int):
+        self._tokens, self._flops, self._peak = tokens_per_step, flops_per_step, peak_flops_total
+        self._sums = None
+        self._since_step, self._since_time = start_step, time.time()
+
+    def add(self, step_metrics: Mapping[str, jax.Array]) -> None:
+        self._sums = dict(step_metrics) if self._sums is None else jax.tree.map(
+            lambda a, b: a + b, self._sums, dict(step_metrics))
+
+    def report(self, step: int) -> Dict[str, float]:
+        """Means and rates since the last report (or the start), then start a new interval."""
+        steps, elapsed = step - self._since_step, max(time.time() - self._since_time, 1e-9)
+        sums = as_floats(self._sums or {"finite": 0.0})
+        finite = sums.pop("finite")
+        means = {k: v / finite for k, v in sums.items()} if finite else {}
+        means["skipped_steps_in_interval"] = steps - finite
+        means["tokens_per_second"] = self._tokens * steps / elapsed
+        means["steps_per_second"] = steps / elapsed
+        if "text_tokens" in means:  # absent when every step was skipped
+            means["text_tokens_per_second"] = means["text_tokens"] * steps / elapsed
+            means["padding_fraction"] = 1 - means["text_tokens"] / self._tokens
+        if self._peak:
+            means["mfu"] = self._flops * steps / elapsed / self._peak
+        self._sums, self._since_step, self._since_time = None, step, time.time()
+        return means

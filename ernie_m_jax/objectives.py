@@ -23,7 +23,7 @@ import optax
 
 from ernie_m_jax import attention_masks
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
-from ernie_m_jax.masking import MaskedTokens, mask_tokens, maskable_tokens
+from ernie_m_jax.masking import MaskedTokens, mask_tokens, maskable_tokens, selection_counts
 from ernie_m_jax.model import ErnieM, default_position_ids
 
 Array = jax.Array
@@ -41,11 +41,17 @@ def _positions(batch: Batch, offset: int) -> Array:
     return default_position_ids(batch["input_ids"], offset)
 
 
-def masked_lm_metrics(logits: Array, targets: Array, weights: Array) -> Tuple[Array, Metrics]:
-    """Mean cross entropy and accuracy over the weighted prediction slots."""
+def masked_lm_metrics(logits: Array, targets: Array, weights: Array,
+                      normalizer: Optional[Array] = None) -> Tuple[Array, Metrics]:
+    """Mean cross entropy and accuracy over the weighted prediction slots.
+
+    `normalizer` divides the sums instead of this batch's own prediction count: given the
+    count of the whole batch, the losses and accuracies of its microbatches add up to the
+    whole batch's (gradient accumulation); `num_predictions` stays this batch's count.
+    """
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     count = weights.sum()
-    denominator = jnp.maximum(count, 1.0)
+    denominator = jnp.maximum(count if normalizer is None else normalizer, 1.0)
     loss = (losses * weights).sum() / denominator
     # Right when the target's logit is the largest (a tie counts as right): a max-reduction,
     # which XLA shares with the softmax's, instead of a separate argmax over the vocabulary.
@@ -56,7 +62,8 @@ def masked_lm_metrics(logits: Array, targets: Array, weights: Array) -> Tuple[Ar
 
 
 def _predict(model: ErnieM, params, inputs: Batch, masked: MaskedTokens, attention_mask: Array,
-             rng: Array, deterministic: bool) -> Tuple[Array, Metrics]:
+             rng: Array, deterministic: bool, normalizer: Optional[Array]
+             ) -> Tuple[Array, Metrics]:
     outputs = model.apply(
         {"params": params},
         masked.input_ids,
@@ -67,32 +74,37 @@ def _predict(model: ErnieM, params, inputs: Batch, masked: MaskedTokens, attenti
         deterministic=deterministic,
         rngs=None if deterministic else {"dropout": rng},
     )
-    return masked_lm_metrics(outputs["mlm_logits"], masked.mlm_targets, masked.mlm_weights)
+    return masked_lm_metrics(outputs["mlm_logits"], masked.mlm_targets, masked.mlm_weights,
+                             normalizer)
 
 
 def _full_attention_mlm(params, batch: Batch, rng: Array, *, model: ErnieM,
                         tokens: SpecialTokens, masking: MaskingConfig,
-                        deterministic: bool) -> Tuple[Array, Metrics]:
+                        deterministic: bool, normalizer: Optional[Array]
+                        ) -> Tuple[Array, Metrics]:
     mask_rng, dropout_rng = jax.random.split(rng)
     maskable = maskable_tokens(batch["input_ids"], batch["segment_ids"], tokens)
     masked = mask_tokens(mask_rng, batch["input_ids"], maskable, masking, tokens,
                          model.config.vocab_size)
     attention = attention_masks.padding_mask(batch["segment_ids"])
-    return _predict(model, params, batch, masked, attention, dropout_rng, deterministic)
+    return _predict(model, params, batch, masked, attention, dropout_rng, deterministic,
+                    normalizer)
 
 
 def mmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
-              masking: MaskingConfig, deterministic: bool = False):
+              masking: MaskingConfig, deterministic: bool = False,
+              normalizer: Optional[Array] = None):
     """Multilingual MLM on monolingual `[CLS] x [SEP]` examples."""
     return _full_attention_mlm(params, batch, rng, model=model, tokens=tokens, masking=masking,
-                               deterministic=deterministic)
+                               deterministic=deterministic, normalizer=normalizer)
 
 
 def tlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
-             masking: MaskingConfig, deterministic: bool = False):
+             masking: MaskingConfig, deterministic: bool = False,
+             normalizer: Optional[Array] = None):
     """Translation LM: MLM over a concatenated pair; every token sees both sentences."""
     return _full_attention_mlm(params, batch, rng, model=model, tokens=tokens, masking=masking,
-                               deterministic=deterministic)
+                               deterministic=deterministic, normalizer=normalizer)
 
 
 def _directed_example(rng: Array, batch: Batch, restore: int, context: int,
@@ -123,7 +135,8 @@ def camlm_inputs(batch: Batch, rng: Array, *, tokens: SpecialTokens, masking: Ma
 
 
 def camlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
-               masking: MaskingConfig, deterministic: bool = False):
+               masking: MaskingConfig, deterministic: bool = False,
+               normalizer: Optional[Array] = None):
     """Cross-attention MLM on pairs, leak-free by construction.
 
     Each pair is used twice: once masking the source and restoring it from the target and the
@@ -136,7 +149,8 @@ def camlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: Speci
     mask_rng, dropout_rng = jax.random.split(rng)
     inputs, masked, attention = camlm_inputs(batch, mask_rng, tokens=tokens, masking=masking,
                                              vocab_size=model.config.vocab_size)
-    return _predict(model, params, inputs, masked, attention, dropout_rng, deterministic)
+    return _predict(model, params, inputs, masked, attention, dropout_rng, deterministic,
+                    normalizer)
 
 
 def _draw_target_languages(rng: Array, source_languages: Array, choices: Tuple[int, ...]) -> Array:
@@ -225,7 +239,8 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
 
 
 def btmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
-               masking: MaskingConfig, btmlm: BTMLMConfig, deterministic: bool = False):
+               masking: MaskingConfig, btmlm: BTMLMConfig, deterministic: bool = False,
+               normalizer: Optional[Array] = None):
     """Back-translation MLM on monolingual examples: generate (stage 1), then restore the
     masked source from the pseudo sentence under the CAMLM rule (stage 2)."""
     generate_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
@@ -234,7 +249,8 @@ def btmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: Speci
     masked, attention = _directed_example(
         mask_rng, pair, attention_masks.SOURCE, attention_masks.TARGET, tokens, masking,
         model.config.vocab_size, num_slots=source_slots)
-    return _predict(model, params, pair, masked, attention, dropout_rng, deterministic)
+    return _predict(model, params, pair, masked, attention, dropout_rng, deterministic,
+                    normalizer)
 
 
 def make_objectives(model: ErnieM, tokens: SpecialTokens, masking: MaskingConfig,
@@ -258,10 +274,39 @@ def make_objectives(model: ErnieM, tokens: SpecialTokens, masking: MaskingConfig
     return objectives
 
 
+def _selected(batch: Batch, tokens: SpecialTokens, masking: MaskingConfig,
+              segment: Optional[int] = None) -> Array:
+    """How many tokens of `batch` (of one segment) `mask_tokens` selects, summed."""
+    segments = batch["segment_ids"]
+    maskable = maskable_tokens(batch["input_ids"], segments, tokens)
+    if segment is not None:
+        maskable = maskable & (segments == segment)
+    slots = masking.num_slots(batch["input_ids"].shape[1])
+    return selection_counts(maskable, masking, slots).sum().astype(jnp.float32)
+
+
+def make_prediction_counters(tokens: SpecialTokens, masking: MaskingConfig
+                             ) -> Dict[str, Callable[[Batch], Array]]:
+    """name -> batch -> the number of predictions the objective makes on it, before masking.
+
+    Gradient accumulation divides each microbatch's summed loss by its whole batch's count,
+    so that the accumulated loss and gradient are the whole batch's. (BTMLM masks the source
+    with the slots of its length, as MMLM does; CAMLM restores each side in turn.)
+    """
+    whole = functools.partial(_selected, tokens=tokens, masking=masking)
+    both_sides = lambda b: (whole(b, segment=attention_masks.SOURCE)
+                            + whole(b, segment=attention_masks.TARGET))
+    return {"mmlm": whole, "tlm": whole, "camlm": both_sides, "btmlm": whole}
+
+
 def weighted_loss(params, batches: Mapping[str, Batch], rng: Array,
-                  objectives: Mapping[str, LossFn],
-                  weights: Mapping[str, float]) -> Tuple[Array, Metrics]:
-    """sum_k w_k * objective_k(params, batch_k, rng_k), with metrics prefixed by objective."""
+                  objectives: Mapping[str, LossFn], weights: Mapping[str, float],
+                  normalizers: Optional[Mapping[str, Array]] = None) -> Tuple[Array, Metrics]:
+    """sum_k w_k * objective_k(params, batch_k, rng_k), with metrics prefixed by objective.
+
+    `normalizers` (name -> prediction count of the whole batch) make each objective divide
+    its summed loss by that count instead of this batch's (see `masked_lm_metrics`).
+    """
     unknown = set(weights) - set(objectives)
     if unknown:
         raise ValueError(f"weights name unknown objectives {sorted(unknown)}; "
@@ -274,8 +319,9 @@ def weighted_loss(params, batches: Mapping[str, Batch], rng: Array,
     for index, name in enumerate(sorted(weights)):
         if not weights[name]:
             continue
+        extra = {} if normalizers is None else {"normalizer": normalizers[name]}
         loss, objective_metrics = objectives[name](params, batches[name],
-                                                   jax.random.fold_in(rng, index))
+                                                   jax.random.fold_in(rng, index), **extra)
         total = total + weights[name] * loss
         metrics.update({f"{name}/{k}": v for k, v in objective_metrics.items()})
     metrics["loss"] = total

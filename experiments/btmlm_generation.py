@@ -77,16 +77,12 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
     from ernie_m_jax.evaluation.embedding import SentenceEncoder
     from experiments import paper_in_miniature as paper
 
-    import gin
-
-    run = saved_run.load(model_dir)  # registers the run's own tasks
-    try:
-        groups = paper.experiment_languages()
-    finally:
-        gin.clear_config()
+    run = saved_run.load(model_dir)
+    data = run.experiment.train.data_setup()  # the run's own tasks, and its corpus
+    groups = paper.experiment_languages()
     languages = list(languages or [*groups["parallel"], *groups["monolingual_only"]])
     sets = {p.name.split("-", 1)[1]: p
-            for p in paper.pair_sets(run, languages, SentenceEncoder(run))}
+            for p in paper.pair_sets(run, data.corpus_dir, languages, SentenceEncoder(run))}
     result = {"model_dir": str(model_dir), "step": run.step, "limit": limit, "seed": seed,
               "languages": groups, "temperatures": {}}
     for temperature in temperatures:

@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 
 from ernie_m_jax.data import sources
-from tasks.languages import register_language
+from ernie_m_jax.data.languages import register_language
 
 DEFAULT_COLLECTION = "ernie_m"
 DEFAULT_ALPHA = 0.3  # XLM-R's exponential smoothing of language sampling rates
@@ -59,7 +59,8 @@ def _add_constants(ds: tf.data.Dataset, **constants: int) -> tf.data.Dataset:
 
 def _select_and_clean(ds: tf.data.Dataset, keys: Mapping[str, str]) -> tf.data.Dataset:
     """TFDS rows -> {our name: cleaned text}, dropping rows where any text is empty."""
-    ds = ds.map(lambda ex: {ours: sources.tf_clean_text(ex[theirs]) for ours, theirs in keys.items()},
+    ds = ds.map(lambda ex: {ours: sources.tf_clean_text(ex[theirs])
+                            for ours, theirs in keys.items()},
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.filter(lambda ex: sources.tf_keep_nonempty(*ex.values()))
 

@@ -33,7 +33,7 @@ def _module_registrations():
     registers is removed when it ends, so no module sees another's tasks."""
     import seqio
 
-    from tasks import languages
+    from ernie_m_jax.data import languages
 
     tasks_before = set(seqio.TaskRegistry.names())
     mixtures_before = set(seqio.MixtureRegistry.names())

@@ -56,10 +56,10 @@ def final_param_sum():
     exp = train.Experiment.from_gin()
     gin.clear_config()
     mesh = partitioning.make_mesh(exp.mesh)
-    state, shardings = train.init_state(exp, exp.model, make_optimizer(exp.optimizer, 3), mesh)
+    abstract, _ = train.abstract_state(exp.model, make_optimizer(exp.optimizer, 3),
+                                       exp.train.seed, mesh, exp.mesh.rules)
     with checkpoints.manager(f"{model_dir}/checkpoints", 3) as mngr:
-        restored = checkpoints.restore(mngr, mngr.latest_step(),
-                                       checkpoints.abstract_like(state, shardings))
+        restored = checkpoints.restore(mngr, mngr.latest_step(), abstract)
     return int(restored["step"]), float(sum(np.asarray(x, np.float64).sum()
                                             for x in jax.tree.leaves(restored["params"])))
 

@@ -56,7 +56,8 @@ def main():
                        out_shardings=((partitioning.replicated(mesh), None),
                                       shardings["params"]))
         (loss, _), grads = step(variables["params"], sharded_batch, jax.random.key(1))
-    assert hidden["hidden_states"].sharding.spec[0] == ("data", "fsdp"), hidden["hidden_states"].sharding
+    sharding = hidden["hidden_states"].sharding
+    assert sharding.spec[0] == ("data", "fsdp"), sharding
     np.testing.assert_allclose(hidden["hidden_states"], ref_hidden["hidden_states"], atol=2e-5)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):

@@ -45,3 +45,17 @@ def pair_batch(seed, batch=4, length=24, vocab_size=128, languages=(1, 2), max_w
         langs[row, :len(source)] = languages[0]
         langs[row, len(source):] = languages[1]
     return _as_jax(dict(input_ids=ids, segment_ids=segments, language_ids=langs))
+
+
+def monolingual_rows(word_counts, length=16, vocab_size=128, language=1, seed=0):
+    """`[CLS] x [SEP]` rows with exactly these numbers of words, right-padded."""
+    rs = np.random.RandomState(seed)
+    ids = np.full((len(word_counts), length), TOKENS.pad_id)
+    segments = np.zeros((len(word_counts), length))
+    for row, words in enumerate(word_counts):
+        assert words + 2 <= length
+        ids[row, :words + 2] = [TOKENS.cls_id, *rs.randint(FIRST_WORD_ID, vocab_size, words),
+                                TOKENS.sep_id]
+        segments[row, :words + 2] = 1
+    return _as_jax(dict(input_ids=ids, segment_ids=segments,
+                        language_ids=np.full(ids.shape, language)))

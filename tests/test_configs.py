@@ -26,7 +26,8 @@ def test_base_is_the_released_shape():
     assert (base.num_layers, base.hidden_size, base.num_heads, base.mlp_dim, base.vocab_size,
             base.max_position_embeddings) == (12, 768, 12, 3072, 250_002, 514)
     large = model_config("large")
-    assert (large.num_layers, large.hidden_size, large.num_heads, large.mlp_dim) == (24, 1024, 16, 4096)
+    assert (large.num_layers, large.hidden_size, large.num_heads, large.mlp_dim) == \
+        (24, 1024, 16, 4096)
 
 
 def test_wrong_gin_binding_fails_with_gins_message():

@@ -84,7 +84,8 @@ def test_a_mesh_that_does_not_fit_the_devices_fails_before_compiling(demo_data_d
         try:
             with pytest.raises(ValueError, match=message):
                 cli.main(["train", "--gin_file=runs/demo_cpu.gin",
-                          f"--model_dir={tmp_path / 'm'}", *flags, f"--gin.MeshConfig.shape={mesh}"])
+                          f"--model_dir={tmp_path / 'm'}", *flags,
+                          f"--gin.MeshConfig.shape={mesh}"])
         finally:
             gin.clear_config()
     assert not (tmp_path / "m" / "checkpoints").exists()
@@ -130,7 +131,7 @@ def test_gpu_launch_dry_run_gives_every_process_its_id():
                       "--model_dir", "/shared/run", "--", "--gin.NUM_STEPS=100")
     assert result.returncode == 0, result.stderr
     lines = [shlex.split(line) for line in result.stdout.strip().splitlines()]
-    assert len(lines) == 16 and {l[1] for l in lines} == {"gpu-a", "gpu-b"}
+    assert len(lines) == 16 and {line[1] for line in lines} == {"gpu-a", "gpu-b"}
     for index, (ssh, host, remote) in enumerate(lines):
         assert ssh == "ssh" and host == ("gpu-a" if index < 8 else "gpu-b")
         assert f"JAX_PROCESS_ID={index} " in remote and "JAX_NUM_PROCESSES=16 " in remote

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import paper_in_miniature as paper
+from experiments.paper_in_miniature import __main__ as driver
 
 
 @pytest.mark.slow
@@ -147,3 +148,40 @@ def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
     with pytest.raises(ValueError, match="no ernie_m result of seed 7"):
         paper.format_probes(results / "cpu", tmp_path / "probes")
     assert paper.format_probes(results / "cpu", tmp_path / "empty") == "(no probes yet)"
+
+
+def test_experiment_runs_without_a_steps_override(capsys, tmp_path):
+    # No --steps means the config's NUM_STEPS; the driver is reached and names the bad arm.
+    assert driver.main(["--config", "tiny",
+                     "--arms", "tlm_only", "--out", str(tmp_path)]) == 2
+    assert "unknown arms ['tlm_only']" in capsys.readouterr().err
+
+
+def test_experiment_stage1_from_is_only_for_the_ernie_m_arm(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        driver.main(["--config", "tiny", "--arms", "mmlm",
+                     "--stage1_from", str(tmp_path), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "use it with --arms=ernie_m" in capsys.readouterr().err
+
+
+def test_a_probe_with_update_readme_writes_the_probe_table_only(tmp_path, monkeypatch):
+    results = paper.README.parent / "results" / "paper_in_miniature"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
+                      "<!-- results:cpu-probes -->\nold\n<!-- /results:cpu-probes -->\n")
+    monkeypatch.setattr(driver, "README", readme)
+    ran = []
+    monkeypatch.setattr(driver, "run_experiment",  # the training itself is tested elsewhere
+                        lambda setting, arms, seeds: ran.append(setting) or {"arms": {}})
+    assert driver.main(["--config", "cpu", "--arms", "ernie_m",
+                     "--seeds", "2", "--stage1_from",
+                     str(results / "cpu" / "runs" / "ernie_m_seed{seed}" / "stage1"),
+                     "--out", str(results / "probes" / "greedy"), "--update_readme",
+                     "--gin.BTMLMConfig.temperature=0.0"]) == 0
+    assert ran[0].stage1_from.endswith("ernie_m_seed{seed}/stage1")
+    assert ran[0].bindings == ("BTMLMConfig.temperature = 0.0",)
+    table = paper.format_probes(results / "cpu", results / "probes")
+    assert readme.read_text() == ("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
+                                  f"<!-- results:cpu-probes -->\n{table}\n"
+                                  "<!-- /results:cpu-probes -->\n")

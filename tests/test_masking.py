@@ -88,7 +88,8 @@ def test_sample_non_special_covers_exactly_the_other_ids():
     assert set(ids.tolist()) == set(range(5, 11))
 
 
-@pytest.mark.parametrize("kwargs", [dict(rate=0.0), dict(rate=1.5), dict(mask_prob=0.9, random_prob=0.2),
+@pytest.mark.parametrize("kwargs", [dict(rate=0.0), dict(rate=1.5),
+                                    dict(mask_prob=0.9, random_prob=0.2),
                                     dict(max_predictions=0)])
 def test_bad_masking_config_is_rejected(kwargs):
     with pytest.raises(ValueError, match="MaskingConfig"):

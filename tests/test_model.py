@@ -20,8 +20,8 @@ def test_every_parameter_has_one_logical_name_per_axis(tiny_config):
         assert isinstance(leaf, nn.LogicallyPartitioned), leaf
         assert len(leaf.names) == leaf.value.ndim and all(leaf.names), leaf.names
     specs = nn.get_partition_spec(variables)["params"]
-    assert specs["encoder"]["layers"]["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec(
-        "layers", "embed", "heads", "kv")
+    q_kernel = specs["encoder"]["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert q_kernel == jax.sharding.PartitionSpec("layers", "embed", "heads", "kv")
     assert specs["embeddings"]["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec(
         "vocab", "embed")
 

@@ -10,8 +10,13 @@ import pytest
 from ernie_m_jax import attention_masks
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, model_config
 from ernie_m_jax.model import ErnieM, init_params
-from ernie_m_jax.objectives import (btmlm_generate, camlm_inputs, make_objectives,
-                                    masked_lm_metrics, weighted_loss)
+from ernie_m_jax.objectives import (
+    btmlm_generate,
+    camlm_inputs,
+    make_objectives,
+    masked_lm_metrics,
+    weighted_loss,
+)
 from tests.synthetic import TOKENS, monolingual_batch, pair_batch
 
 VOCAB = 128
@@ -75,12 +80,12 @@ def test_btmlm_generation_depends_only_on_source_and_placeholders():
 
     # Junk in the padding of the source and extra padding columns change nothing.
     junk = dict(batch, input_ids=_perturb(batch["input_ids"], batch["segment_ids"] == 0, 6))
-    np.testing.assert_array_equal(np.asarray(generate(junk, jax.random.key(5))["input_ids"])[:, 16:],
-                                  generated)
+    np.testing.assert_array_equal(
+        np.asarray(generate(junk, jax.random.key(5))["input_ids"])[:, 16:], generated)
     wider = {k: jnp.pad(v, ((0, 0), (0, 5)), constant_values=TOKENS.pad_id if k == "input_ids"
                         else 0) for k, v in batch.items()}
-    np.testing.assert_array_equal(np.asarray(generate(wider, jax.random.key(5))["input_ids"])[:, 21:],
-                                  generated)
+    np.testing.assert_array_equal(
+        np.asarray(generate(wider, jax.random.key(5))["input_ids"])[:, 21:], generated)
     # ... while the source itself does matter.
     other_source = dict(batch, input_ids=_perturb(
         batch["input_ids"], np.asarray(batch["segment_ids"]) > 0, 7))

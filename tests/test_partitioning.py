@@ -35,8 +35,21 @@ def test_mesh_shape_resolution():
         partitioning.MeshConfig(shape=(1, 1))
 
 
-def test_single_device_mesh_and_batch_check():
+def test_single_device_mesh_and_data_sharding():
     mesh = partitioning.make_mesh(partitioning.MeshConfig(), devices=jax.devices()[:1])
     assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
-    partitioning.check_batch_divides(3, mesh)
-    assert partitioning.data_sharding(mesh).spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+    assert partitioning.data_sharding(mesh).spec == \
+        jax.sharding.PartitionSpec(("data", "fsdp"), None)
+
+
+@pytest.mark.parametrize("shape, rows, shards", [
+    ((2, 4, 1), 12, 8),  # the batch is split over data x fsdp
+    ((1, 4, 2), 6, 4),  # tensor parallelism does not split the batch
+    ((8, 1, 1), 4, 8),
+])
+def test_batch_check_counts_the_batch_shards_of_an_eight_device_mesh(shape, rows, shards):
+    mesh = jax.sharding.AbstractMesh(shape, partitioning.MESH_AXES)  # shapes only, no devices
+    partitioning.check_batch_divides(2 * shards, mesh)
+    with pytest.raises(ValueError, match=f"global batch size {rows} is not divisible by the "
+                                         f"{shards} batch shards"):
+        partitioning.check_batch_divides(rows, mesh)

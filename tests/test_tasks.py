@@ -46,7 +46,7 @@ def _check_pair_row(ids, segments, languages):
 
 def test_demo_tasks_are_named_predictably(demo_data):
     assert demo_data.languages == ("de", "en", "fr", "zh_hans")
-    assert registry.task_names(kind="mono") == tuple(f"ernie_m.mono.{l}" for l in
+    assert registry.task_names(kind="mono") == tuple(f"ernie_m.mono.{lang}" for lang in
                                                      demo_data.languages)
     assert registry.task_names(kind="para") == ("ernie_m.para.en_de", "ernie_m.para.en_fr",
                                                 "ernie_m.para.en_zh_hans")
@@ -214,6 +214,7 @@ def test_bad_registrations_name_the_problem(demo_data, vocabulary, tmp_path):
 
 def test_over_long_pairs_keep_both_sentences_and_trim_the_longer_first():
     import tensorflow as tf
+
     from ernie_m_jax.data import features
     example = {"source": tf.range(10, 40), "target": tf.range(50, 55),
                "source_language": tf.constant(1), "target_language": tf.constant(2)}

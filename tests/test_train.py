@@ -7,11 +7,16 @@ import sys
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ernie_m_jax import checkpoints, cli, gin_config, optimizer, saved_run, train
+from ernie_m_jax.configs import BTMLMConfig, MaskingConfig
 from ernie_m_jax.metrics import read_metrics
+from ernie_m_jax.objectives import make_objectives, make_prediction_counters, weighted_loss
+from tests import synthetic
 from tests.train_runs import ROOT, as_flags, run, tiny_bindings
 
 
@@ -146,35 +151,75 @@ def test_weight_decay_skips_biases_and_layer_norms(tiny_params):
     assert float(schedule(60)) == pytest.approx(0.5) and float(schedule(110)) == pytest.approx(0)
 
 
-def test_gradient_accumulation_matches_the_full_batch():
-    import jax.numpy as jnp
-    import optax
+# Masking every word with [MASK] and greedy BTMLM make each objective's inputs independent of
+# the random draws, so a split batch sees exactly the tokens of the whole one.
+EVERY_WORD = MaskingConfig(rate=1.0, mask_prob=1.0, random_prob=0.0)
 
-    def toy(params, batch, rng):  # a mean over rows, like every objective's loss
-        loss = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
-        return loss, {"loss": loss}
 
-    rs = np.random.RandomState(0)
-    segments = (np.arange(5)[None, :] < rs.randint(1, 6, size=(8, 1))).astype(np.int32)
-    batch = {"toy": {"x": jnp.asarray(rs.randn(8, 3), jnp.float32),
-                     "y": jnp.asarray(rs.randn(8), jnp.float32),
-                     "segment_ids": jnp.asarray(segments)}}  # right-padded with 0
-    state = {"params": {"w": jnp.ones(3)}, "step": jnp.zeros((), jnp.int32),
-             "rng": jax.random.key_data(jax.random.key(0)),
+def _uneven_batches():
+    """Microbatches (of 2 and of 4 rows) holding very different numbers of words."""
+    short_then_long = [1, 2, 1, 2, 12, 13, 11, 13]
+    pairs = synthetic.pair_batch(3, batch=8, length=24, max_words=8)
+    lengths = np.asarray(pairs["segment_ids"] > 0).sum(1)
+    order = np.argsort(lengths, kind="stable")  # short pairs first, long ones last
+    pairs = {k: v[order] for k, v in pairs.items()}
+    return {"mmlm": synthetic.monolingual_rows(short_then_long, seed=1),
+            "tlm": pairs, "camlm": pairs,
+            "btmlm": synthetic.monolingual_rows(short_then_long[::-1], seed=2)}
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_is_the_whole_batch_on_the_real_objectives(tiny_model,
+                                                                         tiny_params):
+    objectives = make_objectives(tiny_model, synthetic.TOKENS, EVERY_WORD,
+                                 BTMLMConfig(target_languages=(1, 2), temperature=0.0,
+                                             max_placeholders=8))
+    counters = make_prediction_counters(synthetic.TOKENS, EVERY_WORD)
+    weights = {"mmlm": 1.0, "tlm": 0.5, "camlm": 1.0, "btmlm": 2.0}
+    batches = _uneven_batches()
+    sgd = optax.sgd(1.0)
+    state = {"params": tiny_params, "opt_state": sgd.init(tiny_params),
+             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
              **{k: jnp.zeros((), jnp.int32) for k in train.COUNTERS}}
+    results = {}
+    for accum in (1, 2):
+        step = jax.jit(train.make_train_step(objectives, weights, sgd,
+                                             optax.constant_schedule(1.0), accum,
+                                             prediction_counters=counters))
+        new_state, metrics = step(state, batches)
+        results[accum] = (new_state["params"], {k: float(v) for k, v in metrics.items()})
+    full_params, full = results[1]
+    for name in weights:  # the counters agree with what the objectives predicted
+        assert full[f"{name}/num_predictions"] == float(counters[name](batches[name])) > 0
+    for accum in (2,):
+        params, metrics = results[accum]
+        for key in full:
+            assert metrics[key] == pytest.approx(full[key], rel=2e-5, abs=1e-6), (accum, key)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(full_params)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+    # Positive control: averaging the microbatches' own mean-loss gradients, as a naive
+    # accumulation would, moves the parameters elsewhere on these uneven microbatches.
+    halves = [{o: {k: v[i * 4:(i + 1) * 4] for k, v in b.items()} for o, b in batches.items()}
+              for i in range(2)]
+    grad = jax.jit(jax.grad(lambda p, b: weighted_loss(p, b, jax.random.key(0), objectives,
+                                                       weights)[0]))
+    naive = jax.tree.map(lambda a, b: (a + b) / 2, *[grad(tiny_params, h) for h in halves])
+    exact = jax.tree.map(jnp.subtract, tiny_params, full_params)  # sgd(1.0): the gradient
+    gap = optax.tree.norm(jax.tree.map(jnp.subtract, naive, exact))
+    assert float(gap) > 0.05 * float(optax.tree.norm(exact))
+
+
+def test_accumulation_needs_counters_and_rows_that_split(tiny_model, tiny_params):
+    objectives = make_objectives(tiny_model, synthetic.TOKENS, EVERY_WORD)
     sgd = optax.sgd(0.1)
-    results = []
-    for accum in (1, 2, 4):
-        step = jax.jit(train.make_train_step({"toy": toy}, {"toy": 1.0}, sgd,
-                                             optax.constant_schedule(0.1), accum))
-        new_state, metrics = step({**state, "opt_state": sgd.init(state["params"])}, batch)
-        results.append((np.asarray(new_state["params"]["w"]), float(metrics["toy/loss"])))
-        assert float(metrics["text_tokens"]) == segments.sum()  # padding is not counted
-    for w, loss in results[1:]:
-        np.testing.assert_allclose(w, results[0][0], rtol=1e-6)
-        assert loss == pytest.approx(results[0][1], rel=1e-6)
-    assert not np.allclose(results[0][0], 1.0)
+    with pytest.raises(ValueError, match=r"no counter for \['mmlm'\]"):
+        train.make_train_step(objectives, {"mmlm": 1.0}, sgd, optax.constant_schedule(0.1), 2)
+    state = {"params": tiny_params, "opt_state": sgd.init(tiny_params),
+             "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(0)),
+             **{k: jnp.zeros((), jnp.int32) for k in train.COUNTERS}}
+    step = train.make_train_step(objectives, {"mmlm": 1.0}, sgd, optax.constant_schedule(0.1),
+                                 3, prediction_counters=make_prediction_counters(
+                                     synthetic.TOKENS, EVERY_WORD))
     with pytest.raises(ValueError, match="does not split into 3"):
-        jax.jit(train.make_train_step({"toy": toy}, {"toy": 1.0}, sgd,
-                                      optax.constant_schedule(0.1), 3))(
-            {**state, "opt_state": sgd.init(state["params"])}, batch)
+        jax.jit(step)(state, {"mmlm": _uneven_batches()["mmlm"]})

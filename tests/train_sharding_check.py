@@ -32,15 +32,17 @@ for preset in ("fsdp", "fsdp_tensor"):
     gin.clear_config()
     mesh = partitioning.make_mesh(exp.mesh)
     optimizer = make_optimizer(exp.optimizer, exp.train.num_steps)
-    state, shardings = train.init_state(exp, exp.model, optimizer, mesh)
+    abstract, _ = train.abstract_state(exp.model, optimizer, exp.train.seed, mesh,
+                                       exp.mesh.rules)
     mngr = checkpoints.manager(f"{model_dir}/checkpoints", 3)
-    restored = checkpoints.restore(mngr, 3, checkpoints.abstract_like(state, shardings))
+    restored = checkpoints.restore(mngr, 3, abstract)
     mngr.close()
     layers = restored["params"]["encoder"]["layers"]
     out[preset] = {
         "mesh": dict(mesh.shape),
         "losses": [r["train/loss"] for r in read_metrics(model_dir) if "train/loss" in r],
-        "q_kernel_fraction": partitioning.addressable_fraction(layers["self_attn"]["q_proj"]["kernel"]),
+        "q_kernel_fraction": partitioning.addressable_fraction(
+            layers["self_attn"]["q_proj"]["kernel"]),
         "linear1_fraction": partitioning.addressable_fraction(layers["linear1"]["kernel"]),
         # Adam's moments for linear1 are placed like the kernel itself.
         "linear1_moment_fractions": [
@@ -56,10 +58,11 @@ gin_config.parse(("runs/demo_cpu.gin", "mesh/fsdp.gin"), bindings)
 exp = train.Experiment.from_gin()
 gin.clear_config()
 mesh = partitioning.make_mesh(exp.mesh)
-state, shardings = train.init_state(exp, exp.model, make_optimizer(exp.optimizer, 6), mesh)
+abstract, _ = train.abstract_state(exp.model, make_optimizer(exp.optimizer, 6), exp.train.seed,
+                                   mesh, exp.mesh.rules)
 mngr = checkpoints.manager(f"{single_dir}/checkpoints", 3)
 step = mngr.latest_step()
-restored = checkpoints.restore(mngr, step, checkpoints.abstract_like(state, shardings))
+restored = checkpoints.restore(mngr, step, abstract)
 mngr.close()
 embedding = restored["params"]["embeddings"]["word_embeddings"]["embedding"]
 out["restored"] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -174,3 +174,18 @@ class CheckpointableIterator:
 
     def restore(self, prefix: str) -> None:
         self._checkpoint.read(prefix).assert_consumed()
+
+
+def tasks_of(name: str) -> List[seqio.Task]:
+    """The tasks of a registered mixture, or the task itself."""
+    provider = seqio.get_mixture_or_task(name)
+    return [provider] if isinstance(provider, seqio.Task) else list(provider.tasks)
+
+
+def vocabulary_of(mixture: str) -> Optional[str]:
+    """The SentencePiece model file the mixture's (first) task tokenizes with, if any."""
+    for feature in tasks_of(mixture)[0].output_features.values():
+        path = getattr(feature.vocabulary, "sentencepiece_model_file", None)
+        if path:
+            return path
+    return None

@@ -69,7 +69,7 @@ def clean_line(line: TextLike, max_chars: int, skips: SkipCounts) -> str:
 def clean_lines(lines: Iterable[TextLike], max_chars: int = DEFAULT_MAX_CHARS
                 ) -> Tuple[List[str], SkipCounts]:
     skips = SkipCounts()
-    kept = [text for text in (clean_line(l, max_chars, skips) for l in lines) if text]
+    kept = [text for text in (clean_line(line, max_chars, skips) for line in lines) if text]
     return kept, skips
 
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.export import hf_tokenizer, layouts
-from ernie_m_jax.saved_run import TRAINING_VOCAB_FILE, SavedRun, checked_output_dir
+from ernie_m_jax.run_dir import VOCAB_FILE
+from ernie_m_jax.saved_run import SavedRun, checked_output_dir
 
 PROVENANCE_FILE = "ernie_m_jax_export.json"
 MLM_HEAD_FILE = "mlm_head.safetensors"
@@ -106,7 +107,7 @@ def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
     (tmp / "config.json").write_text(json.dumps(hf_config(config, run.tokens, fmt), indent=2))
     hf_tokenizer.write_tokenizer_files(tmp, run.vocabulary_path, run.tokens, config.max_length,
                                        with_ernie_m_files=fmt == layouts.ERNIE_M)
-    shutil.copyfile(run.vocabulary_path, tmp / TRAINING_VOCAB_FILE)
+    shutil.copyfile(run.vocabulary_path, tmp / VOCAB_FILE)
     provenance = {"format": fmt, "model_dir": run.model_dir, "step": run.step,
                   "fold_language": fold_language, "special_tokens": dataclasses.asdict(run.tokens)}
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))

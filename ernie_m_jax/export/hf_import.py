@@ -25,7 +25,8 @@ from ernie_m_jax import checkpoints
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.export import hf_tokenizer, layouts
 from ernie_m_jax.export.hf_export import MLM_HEAD_FILE, PROVENANCE_FILE
-from ernie_m_jax.saved_run import CONFIG_FILE, TRAINING_VOCAB_FILE, checked_output_dir
+from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE
+from ernie_m_jax.saved_run import checked_output_dir
 
 MODEL_TYPES = {"ernie_m": layouts.ERNIE_M, "xlm-roberta": layouts.XLM_ROBERTA}
 # Tensors initialised fresh when absent.
@@ -203,9 +204,9 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
             {"params": params})}), force=True)
         mngr.wait_until_finished()
     text = gin_text(config, tokens, hf_path)
-    vocab = hf_path / TRAINING_VOCAB_FILE
+    vocab = hf_path / VOCAB_FILE
     if vocab.is_file():
-        shutil.copyfile(vocab, out / TRAINING_VOCAB_FILE)
+        shutil.copyfile(vocab, out / VOCAB_FILE)
         text += ("\n# The SentencePiece model the exported run trained with; point your tasks "
                  f"at it, e.g.\n# register_demo.vocabulary_path = '{out / vocab.name}'\n")
     (out / CONFIG_FILE).write_text(text)

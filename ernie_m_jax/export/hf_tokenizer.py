@@ -31,8 +31,16 @@ def fast_tokenizer(sp_model_path: Path, tokens: SpecialTokens = SpecialTokens())
     """A `tokenizers.Tokenizer` equal to the SentencePiece model, with [CLS] x [SEP] and
     [CLS] x [SEP] [SEP] y [SEP] templates (the rows `data/features.py` builds)."""
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(sp_model_path).read_bytes())

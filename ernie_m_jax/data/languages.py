@@ -39,3 +39,11 @@ def language_id(code: str) -> int:
 
 def registered_languages() -> Dict[str, int]:
     return dict(_IDS)
+
+
+def check_fits(num_languages: int) -> None:
+    """Refuse a model whose language embeddings lack a row for a registered language."""
+    too_big = {c: i for c, i in _IDS.items() if i >= num_languages}
+    if num_languages and too_big:
+        raise ValueError(f"ModelConfig.num_languages={num_languages} has no embedding for "
+                         f"languages {too_big}; raise num_languages")

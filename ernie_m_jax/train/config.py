@@ -1,0 +1,101 @@
+"""What a training run is made of: `TrainConfig` and the `Experiment` that bundles every
+config, resolved from gin once at the edge and passed down as plain frozen data."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional, Tuple
+
+import gin
+
+from ernie_m_jax import partitioning
+from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig, SpecialTokens
+from ernie_m_jax.data import pipeline
+from ernie_m_jax.objectives import OBJECTIVES
+from ernie_m_jax.optimizer import OptimizerConfig
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    num_steps: int = 1000
+    # Objectives with a non-zero weight run every step (stage 1: mmlm/tlm/camlm; stage 2 adds
+    # btmlm). Their batch sizes are DataConfig.batch_sizes.
+    objective_weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"mmlm": 1.0, "tlm": 1.0, "camlm": 1.0})
+    # Microbatches per step: their summed losses are divided by the whole batch's number of
+    # predictions, so the update is the whole batch's.
+    grad_accum_steps: int = 1
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    # 0: evaluate only at the end.
+    eval_every: int = 0
+    eval_split: str = "validation"
+    # Languages whose `<collection>.mono.<lang>` task is scored; () = every monolingual task
+    # of DataConfig.mono_mixture.
+    eval_languages: Tuple[str, ...] = ()
+    eval_examples_per_language: int = 64
+    eval_batch_size: int = 32
+    # Another run's checkpoint directory to take the params from (stage 2 from stage 1).
+    init_from: Optional[str] = None
+    # Called once before the data is read, e.g. `@register_demo` (builds and registers tasks).
+    data_setup: Optional[Callable] = None
+    progress_bar: bool = True
+    # A step whose loss or gradient norm is not finite leaves params and optimizer state
+    # untouched and is counted. "skip" goes on; "stop" raises after that many in a row.
+    nonfinite_policy: str = "skip"
+    max_consecutive_nonfinite: int = 10
+    # Fault injection for testing the policy: steps whose loss is made NaN.
+    inject_nonfinite_steps: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        unknown = set(self.objective_weights) - set(OBJECTIVES)
+        if unknown:
+            raise ValueError(f"TrainConfig.objective_weights: unknown objectives "
+                             f"{sorted(unknown)}; choose from {OBJECTIVES}")
+        if self.nonfinite_policy not in ("skip", "stop"):
+            raise ValueError(f"TrainConfig.nonfinite_policy must be 'skip' or 'stop', "
+                             f"got {self.nonfinite_policy!r}")
+        if not any(self.objective_weights.values()):
+            raise ValueError("TrainConfig.objective_weights enables no objective")
+        for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every",
+                     "keep_checkpoints", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def enabled(self) -> Tuple[str, ...]:
+        return tuple(o for o in OBJECTIVES if self.objective_weights.get(o, 0))
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        """The enabled objectives' weights."""
+        return {o: self.objective_weights[o] for o in self.enabled}
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a run is made of, resolved from gin once."""
+
+    train: TrainConfig
+    model: ModelConfig
+    data: pipeline.DataConfig
+    mesh: partitioning.MeshConfig
+    optimizer: OptimizerConfig
+    masking: MaskingConfig
+    btmlm: BTMLMConfig
+    tokens: SpecialTokens
+
+    @classmethod
+    def from_gin(cls) -> "Experiment":
+        return cls(TrainConfig(), ModelConfig(), pipeline.DataConfig(), partitioning.MeshConfig(),
+                   OptimizerConfig(), MaskingConfig(), BTMLMConfig(), SpecialTokens())
+
+    def batch_shapes(self) -> Mapping[str, Tuple[int, int]]:
+        """objective -> (global rows, length) of its batch."""
+        sizes = self.data.enabled(self.train.enabled)
+        return {o: (sizes[o], self.data.mono_length if o in pipeline.MONO_OBJECTIVES
+                    else self.data.pair_length) for o in self.train.enabled}

@@ -1,0 +1,161 @@
+"""The training loop: build the step, restore or initialise the state, then step, log,
+checkpoint and evaluate when due. Everything it runs is built elsewhere: the step and its
+shardings (`step.py`), the state (`state.py`), the data (`data/pipeline.py`)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Callable, Dict, Optional
+
+import gin
+import jax
+import seqio
+from tqdm import tqdm
+
+from ernie_m_jax import checkpoints, partitioning, preemption, run_dir
+from ernie_m_jax import metrics as metrics_lib
+from ernie_m_jax.data import languages, pipeline
+from ernie_m_jax.train.config import Experiment, TrainConfig
+from ernie_m_jax.train.evaluate import eval_tasks, evaluate
+from ernie_m_jax.train.state import COUNTERS, State, init_state
+from ernie_m_jax.train.step import TrainStep, build_train_step, global_batch, make_eval_step
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    """Time to log / save / evaluate: every `every` steps (0: never) and at the last step."""
+    return step == last or bool(every) and step % every == 0
+
+
+def train(model_dir: str, exp: Optional[Experiment] = None,
+          stop_after: Optional[int] = None,
+          input_fn: Optional[Callable[[seqio.ShardInfo], object]] = None) -> Dict[str, float]:
+    """Train (or resume) in `model_dir`; returns the last logged and evaluated metrics.
+
+    `stop_after` ends the job early at that step, as a preemption would (after its
+    checkpoint, if one was due); a rerun with the same `model_dir` carries on.
+    `input_fn(shard_info)` replaces the configured input (a tf.data.Dataset of this host's
+    share of each batch).
+    """
+    # Watch for SIGTERM/SIGINT from the start: one arriving during set-up stops the run
+    # after its first step, with a checkpoint.
+    with preemption.SignalWatcher() as stop_signal:
+        return _run(model_dir, exp or Experiment.from_gin(), stop_after, input_fn, stop_signal)
+
+
+def _describe_run(model_dir: str, exp: Experiment) -> None:
+    """Config, vocabulary and language ids beside the checkpoints (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    run_dir.write_config(model_dir, gin.config_str())
+    run_dir.keep_vocabulary(model_dir, pipeline.vocabulary_of(exp.data.mono_mixture))
+    run_dir.write_languages(model_dir, languages.registered_languages())
+
+
+def _restore_or_init(exp: Experiment, train_step: TrainStep, mngr, iterator,
+                     model_dir: str) -> State:
+    if mngr.all_steps():
+        state = checkpoints.restore_newest_intact(mngr, train_step.abstract_state, iterator)
+        logging.info("resumed from step %d in %s", int(state["step"]), model_dir)
+        return state
+    state = init_state(exp.model, train_step.optimizer, exp.train.seed, train_step.state_shardings)
+    if exp.train.init_from:
+        state["params"] = checkpoints.restore_params(
+            os.path.join(exp.train.init_from, "checkpoints"), train_step.abstract_state["params"])
+        logging.info("initialised params from %s", exp.train.init_from)
+    return state
+
+
+def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
+         stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
+    cfg = exp.train
+    checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
+    if cfg.data_setup is not None:
+        cfg.data_setup()
+    _describe_run(model_dir, exp)
+    languages.check_fits(exp.model.num_languages)
+    mesh, rules = partitioning.make_mesh(exp.mesh), exp.mesh.rules
+    train_step = build_train_step(exp, mesh)
+
+    shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
+    input_fn = input_fn or functools.partial(pipeline.training_dataset, exp.data,
+                                             cfg.enabled, tokens=exp.tokens)
+    iterator = pipeline.CheckpointableIterator(input_fn(shard))
+    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
+                               cfg.async_checkpointing)
+    state = _restore_or_init(exp, train_step, mngr, iterator, model_dir)
+    start = int(state["step"])
+
+    eval_fn = jax.jit(make_eval_step(train_step.model, exp),
+                      out_shardings=partitioning.replicated(mesh))
+    tasks_to_eval = eval_tasks(exp)
+    peak = metrics_lib.peak_flops(jax.devices()[0])
+    interval = metrics_lib.IntervalMetrics(
+        sum(b * n for b, n in train_step.batch_shapes.values()),
+        metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
+        peak and peak * jax.device_count(), start)
+    writer = metrics_lib.MetricsWriter(model_dir)
+    summary: Dict[str, float] = {}
+    bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
+               disable=not cfg.progress_bar or jax.process_index() != 0)
+    checked = None  # the last step whose non-finite counters were read
+    try:
+        with partitioning.activate(mesh, rules):
+            for done in range(start + 1, cfg.num_steps + 1):
+                batch = global_batch(next(iterator), mesh, rules)
+                state, step_metrics = train_step.fn(state, batch)
+                interval.add(step_metrics)
+                if _due(done, cfg.log_every, cfg.num_steps):
+                    scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
+                    checked = done
+                    scalars = {f"train/{k}": v for k, v in scalars.items()}
+                    writer.write(done, scalars)
+                    summary.update(scalars)
+                    bar.set_postfix_str(_progress_line(scalars, cfg))
+                bar.update(1)
+                preempted = stop_signal.agreed(every=1 if jax.process_count() == 1
+                                               else cfg.log_every, step=done)
+                if _due(done, cfg.checkpoint_every, cfg.num_steps) or preempted:
+                    if checked != done:
+                        _nonfinite_check(state, cfg, done, mngr)
+                    checkpoints.save(mngr, done, state, iterator)
+                if preempted:
+                    bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "
+                              f"written to {model_dir}; rerun the same command to resume")
+                    summary["preempted_at_step"] = done
+                    break
+                if done == stop_after:
+                    break
+                if _due(done, cfg.eval_every, cfg.num_steps):
+                    results = evaluate(eval_fn, state["params"], tasks_to_eval, exp, mesh)
+                    writer.write(done, results)
+                    summary.update(results)
+                    if "eval/accuracy" in results:
+                        bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
+                                  f"over {len(tasks_to_eval)} languages")
+        if hasattr(train_step.fn, "_cache_size"):
+            summary["train_step_compilations"] = train_step.fn._cache_size()
+    finally:
+        bar.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+    return summary
+
+
+def _progress_line(scalars: Dict[str, float], cfg: TrainConfig) -> str:
+    losses = [f"{o}={scalars.get(f'train/{o}/loss', float('nan')):.3f}" for o in cfg.enabled]
+    return "  ".join(losses + [f"tok/s={scalars['train/tokens_per_second']:.0f}"])
+
+
+def _nonfinite_check(state: State, cfg: TrainConfig, step: int, mngr) -> Dict[str, float]:
+    """Apply the non-finite policy; returns the counters for logging."""
+    total, in_a_row = (int(state[k]) for k in COUNTERS)
+    if cfg.nonfinite_policy == "stop" and in_a_row >= cfg.max_consecutive_nonfinite:
+        raise FloatingPointError(
+            f"{in_a_row} consecutive steps up to step {step} had a non-finite loss or "
+            f"gradient (policy 'stop', max_consecutive_nonfinite="
+            f"{cfg.max_consecutive_nonfinite}); their updates were skipped and the last "
+            f"checkpoint (step {mngr.latest_step()}) is intact")
+    return {"nonfinite_steps": total}

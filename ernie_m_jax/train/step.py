@@ -1,0 +1,208 @@
+"""The one compiled train step, and the one function that builds it with its shardings.
+
+    state, metrics = step(state, batches)   # weighted sum of the enabled objectives,
+                                            # BTMLM's generation compiled inside
+
+`build_train_step` is what `train`, `benchmarks/train_step.py` and ahead-of-time compilation
+all call (MaxText's single step builder), so what is benchmarked and compiled for a pod is
+exactly what trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ernie_m_jax import partitioning
+from ernie_m_jax.configs import BTMLMConfig
+from ernie_m_jax.data import features, languages, pipeline
+from ernie_m_jax.model import ErnieM
+from ernie_m_jax.objectives import (
+    make_objectives,
+    make_prediction_counters,
+    mmlm_loss,
+    weighted_loss,
+)
+from ernie_m_jax.optimizer import learning_rate_schedule, make_optimizer
+from ernie_m_jax.train.config import Experiment
+from ernie_m_jax.train.state import State, abstract_state
+
+
+def _split_microbatches(batches, count: int):
+    def split(x):
+        if x.shape[0] % count:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into "
+                             f"{count} gradient-accumulation steps")
+        return x.reshape(count, x.shape[0] // count, *x.shape[1:])
+    return jax.tree.map(split, batches)
+
+
+def make_train_step(objectives, weights: Mapping[str, float], optimizer,
+                    schedule: optax.Schedule, accum_steps: int = 1,
+                    inject_nonfinite_steps: Sequence[int] = (),
+                    prediction_counters: Optional[Mapping[str, Callable]] = None):
+    """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings.
+
+    With `accum_steps > 1` the batch is split into microbatches whose losses are summed and
+    divided once by the whole batch's number of predictions per objective (counted up front
+    by `prediction_counters`, see `objectives.make_prediction_counters`): the loss, gradient
+    and metrics are the whole batch's, however unevenly the masked tokens fall.
+
+    A step with a non-finite loss or gradient norm keeps the old params and optimizer state
+    and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
+    """
+    if accum_steps > 1:
+        missing = sorted(o for o, w in weights.items()
+                         if w and o not in (prediction_counters or {}))
+        if missing:
+            raise ValueError(f"gradient accumulation needs the prediction count of every "
+                             f"objective's whole batch; no counter for {missing}")
+
+    def loss_and_grads(params, batches, rng, poison, normalizers=None):
+        def loss_fn(p):
+            total, metrics = weighted_loss(p, batches, rng, objectives, weights, normalizers)
+            return total * poison, metrics
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return metrics, grads
+
+    def accumulated(params, batches, rng, poison):
+        normalizers = {o: prediction_counters[o](batches[o]) for o, w in weights.items() if w}
+        micro = _split_microbatches(batches, accum_steps)
+
+        def body(carry, inputs):
+            index, microbatch = inputs
+            out = loss_and_grads(params, microbatch, jax.random.fold_in(rng, index), poison,
+                                 normalizers)
+            return jax.tree.map(jnp.add, carry, out), None
+
+        zeros = jax.eval_shape(loss_and_grads, params, jax.tree.map(lambda x: x[0], micro),
+                               rng, poison, normalizers)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
+        # Every microbatch's loss, accuracy and gradient is already divided by the whole
+        # batch's count: their sums are the whole batch's (counts add up as they are).
+        (metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+        return metrics, grads
+
+    def train_step(state: State, batches) -> Tuple[State, Dict[str, jax.Array]]:
+        params, step = state["params"], state["step"]
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        poison = jnp.float32(1.0)
+        if inject_nonfinite_steps:
+            poison = jnp.where(jnp.isin(step + 1, jnp.asarray(inject_nonfinite_steps)),
+                               jnp.nan, poison)
+        if accum_steps == 1:
+            metrics, grads = loss_and_grads(params, batches, rng, poison)
+        else:
+            metrics, grads = accumulated(params, batches, rng, poison)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"] * poison) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        keep_if_bad = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(finite, n, o), new, old)
+        bad = 1 - finite.astype(jnp.int32)
+        new_state = {"params": keep_if_bad(optax.apply_updates(params, updates), params),
+                     "opt_state": keep_if_bad(opt_state, state["opt_state"]),
+                     "step": step + 1, "rng": state["rng"],
+                     "nonfinite_steps": state["nonfinite_steps"] + bad,
+                     "consecutive_nonfinite": (state["consecutive_nonfinite"] + bad) * bad}
+        # Rows are right-padded with segment 0: what is left is text, the tokens that teach.
+        text_tokens = sum(jnp.sum(b["segment_ids"] != 0) for b in batches.values()
+                          if "segment_ids" in b)
+        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(step),
+                   "text_tokens": jnp.asarray(text_tokens, jnp.float32)}
+        # Bad steps contribute zeros; the loop divides by the number of finite steps.
+        metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+        metrics["finite"] = finite.astype(jnp.float32)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: ErnieM, exp: Experiment):
+    """MMLM accuracy with a fixed masking seed: comparable across steps and runs."""
+
+    def eval_step(params, batch):
+        _, m = mmlm_loss(params, batch, jax.random.key(1234), model=model, tokens=exp.tokens,
+                         masking=exp.masking, deterministic=True)
+        return {"correct": m["accuracy"] * m["num_predictions"], "loss_sum":
+                m["loss"] * m["num_predictions"], "count": m["num_predictions"]}
+
+    return eval_step
+
+
+def global_batch(local, mesh, rules):
+    """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes."""
+    sharding = partitioning.data_sharding(mesh, rules)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def mixture_languages(mixture: str) -> Dict[str, str]:
+    """{language: task} of a monolingual mixture's `<collection>.mono.<lang>` tasks."""
+    return {t.name.rsplit(".", 1)[-1]: t.name for t in pipeline.tasks_of(mixture)}
+
+
+def resolved_btmlm(exp: Experiment) -> BTMLMConfig:
+    """BTMLM generates into the languages of the monolingual mixture, unless configured."""
+    if exp.btmlm.target_languages or "btmlm" not in exp.train.enabled:
+        return exp.btmlm
+    ids = tuple(sorted({languages.language_id(lang)
+                        for lang in mixture_languages(exp.data.mono_mixture)}))
+    if exp.model.num_languages:
+        ids = tuple(i for i in ids if i < exp.model.num_languages)
+    return dataclasses.replace(exp.btmlm, target_languages=ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted step and everything it was built for: call `fn(state, batches)`, or
+    `fn.lower(abstract_state, abstract_batches)` to compile it ahead of time."""
+
+    fn: Callable
+    model: ErnieM
+    btmlm: BTMLMConfig
+    optimizer: optax.GradientTransformation
+    state_shardings: State
+    abstract_state: State
+    batch_shardings: Dict[str, Dict[str, jax.sharding.NamedSharding]]
+    batch_shapes: Mapping[str, Tuple[int, int]]
+
+    def abstract_batches(self) -> Dict[str, Dict[str, jax.ShapeDtypeStruct]]:
+        return {o: {k: jax.ShapeDtypeStruct(self.batch_shapes[o], jnp.int32, sharding=s)
+                    for k, s in shardings.items()}
+                for o, shardings in self.batch_shardings.items()}
+
+
+def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
+                     btmlm: Optional[BTMLMConfig] = None) -> TrainStep:
+    """The train step of `exp` on `mesh`, jitted with its state and batch shardings and the
+    state donated. `btmlm` defaults to `resolved_btmlm(exp)` (which needs the tasks)."""
+    cfg, rules = exp.train, exp.mesh.rules
+    shapes = exp.batch_shapes()
+    for name, (rows, _) in shapes.items():
+        partitioning.check_batch_divides(rows, mesh, rules)
+        if rows % cfg.grad_accum_steps:
+            raise ValueError(f"batch_sizes[{name!r}]={rows} is not divisible by "
+                             f"grad_accum_steps={cfg.grad_accum_steps}")
+    btmlm = btmlm if btmlm is not None else resolved_btmlm(exp)
+    model = ErnieM(exp.model)
+    objectives = make_objectives(model, exp.tokens, exp.masking,
+                                 btmlm if "btmlm" in cfg.enabled else None)
+    optimizer = make_optimizer(exp.optimizer, cfg.num_steps)
+    abstract, state_shardings = abstract_state(exp.model, optimizer, cfg.seed, mesh, rules)
+    data = partitioning.data_sharding(mesh, rules)
+    batch_shardings = {o: {k: data for k in features.MODEL_FEATURES} for o in cfg.enabled}
+    step = make_train_step(objectives, cfg.weights, optimizer,
+                           learning_rate_schedule(exp.optimizer, cfg.num_steps),
+                           cfg.grad_accum_steps, cfg.inject_nonfinite_steps,
+                           make_prediction_counters(exp.tokens, exp.masking))
+    fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, partitioning.replicated(mesh)),
+                 donate_argnums=(0,))
+    return TrainStep(fn, model, btmlm, optimizer, state_shardings, abstract, batch_shardings,
+                     shapes)
+
+

@@ -1,0 +1,83 @@
+"""`python -m experiments.paper_in_miniature [--config cpu|tiny] [--seeds 0,1,2] ...`: train
+and score every missing arm x seed, print the tables, optionally write them into the README."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ernie_m_jax import files
+from ernie_m_jax.gin_config import split_gin_flags
+from experiments.paper_in_miniature import report
+from experiments.paper_in_miniature.runner import run_experiment
+from experiments.paper_in_miniature.setting import (
+    ARMS,
+    CONFIGS,
+    RANDOM_INIT,
+    README,
+    RunStopped,
+    Setting,
+)
+
+PROG = "python -m experiments.paper_in_miniature"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="ERNIE-M's claim in miniature: what CAMLM and BTMLM add for "
+        "languages without parallel data. Extra --gin.NAME=VALUE flags bind every run.",
+        epilog=f"example: {PROG} --config=tiny --seeds=0 --out=/tmp/smoke")
+    parser.add_argument("--config", choices=tuple(CONFIGS), default="cpu")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--arms", help="comma-separated (default: random_init and all four)")
+    parser.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
+    parser.add_argument("--out", help="default experiments/results/paper_in_miniature/"
+                                      "<config>; finished arm x seed results are kept")
+    parser.add_argument("--stage1_from",
+                        help="with --arms=ernie_m: start stage 2 from this finished stage-1 "
+                             "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
+                             "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
+    parser.add_argument("--update_readme", action="store_true",
+                        help="write the tables into experiments/README.md between "
+                             "<!-- results:CONFIG --> markers (a probe's, with "
+                             "--stage1_from, between <!-- results:CONFIG-probes -->)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    if args.steps is not None and args.steps <= 0:
+        parser.error("--steps must be positive")
+    out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / args.config)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",") if args.arms else [RANDOM_INIT, *ARMS]
+    if args.stage1_from and arms != ["ernie_m"]:
+        parser.error("--stage1_from starts ERNIE-M's stage 2 from a finished stage 1: "
+                     "use it with --arms=ernie_m")
+    setting = Setting(args.config, out, args.steps, tuple(bindings), args.stage1_from)
+    try:
+        summary = run_experiment(setting, arms, seeds)
+    except RunStopped as stopped:
+        print(f"{PROG}: {stopped}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    table, block = report.format_summary(summary), args.config
+    if args.stage1_from:  # a probe: every probe beside this one, and the arm itself
+        block = f"{args.config}-probes"
+        arm_out = Path(args.stage1_from).parents[2]  # <arm out>/runs/ernie_m_seed{seed}/stage1
+        if (arm_out / "results").is_dir():
+            table = report.format_probes(arm_out, out.parent)
+    print(table)
+    if args.update_readme:
+        print(f"updated {files.replace_marked_block(README, block, table)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Scoring one trained (or untrained) encoder on held-out text: en<->X retrieval at every
+layer, raw and centred, and zero-shot package classification fitted on English, each beside
+bag of subwords on the same messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import seqio
+
+from ernie_m_jax.data import corpus
+from ernie_m_jax.evaluation import transfer
+from ernie_m_jax.evaluation.embedding import SentenceEncoder
+from ernie_m_jax.evaluation.retrieval import PairSet, bag_of_subwords, retrieval_accuracy
+from ernie_m_jax.saved_run import SavedRun
+from experiments.paper_in_miniature.setting import MONO_MIXTURE, PARA_MIXTURE, SOURCE
+from tasks import registry
+
+
+def experiment_languages() -> Dict[str, Tuple[str, ...]]:
+    """Languages with and without parallel training data, read from the registered mixtures."""
+    para_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.PARA}.{SOURCE}_"
+    parallel = tuple(t.name[len(para_prefix):]
+                     for t in seqio.get_mixture_or_task(PARA_MIXTURE).tasks)
+    mono_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.MONO}."
+    mono = [t.name[len(mono_prefix):] for t in seqio.get_mixture_or_task(MONO_MIXTURE).tasks]
+    return {"parallel": parallel,
+            "monolingual_only": tuple(lang for lang in mono
+                                   if lang != SOURCE and lang not in parallel)}
+
+
+def pair_sets(run: SavedRun, corpus_dir: Path, languages: Sequence[str], encoder) -> List:
+    """Test-split en<->X pairs as token ids. The demo corpus drops format placeholders and
+    markup when it is built (`CorpusConfig.strip_placeholders`), so shared `%(name)s`, tags
+    and the like cannot make retrieval easy here."""
+    english = corpus.read_split(corpus_dir, "test", SOURCE)
+    sets = []
+    for lang in languages:
+        other = corpus.read_split(corpus_dir, "test", lang)
+        pairs = [(english[k], other[k]) for k in sorted(other) if k in english]
+        src, tgt = zip(*pairs)
+        sets.append(PairSet(f"{SOURCE}-{lang}", encoder.tokenize(src), encoder.tokenize(tgt),
+                            run.language_id(SOURCE), run.language_id(lang)))
+    return sets
+
+
+def _layer_results(encoder, sets, num_layers: int) -> Dict[str, Dict[str, Dict[str, dict]]]:
+    """{"raw"/"centered": {layer: {pair: accuracies}}}, every layer from one pass per side."""
+    out: Dict[str, Dict[str, Dict[str, dict]]] = {"raw": {}, "centered": {}}
+    for pairs in sets:
+        src = encoder.embed_ids(pairs.source, pairs.source_language)
+        tgt = encoder.embed_ids(pairs.target, pairs.target_language)
+        for layer in range(num_layers + 1):
+            for variant in out:
+                out[variant].setdefault(str(layer), {})[pairs.name] = retrieval_accuracy(
+                    src[:, layer], tgt[:, layer], pairs, center=variant == "centered")
+    return out
+
+
+def _bag_results(sets, vocab_size: int) -> Dict[str, dict]:
+    return {p.name: retrieval_accuracy(bag_of_subwords(p.source, vocab_size),
+                                       bag_of_subwords(p.target, vocab_size), p)
+            for p in sets}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferSets:
+    """Which package a message comes from: English training messages to fit on, held-out
+    messages per language (English included) to test on."""
+    classes: Tuple[str, ...]
+    train_ids: List[List[int]]
+    train_labels: np.ndarray
+    tests: Dict[str, Tuple[List[List[int]], np.ndarray]]
+
+
+def transfer_sets(corpus_dir: Path, languages: Sequence[str], encoder) -> TransferSets:
+    """Messages of exactly one package (Django, Wagtail or Sphinx), labelled with it; a
+    translation shares its message's key and so its label. No test message is trained on,
+    in any language (the corpus splits by message)."""
+    packages = {k: p[0] for k, p in corpus.read_packages(corpus_dir).items() if len(p) == 1}
+    classes = tuple(sorted(set(packages.values())))
+
+    def labelled(split: str, lang: str):
+        rows = corpus.read_split(corpus_dir, split, lang)
+        keys = [k for k in sorted(rows) if k in packages]
+        return (encoder.tokenize([rows[k] for k in keys]),
+                np.array([classes.index(packages[k]) for k in keys], np.int32))
+
+    train_ids, train_labels = labelled("train", SOURCE)
+    return TransferSets(classes, train_ids, train_labels,
+                        {lang: labelled("test", lang) for lang in (SOURCE, *languages)})
+
+
+def _transfer_results(encoder, sets: TransferSets, num_layers: int, run) -> Dict[str, dict]:
+    """{"raw"/"centered": {layer: {language: scores}}}: a linear probe fitted on English at
+    each layer, scored on every language's held-out messages."""
+    train = encoder.embed_ids(sets.train_ids, run.language_id(SOURCE))
+    tests = {lang: (encoder.embed_ids(ids, run.language_id(lang)), labels)
+             for lang, (ids, labels) in sets.tests.items()}
+    out: Dict[str, dict] = {"raw": {}, "centered": {}}
+    for layer in range(num_layers + 1):
+        layer_tests = {lang: (f[:, layer], labels) for lang, (f, labels) in tests.items()}
+        for variant in out:
+            out[variant][str(layer)] = transfer.zero_shot(
+                train[:, layer], sets.train_labels, layer_tests, len(sets.classes),
+                centered=variant == "centered")
+    return out
+
+
+def _bag_transfer(sets: TransferSets, vocab_size: int) -> Dict[str, dict]:
+    tests = {lang: (bag_of_subwords(ids, vocab_size), labels)
+             for lang, (ids, labels) in sets.tests.items()}
+    return transfer.zero_shot(bag_of_subwords(sets.train_ids, vocab_size), sets.train_labels,
+                              tests, len(sets.classes))
+
+
+def evaluate_run(run: SavedRun, corpus_dir: Path) -> dict:
+    """Retrieval at every layer, raw and centred, with bag-of-subwords on the same pairs, and
+    zero-shot package classification from English, on the held-out messages of the demo
+    corpus in `corpus_dir`; the run's tasks must be registered."""
+    languages = experiment_languages()
+    encoder = SentenceEncoder(run, pooling="mean", layer=None, batch_size=64)
+    every = [*languages["parallel"], *languages["monolingual_only"]]
+    result = {"languages": languages, "retrieval": {}, "bag_of_subwords": {}, "pairs": {}}
+    sets = pair_sets(run, corpus_dir, every, encoder)
+    result["retrieval"]["messages"] = _layer_results(encoder, sets, run.model.num_layers)
+    result["bag_of_subwords"]["messages"] = _bag_results(sets, run.model.vocab_size)
+    result["pairs"]["messages"] = {p.name: len(p.source) for p in sets}
+    labelled = transfer_sets(corpus_dir, every, encoder)
+    result["transfer"] = {
+        "classes": list(labelled.classes),
+        "train_examples": len(labelled.train_ids),
+        "model": _transfer_results(encoder, labelled, run.model.num_layers, run),
+        "bag_of_subwords": _bag_transfer(labelled, run.model.vocab_size)}
+    return result

@@ -1,0 +1,66 @@
+"""What one paper-in-miniature sitting is: its configuration, arms, languages and where its
+results go. Shared by the runner, the evaluation and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import gin
+
+from tasks import registry
+from tasks.demo import DemoData, register_demo
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+GIN_DIR = PACKAGE_DIR.parent / "gin"
+README = PACKAGE_DIR.parent / "README.md"  # tables between results markers
+CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
+ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")
+RANDOM_INIT, BAG_OF_SUBWORDS = "random_init", "bag_of_subwords"
+SOURCE = "en"
+MONO_MIXTURE, PARA_MIXTURE = "paper.mono", "paper.para"
+
+
+@gin.configurable
+def register_experiment_data(data_dir: Optional[str] = None, vocab_size: int = 8000,
+                             parallel_languages: Sequence[str] = ("de", "fr", "es", "ru",
+                                                                  "zh_hans"),
+                             monolingual_only_languages: Sequence[str] = (
+                                 "it", "pt", "nl", "pl", "tr", "ar", "ja")) -> DemoData:
+    """The demo corpus's tasks for these languages, and mixtures in which only
+    `parallel_languages` have parallel data."""
+    overlap = set(parallel_languages) & set(monolingual_only_languages)
+    if overlap:
+        raise ValueError(f"languages {sorted(overlap)} are both parallel and monolingual-only")
+    demo = register_demo(data_dir, vocab_size,
+                         languages=(SOURCE, *parallel_languages, *monolingual_only_languages))
+    mono = [registry.mono_task_name(lang)
+            for lang in (SOURCE, *parallel_languages, *monolingual_only_languages)]
+    registry.add_mixture(MONO_MIXTURE, mono)
+    registry.add_mixture(PARA_MIXTURE, [registry.para_task_name(SOURCE, lang)
+                                        for lang in parallel_languages])
+    return demo
+
+
+class RunStopped(RuntimeError):
+    """A run ended early (SIGTERM/SIGINT): its result must not be written as finished."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    config: str
+    out: Path
+    steps: Optional[int] = None  # overrides NUM_STEPS
+    bindings: Tuple[str, ...] = ()  # extra gin bindings for every run, e.g. a data_dir
+    # ernie_m only: start stage 2 from this finished stage-1 run ("{seed}" is filled in)
+    # instead of training stage 1, so probes of stage-2 knobs share the arm's stage 1.
+    stage1_from: Optional[str] = None
+
+    def files(self, *arm_files: str) -> List[str]:
+        return [str(GIN_DIR / CONFIGS[self.config]),
+                *[str(GIN_DIR / "arms" / f) for f in arm_files]]
+
+
+def result_path(setting: Setting, arm: str, seed: int) -> Path:
+    return setting.out / "results" / f"{arm}_seed{seed}.json"

@@ -1,6 +1,7 @@
 """The paper-in-miniature driver end to end on its tiny configuration (the CI smoke run)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,73 +10,115 @@ from experiments import paper_in_miniature as paper
 from experiments.paper_in_miniature import __main__ as driver
 
 
-@pytest.mark.slow
-def test_every_arm_trains_evaluates_and_reruns_skip(demo_data_dir, tmp_path):
-    setting = paper.Setting("tiny", tmp_path, bindings=(
+@pytest.fixture(scope="module")
+def sitting(demo_data_dir, tmp_path_factory):
+    """Every arm (and random init) of the tiny configuration, seed 0, run once."""
+    out = tmp_path_factory.mktemp("paper")
+    setting = paper.Setting("tiny", out, bindings=(
         f"register_experiment_data.data_dir = {demo_data_dir!r}",))
     arms = [paper.RANDOM_INIT, *paper.ARMS]
     summary = paper.run_experiment(setting, arms, seeds=[0])
-    results = {a: json.loads((tmp_path / "results" / f"{a}_seed0.json").read_text())
-               for a in arms}
-    assert set(summary["arms"]) == set(arms)
+    results = {a: json.loads((out / "results" / f"{a}_seed0.json").read_text()) for a in arms}
+    return setting, summary, results
+
+
+def _corpus(demo_data_dir):
+    from ernie_m_jax.data import corpus
+
+    return corpus, Path(demo_data_dir) / "demo_corpus"
+
+
+@pytest.mark.slow
+def test_retrieval_is_scored_on_every_test_pair_at_every_layer(sitting, demo_data_dir):
+    _, summary, results = sitting
+    corpus, corpus_dir = _corpus(demo_data_dir)
+    english = corpus.read_split(corpus_dir, "test", "en")
+    expected_pairs = {f"en-{lang}": len(set(english) & set(corpus.read_split(
+        corpus_dir, "test", lang))) for lang in ("de", "it")}
     assert summary["headline_layer"] == 2  # of the tiny model's 2 layers
     for arm, result in results.items():
         assert result["languages"] == {"parallel": ["de"], "monolingual_only": ["it"]}
-        layers = result["retrieval"]["messages"]["centered"]
-        assert sorted(layers) == ["0", "1", "2"]
-        for per_pair in layers.values():
-            for name in ("en-de", "en-it"):
-                assert 0.0 <= per_pair[name]["source_to_target"] <= 1.0
-        assert result["pairs"]["messages"]["en-de"] > 0
-        # Zero-shot package classification, fitted on English, at every layer.
+        assert result["pairs"]["messages"] == expected_pairs
+        for variant in ("raw", "centered"):
+            layers = result["retrieval"]["messages"][variant]
+            assert sorted(layers) == ["0", "1", "2"]
+            for per_pair in layers.values():
+                for name, count in expected_pairs.items():
+                    for direction in ("source_to_target", "target_to_source"):
+                        hits = per_pair[name][direction] * count  # a whole number of hits
+                        assert hits == pytest.approx(round(hits), abs=1e-6), (arm, name)
+    # Bag of subwords does not depend on the model: the same for every arm.
+    assert len({json.dumps(r["bag_of_subwords"], sort_keys=True) for r in results.values()}) == 1
+
+
+@pytest.mark.slow
+def test_transfer_is_fitted_on_english_and_scored_on_single_package_messages(sitting,
+                                                                             demo_data_dir):
+    _, _, results = sitting
+    corpus, corpus_dir = _corpus(demo_data_dir)
+    single = {k for k, p in corpus.read_packages(corpus_dir).items() if len(p) == 1}
+    english_train = corpus.read_split(corpus_dir, "train", "en")
+    for result in results.values():
         transfer = result["transfer"]
         assert transfer["classes"] == ["Django", "Sphinx", "wagtail"]
-        assert transfer["train_examples"] > 1000
+        assert transfer["train_examples"] == len(single & set(english_train))
         for variant in ("raw", "centered"):
             assert sorted(transfer["model"][variant]) == ["0", "1", "2"]
             for per_language in transfer["model"][variant].values():
-                assert set(per_language) == {"en", "de", "it"}
-                for scores in per_language.values():
-                    assert 0.0 <= scores["balanced_accuracy"] <= 1.0
-                    assert scores["examples"] > 0
+                for lang, scores in per_language.items():
+                    test = corpus.read_split(corpus_dir, "test", lang)
+                    assert scores["examples"] == len(single & set(test)), lang
+    # Bag of subwords, fitted on English, knows English: it beats chance (1/3) there.
+    assert results["mmlm"]["transfer"]["bag_of_subwords"]["en"]["balanced_accuracy"] > 0.5
+    assert len({json.dumps(r["transfer"]["bag_of_subwords"], sort_keys=True)
+                for r in results.values()}) == 1
+
+
+@pytest.mark.slow
+def test_arms_train_their_own_objectives_and_the_summary_is_their_mean(sitting):
+    setting, summary, results = sitting
     # Stage 2 of ERNIE-M ran BTMLM; the single-stage arms ran only their own objectives.
     assert "train/btmlm/loss" in results["ernie_m"]["final_losses"]
     assert results["ernie_m"]["stage1_steps"] == 2 and results["ernie_m"]["steps"] == 4
-    assert results["mmlm"]["seconds"]["train"] >= 0 and "stage1_steps" not in results["mmlm"]
+    assert (setting.out / "runs" / "ernie_m_seed0" / "stage1" / "checkpoints").is_dir()
+    assert "stage1_steps" not in results["mmlm"]
     assert set(results["mmlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss"}
+    assert set(results["mmlm_tlm"]["final_losses"]) == {"train/loss", "train/mmlm/loss",
+                                                        "train/tlm/loss"}
     assert set(results["mmlm"]["mlm_accuracy"]) == {"en", "de", "it"}
-    stage1 = tmp_path / "runs" / "ernie_m_seed0" / "stage1"
-    assert (stage1 / "checkpoints").is_dir()
-    # Bag-of-subwords does not depend on the model: the same for every arm.
-    bags = {json.dumps(r["bag_of_subwords"], sort_keys=True) for r in results.values()}
-    assert len(bags) == 1
-    assert len({json.dumps(r["transfer"]["bag_of_subwords"], sort_keys=True)
-                for r in results.values()}) == 1
-    # Bag of subwords, fitted on English, knows English: it beats chance there.
-    assert results["mmlm"]["transfer"]["bag_of_subwords"]["en"]["balanced_accuracy"] > 0.5
+    assert results[paper.RANDOM_INIT]["mlm_accuracy"] == {}
+    # One seed: the summary's mean is the run's own figure (both directions averaged).
+    pair = results["mmlm"]["retrieval"]["messages"]["raw"]["2"]["en-de"]
     stats = summary["arms"]["mmlm"]["retrieval/messages/raw/layer2/parallel"]
-    assert stats["n"] == 1 and stats["std"] == 0.0 and np.isfinite(stats["mean"])
+    assert stats == {"mean": pytest.approx((pair["source_to_target"]
+                                            + pair["target_to_source"]) / 2),
+                     "std": 0.0, "n": 1}
     table = paper.format_summary(summary)
-    assert all(f"| {a} |" in table for a in arms) and "| bag_of_subwords |" in table
-    assert "transfer L2 centred, without parallel" in table
-    assert summary["arms"]["ernie_m"]["transfer/centered/layer2/en"]["n"] == 1
+    assert all(f"| {a} |" in table for a in results) and "| bag_of_subwords |" in table
+    centred = summary["arms"]["mmlm"]["retrieval/messages/centered/layer2/parallel"]
+    assert f"| mmlm | {centred['mean']:.3f} ± 0.000 (1) |" in table
 
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()}
+
+@pytest.mark.slow
+def test_a_rerun_skips_finished_results_and_a_probe_reuses_stage1(sitting):
+    setting, _, results = sitting
+    arms = list(results)
+    before = {p: p.stat().st_mtime_ns for p in (setting.out / "results").iterdir()}
     paper.run_experiment(setting, arms, seeds=[0])  # everything is done: nothing reruns
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results").iterdir()} == before
+    assert {p: p.stat().st_mtime_ns for p in (setting.out / "results").iterdir()} == before
     with pytest.raises(ValueError, match="unknown arms"):
         paper.run_experiment(setting, ["tlm_only"], seeds=[0])
 
     # A stage-2 knob probe: greedy generation, stage 2 started from the run above's stage 1.
-    probe = paper.Setting("tiny", tmp_path / "probe", bindings=(
+    stage1 = setting.out / "runs" / "ernie_m_seed0" / "stage1"
+    probe = paper.Setting("tiny", setting.out / "probe", bindings=(
         *setting.bindings, "BTMLMConfig.temperature = 0.0"),
-        stage1_from=str(tmp_path / "runs" / "ernie_m_seed{seed}" / "stage1"))
+        stage1_from=str(setting.out / "runs" / "ernie_m_seed{seed}" / "stage1"))
     paper.run_experiment(probe, ["ernie_m"], seeds=[0])
-    probed = json.loads((tmp_path / "probe" / "results" / "ernie_m_seed0.json").read_text())
+    probed = json.loads((setting.out / "probe" / "results" / "ernie_m_seed0.json").read_text())
     assert probed["stage1_from"] == str(stage1)
     assert probed["bindings"][-1] == "BTMLMConfig.temperature = 0.0"
-    assert not (tmp_path / "probe" / "runs" / "ernie_m_seed0" / "stage1").exists()
-    assert "train/btmlm/loss" in probed["final_losses"]
+    assert not (setting.out / "probe" / "runs" / "ernie_m_seed0" / "stage1").exists()
     # Greedy pseudo tokens, not sampled ones: stage 2 trained on other inputs.
     assert probed["final_losses"]["train/btmlm/loss"] != \
         results["ernie_m"]["final_losses"]["train/btmlm/loss"]
@@ -128,6 +171,18 @@ def test_committed_cpu_tables_and_summary_match_the_committed_results(tmp_path):
     assert block == paper.format_summary(summary)
 
 
+def _retrieval_cell(result: dict, variant: str, layer: int) -> str:
+    """'with / without' headline retrieval, computed here from a result's raw accuracies."""
+    per_pair = result["retrieval"]["messages"][variant][str(layer)]
+
+    def mean(group):
+        return np.mean([(per_pair[f"en-{lang}"]["source_to_target"]
+                         + per_pair[f"en-{lang}"]["target_to_source"]) / 2
+                        for lang in result["languages"][group]])
+
+    return f"{mean('parallel'):.3f} / {mean('monolingual_only'):.3f}"
+
+
 def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
     results = paper.README.parent / "results" / "paper_in_miniature"
     table = paper.format_probes(results / "cpu", results / "probes")
@@ -135,9 +190,16 @@ def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
     block = readme.split("<!-- results:cpu-probes -->\n", 1)[1].split(
         "\n<!-- /results:cpu-probes -->", 1)[0]
     assert block == table
-    # Each probe is set beside the arm's own result of its seed, labelled by its knobs.
-    assert "| `ernie_m` arm as configured | 2 |" in table
-    assert "greedy: `BTMLMConfig.temperature = 0.0` | 2 |" in table
+    # Each probe is set beside the arm's own result of its seed, labelled by its knobs, with
+    # the figures of its own JSON.
+    greedy = json.loads((results / "probes" / "greedy" / "results" / "ernie_m_seed2.json")
+                        .read_text())
+    own = json.loads((results / "cpu" / "results" / "ernie_m_seed2.json").read_text())
+    layer = paper.headline_layer(len(greedy["retrieval"]["messages"]["raw"]) - 1)
+    assert f"| `ernie_m` arm as configured | 2 | {_retrieval_cell(own, 'centered', layer)} | " \
+           f"{_retrieval_cell(own, 'raw', layer)} |" in table
+    assert f"greedy: `BTMLMConfig.temperature = 0.0` | 2 | " \
+           f"{_retrieval_cell(greedy, 'centered', layer)} |" in table
 
     # A probe whose seed the arm never ran has nothing to be compared with.
     probe = tmp_path / "probes" / "lonely" / "results"
@@ -152,8 +214,7 @@ def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
 
 def test_experiment_runs_without_a_steps_override(capsys, tmp_path):
     # No --steps means the config's NUM_STEPS; the driver is reached and names the bad arm.
-    assert driver.main(["--config", "tiny",
-                     "--arms", "tlm_only", "--out", str(tmp_path)]) == 2
+    assert driver.main(["--config", "tiny", "--arms", "tlm_only", "--out", str(tmp_path)]) == 2
     assert "unknown arms ['tlm_only']" in capsys.readouterr().err
 
 
@@ -174,14 +235,18 @@ def test_a_probe_with_update_readme_writes_the_probe_table_only(tmp_path, monkey
     ran = []
     monkeypatch.setattr(driver, "run_experiment",  # the training itself is tested elsewhere
                         lambda setting, arms, seeds: ran.append(setting) or {"arms": {}})
-    assert driver.main(["--config", "cpu", "--arms", "ernie_m",
-                     "--seeds", "2", "--stage1_from",
+    assert driver.main(["--config", "cpu", "--arms", "ernie_m", "--seeds", "2", "--stage1_from",
                      str(results / "cpu" / "runs" / "ernie_m_seed{seed}" / "stage1"),
                      "--out", str(results / "probes" / "greedy"), "--update_readme",
                      "--gin.BTMLMConfig.temperature=0.0"]) == 0
     assert ran[0].stage1_from.endswith("ernie_m_seed{seed}/stage1")
     assert ran[0].bindings == ("BTMLMConfig.temperature = 0.0",)
-    table = paper.format_probes(results / "cpu", results / "probes")
-    assert readme.read_text() == ("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
-                                  f"<!-- results:cpu-probes -->\n{table}\n"
-                                  "<!-- /results:cpu-probes -->\n")
+    written = readme.read_text()
+    assert written.startswith("<!-- results:cpu -->\nmain table\n<!-- /results:cpu -->\n"
+                              "<!-- results:cpu-probes -->\n| stage 2 | seed |")
+    assert "\nold\n" not in written and written.endswith("\n<!-- /results:cpu-probes -->\n")
+    greedy = json.loads((results / "probes" / "greedy" / "results" / "ernie_m_seed2.json")
+                        .read_text())
+    layer = paper.headline_layer(len(greedy["retrieval"]["messages"]["raw"]) - 1)
+    assert f"greedy: `BTMLMConfig.temperature = 0.0` | 2 | " \
+           f"{_retrieval_cell(greedy, 'centered', layer)} |" in written

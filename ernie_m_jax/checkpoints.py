@@ -78,6 +78,10 @@ def abstract_like(state, shardings):
                         state, shardings)
 
 
+class DamagedCheckpointError(ValueError):
+    """A checkpoint that cannot be read back whole (truncated, overwritten, missing files)."""
+
+
 class ShapeMismatchError(ValueError):
     """The checkpoint is intact but holds another model (e.g. another ModelConfig)."""
 
@@ -120,10 +124,18 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
         restored = mngr.restore(step, args=ocp.args.Composite(**items))
     except ShapeMismatchError:
         raise
-    except (ValueError, KeyError, OSError, RuntimeError) as err:
-        raise ValueError(f"cannot restore checkpoint step {step} from {mngr.directory}: "
-                         f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - tensorstore raises a bare Exception on bad bytes
+        raise DamagedCheckpointError(f"cannot restore checkpoint step {step} from "
+                                     f"{mngr.directory}: {_root_cause(err)}") from err
     return restored[STATE]
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost error's first line (orbax wraps a read error in several layers)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=None):
@@ -136,9 +148,9 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
             state = restore(mngr, step, abstract_state, iterator)
         except ShapeMismatchError:
             raise  # a configuration mistake, not damage: touch nothing
-        except (ValueError, FileNotFoundError) as err:
-            logging.warning("checkpoint %s/%d is damaged, using an older one: %s",
-                            mngr.directory, step, err)
+        except (DamagedCheckpointError, FileNotFoundError) as err:
+            logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged), trying an "
+                            "older one: %s", mngr.directory, step, step, err)
             failures.append(step)
             continue
         _set_aside(mngr, failures)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tokenize
 from typing import Optional, Sequence
+
+from ernie_m_jax.files import split_lines
 
 
 def _smoke(args: argparse.Namespace) -> int:
@@ -57,6 +60,11 @@ def _train(args: argparse.Namespace) -> int:
     exp = train.Experiment.from_gin()  # every config is built (and checked) before any compute
     summary = train.train(args.model_dir, exp)
     if jax.process_index() != 0:
+        return 0
+    if "already_at_step" in summary:
+        print(f"the run in {args.model_dir} is already at step {summary['already_at_step']} "
+              f"(TrainConfig.num_steps={exp.train.num_steps}): nothing to do; raise "
+              f"NUM_STEPS to train on")
         return 0
     losses = {k: v for k, v in summary.items() if k.endswith("/loss") and k.startswith("train/")}
     print("final: " + "  ".join(f"{k[len('train/'):]}={v:.3f}" for k, v in sorted(losses.items())))
@@ -106,7 +114,7 @@ def _read_text_lines(path: str) -> list:
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line} is not valid UTF-8 ({err.reason})") from None
-    lines = text.splitlines()
+    lines = split_lines(text)
     if not lines:
         raise ValueError(f"{path} is empty")
     return lines
@@ -163,42 +171,51 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ernie-m-jax", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="on an error, show the full traceback instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
-    smoke = commands.add_parser(
+
+    def subcommand(name: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **kwargs)
+
+    smoke = subcommand(
         "smoke", help="train all four objectives briefly on a built-in sample; fails if any "
                       "loss does not drop")
     smoke.add_argument("--steps", type=int, default=150)
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(run=_smoke)
-    train = commands.add_parser(
+    train = subcommand(
         "train", help="pretrain with gin configs: --gin_file=... [--gin.NAME=VALUE ...] "
                       "--model_dir=DIR")
     add_train_arguments(train)
     train.set_defaults(run=_train)
 
-    export = commands.add_parser(
+    export = subcommand(
         "export-hf", help="write a run's checkpoint as a Hugging Face model directory")
     _add_run_arguments(export)
     export.add_argument("--out", required=True, help="new directory to write")
     export.add_argument("--format", choices=("ernie_m", "xlm_roberta"), default="ernie_m")
     export.add_argument("--fold_language", help="for models with language embeddings: add "
                         "this language's embedding (or 'mean') to the position embeddings")
-    export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(run=_export_hf, plain_errors=True)
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace everything in a non-empty --out (never a training run)")
+    export.set_defaults(run=_export_hf)
 
-    imp = commands.add_parser(
+    imp = subcommand(
         "import-hf", help="turn an ErnieM or XLM-R checkpoint directory into a run to "
                           "continue pretraining from")
     imp.add_argument("--hf_dir", required=True)
     imp.add_argument("--model_dir", required=True, help="new directory to write")
     imp.add_argument("--seed", type=int, default=0, help="for tensors initialised fresh")
-    imp.add_argument("--overwrite", action="store_true")
-    imp.set_defaults(run=_import_hf, plain_errors=True)
+    imp.add_argument("--overwrite", action="store_true",
+                     help="replace everything in a non-empty --model_dir (never a training run)")
+    imp.set_defaults(run=_import_hf)
 
     for name, helptext in (("embed", "sentence vectors for the lines of a text file"),
                            ("eval-retrieval", "cross-lingual retrieval accuracy (both "
                                               "directions) on parallel tasks or two files")):
-        sub = commands.add_parser(name, help=helptext)
+        sub = subcommand(name, help=helptext)
         _add_run_arguments(sub)
         sub.add_argument("--pooling", choices=("cls", "mean"), default="mean")
         sub.add_argument("--layer", type=int, default=-1,
@@ -209,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--output", required=True, help=".npy file to write")
             sub.add_argument("--language", help="the text's language (models with language "
                                                 "embeddings)")
-            sub.set_defaults(run=_embed, plain_errors=True)
+            sub.set_defaults(run=_embed)
         else:
             sub.add_argument("--task", action="append", help="registered parallel task "
                              "(repeatable; default: every task of the run's pair mixture)")
@@ -222,26 +239,37 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--center", action="store_true",
                              help="subtract each side's mean vector before comparing")
             sub.add_argument("--output", help="JSON file for the results")
-            sub.set_defaults(run=_eval_retrieval, plain_errors=True)
+            sub.set_defaults(run=_eval_retrieval)
 
     return parser
+
+
+# What a user's input can cause (bad flags, gin bindings or files, a run that does not fit):
+# one `error:` line and exit 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError, ArithmeticError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ernie_m_jax.gin_config import split_gin_flags
 
-    rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(rest)
+    parser = build_parser()
+    try:
+        rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        parser.error(str(err))
+    args = parser.parse_args(rest)
     args.gin_bindings = bindings
     steps = getattr(args, "steps", None)
     if steps is not None and steps <= 0:
-        build_parser().error("--steps must be positive")
-    if not getattr(args, "plain_errors", False):
+        parser.error("--steps must be positive")
+    if args.verbose:
         return args.run(args)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"ernie-m-jax {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split())
+        print(f"ernie-m-jax {args.command}: error: {message} (--verbose shows the traceback)",
+              file=sys.stderr)
         return 2
 
 

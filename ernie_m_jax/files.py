@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr, List
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> Path:
@@ -20,6 +20,20 @@ def write_text_atomic(path: os.PathLike, text: str) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def split_lines(data: AnyStr) -> List[AnyStr]:
+    r"""Lines of a text: what ends in \n (or \r\n), and a last line without one.
+
+    Not `str.splitlines()`, which also breaks at \f, \v, \x1c-\x1e, \x85, \u2028 and
+    \u2029 (and, for bytes, at a lone \r): a file's rows must be its lines, or parallel files
+    fall out of step.
+    """
+    newline, carriage = ("\n", "\r") if isinstance(data, str) else (b"\n", b"\r")
+    lines = data.split(newline)
+    if lines and not lines[-1]:
+        lines.pop()  # the text ended with a newline
+    return [line[:-1] if line.endswith(carriage) else line for line in lines]
 
 
 def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1) -> Path:

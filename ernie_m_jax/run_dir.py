@@ -16,16 +16,21 @@ from ernie_m_jax import files
 from ernie_m_jax.checkpoints import absolute as path
 
 CONFIG_FILE = "config.gin"  # the full gin config it ran with (T5X's convention)
+CONFIG_HISTORY = "configs"  # one config per start: configs/start_step_<N>.gin
 VOCAB_FILE = "ernie_m_jax_vocab.model"  # the SentencePiece model its tasks tokenize with
 LANGUAGES_FILE = "languages.json"  # language code -> the id fed to the language embedding
 
 
-def write_config(model_dir: os.PathLike, text: str) -> None:
-    if text.strip():
-        files.write_text_atomic(
-            Path(os.fspath(path(model_dir) / CONFIG_FILE)),
-            "# Written by ernie-m-jax train: the gin config this run was started with.\n"
-            + text)
+def write_config(model_dir: os.PathLike, text: str, start_step: int) -> None:
+    """The config of the newest start as `config.gin`, and of every start under `configs/`
+    (T5X keeps one per start): a resumed run with other settings loses no earlier config."""
+    if not text.strip():
+        return
+    header = (f"# Written by ernie-m-jax train: the gin config of the start at step "
+              f"{start_step}.\n")
+    root = Path(os.fspath(path(model_dir)))
+    files.write_text_atomic(root / CONFIG_HISTORY / f"start_step_{start_step}.gin", header + text)
+    files.write_text_atomic(root / CONFIG_FILE, header + text)
 
 
 def keep_vocabulary(model_dir: os.PathLike, vocabulary: Optional[os.PathLike]) -> None:
@@ -39,14 +44,14 @@ def keep_vocabulary(model_dir: os.PathLike, vocabulary: Optional[os.PathLike]) -
     tmp = target.parent / (VOCAB_FILE + ".tmp")
     with source.open("rb") as src, tmp.open("wb") as dst:
         shutil.copyfileobj(src, dst)
-    tmp.rename(target)
+    tmp.replace(target)
 
 
 def write_languages(model_dir: os.PathLike, ids: Mapping[str, int]) -> None:
     target = path(model_dir) / LANGUAGES_FILE
     tmp = target.parent / (LANGUAGES_FILE + ".tmp")
     tmp.write_text(json.dumps(dict(sorted(ids.items())), indent=1) + "\n")
-    tmp.rename(target)
+    tmp.replace(target)
 
 
 def vocabulary(model_dir: os.PathLike) -> Optional[epath.Path]:
@@ -57,3 +62,36 @@ def vocabulary(model_dir: os.PathLike) -> Optional[epath.Path]:
 def languages(model_dir: os.PathLike) -> Optional[Dict[str, int]]:
     kept = path(model_dir) / LANGUAGES_FILE
     return json.loads(kept.read_text()) if kept.exists() else None
+
+
+def holding_run(directory: epath.Path, depth: int = 3) -> Optional[epath.Path]:
+    """A training run (a folder with `checkpoints/`) that `directory` is, lies inside, or
+    holds up to `depth` levels down; None if there is none."""
+    for folder in (directory, *directory.parents):
+        if (folder / "checkpoints").is_dir():
+            return folder
+    level = [directory] if directory.is_dir() else []
+    for _ in range(depth):
+        level = [child for folder in level for child in folder.iterdir() if child.is_dir()]
+        for child in level:
+            if (child / "checkpoints").is_dir():
+                return child
+    return None
+
+
+def checked_output_dir(out: os.PathLike, overwrite: bool) -> epath.Path:
+    """The folder a command may write, or a refusal that loses nothing.
+
+    Never one that is, holds or lies inside a training run, whatever the flags; a non-empty
+    one only with `overwrite`, which replaces its whole content."""
+    out = path(out)
+    run = holding_run(out)
+    if run is not None:
+        where = "is" if run == out else ("lies inside" if run in out.parents else "holds")
+        raise FileExistsError(f"{out} {where} the training run {run}: writing there would "
+                              "replace its checkpoints; choose a folder outside any run")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another directory or "
+                              "pass --overwrite (which replaces everything in it)")
+    return out
+

@@ -17,7 +17,6 @@ from typing import Dict, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from etils import epath
 
 from ernie_m_jax import checkpoints, gin_config, run_dir
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
@@ -91,12 +90,3 @@ def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = 
                     tokens=exp.tokens, params=jax.tree.map(np.asarray, params),
                     vocabulary_path=None if vocabulary is None else Path(os.fspath(vocabulary)),
                     languages=dict(language_ids or {}), experiment=exp)
-
-
-def checked_output_dir(out: os.PathLike, overwrite: bool) -> epath.Path:
-    """Refuse to mix new files into a non-empty directory (that would lose or muddle data)."""
-    out = checkpoints.absolute(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another directory or "
-                              "pass --overwrite")
-    return out

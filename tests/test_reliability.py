@@ -66,6 +66,28 @@ def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_a_checkpoint_with_damaged_array_data_is_set_aside(damage, demo_data_dir, tmp_path,
+                                                          caplog):
+    model_dir = tmp_path / "run"
+    run(model_dir, tiny_bindings(demo_data_dir, 6))  # checkpoints at 3 and 6
+    ckpt = model_dir / "checkpoints"
+    data = [p for p in (ckpt / "6" / "state").glob("ocdbt.process_*/d/*") if p.is_file()]
+    assert data
+    for path in data:  # the array bytes only: manifests and metadata stay intact
+        size = path.stat().st_size
+        path.write_bytes(path.read_bytes()[:size // 2] if damage == "truncate"
+                         else np.random.RandomState(0).bytes(size))
+    run(model_dir, tiny_bindings(demo_data_dir, 7))
+    warnings = [r for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warnings) == 1 and "/6 is damaged" in warnings[0].getMessage()
+    assert "Traceback" not in caplog.text and "Event loop is closed" not in caplog.text
+    steps = [r["step"] for r in read_metrics(model_dir) if "train/loss" in r]
+    assert steps[-4:] == [4, 5, 6, 7]  # resumed from 3
+    assert (ckpt / "6.damaged").is_dir() and checkpoints.latest_step(ckpt) == 7
+
+
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_counted_or_stop_the_run(demo_data_dir, tmp_path):
     bindings = tiny_bindings(demo_data_dir, 4, **{"TrainConfig.inject_nonfinite_steps": (2,)})
     summary = run(tmp_path / "skip", bindings)

@@ -66,3 +66,37 @@ def test_reading_a_run_leaves_the_callers_gin_config_alone(run_without_data):
         assert "TrainConfig.num_steps" not in gin.config_str()
     finally:
         gin.clear_config()
+
+
+# Characters that str.splitlines() breaks at but that do not end a line in a text file.
+NOT_NEWLINES = ["\f", "\v", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.slow
+def test_every_command_that_reads_lines_keeps_one_row_per_line(run_without_data, tmp_path):
+    common = [f"--model_dir={run_without_data}"]
+    for index, char in enumerate(NOT_NEWLINES):
+        source, target = tmp_path / f"de{index}.txt", tmp_path / f"fr{index}.txt"
+        source.write_bytes(f"Seite{char}speichern\r\nDatei löschen\nAbbrechen".encode())
+        target.write_bytes(f"Enregistrer{char}la page\nSupprimer\nAnnuler\n".encode())
+        vectors = tmp_path / f"v{index}.npy"
+        assert cli.main(["embed", *common, f"--input={source}", "--language=de",
+                         f"--output={vectors}"]) == 0
+        assert np.load(vectors).shape[0] == 3, repr(char)
+        out = tmp_path / f"r{index}.json"
+        assert cli.main(["eval-retrieval", *common, f"--source_file={source}",
+                         f"--target_file={target}", "--source_language=de",
+                         "--target_language=fr", f"--output={out}"]) == 0
+        (pairs,) = json.loads(out.read_text())["pairs"].values()
+        assert pairs["pairs"] == 3, repr(char)
+
+
+def test_data_sources_read_one_row_per_line(tmp_path):
+    from ernie_m_jax.data import sources
+
+    for index, char in enumerate(NOT_NEWLINES):
+        path = tmp_path / f"{index}.txt"
+        path.write_bytes(f"eins{char}zwei\r\ndrei\nvier".encode())
+        assert sources.read_lines(path) == [f"eins{char}zwei".encode(), b"drei", b"vier"]
+        lines = sources.load_split_texts({"train": path}, max_chars=1000, what="test")["train"]
+        assert len(lines) == 3, repr(char)

@@ -115,19 +115,49 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--gin.TrainConfig.num_stepz=3", "num_stepz"),
-    ("--gin.NoSuchConfig.value=3", "NoSuchConfig"),
-    ("--gin.TrainConfig.objective_weights={'mlm': 1.0}", "unknown objectives"),
+    ("--gin.TrainConfig.num_stepz=3", "doesn't have a parameter named 'num_stepz'"),
+    ("--gin.NoSuchConfig.value=3", "No configurable matching 'NoSuchConfig'"),
+    ("--gin.TrainConfig.objective_weights={'mlm': 1.0}", "unknown objectives ['mlm']"),
+    ("--gin.NUM_STEPS=-5", "TrainConfig.num_steps must be positive, got -5"),
+    ("--gin.MeshConfig.shape=(3, 1, 1)", "has 3 devices, there are 1"),
+    ("--gin_file=runs/nope.gin", "gin file not found: runs/nope.gin"),
 ])
-def test_bad_gin_bindings_fail_before_any_compute(flag, message, tmp_path):
+def test_bad_train_input_fails_with_one_line_before_any_compute(flag, message, tmp_path,
+                                                                 capsys):
     model_dir = tmp_path / "never"
     gin.clear_config()
     try:
-        with pytest.raises(Exception, match=message):
-            cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}", flag])
+        assert cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}",
+                         "--gin.TrainConfig.data_setup=None", flag]) == 2
     finally:
         gin.clear_config()
-    assert not model_dir.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ernie-m-jax train: error: ") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not model_dir.exists() or not any(model_dir.iterdir())
+
+
+def test_verbose_train_errors_keep_the_traceback(tmp_path):
+    gin.clear_config()
+    try:
+        with pytest.raises(ValueError, match="num_stepz"):
+            cli.main(["train", "--verbose", "--gin_file=runs/demo_cpu.gin",
+                      f"--model_dir={tmp_path}", "--gin.TrainConfig.num_stepz=3"])
+    finally:
+        gin.clear_config()
+
+
+def test_a_model_dir_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    model_dir = tmp_path / "notes.txt"
+    model_dir.write_text("my notes")
+    gin.clear_config()
+    try:
+        assert cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}",
+                         "--gin.TrainConfig.data_setup=None"]) == 2
+    finally:
+        gin.clear_config()
+    assert "error:" in capsys.readouterr().err
+    assert model_dir.read_text() == "my notes"
 
 
 def test_malformed_flags_and_missing_files_are_named(tmp_path):

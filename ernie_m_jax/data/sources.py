@@ -19,6 +19,8 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import tensorflow as tf
 
+from ernie_m_jax import files
+
 DEFAULT_MAX_CHARS = 2000
 TextLike = Union[str, bytes]
 # A language code as used in task names: ISO 639 plus optional script/region, e.g. zh_hans.
@@ -94,7 +96,7 @@ def read_lines(path: os.PathLike) -> List[bytes]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"text file not found: {path}")
-    return path.read_bytes().splitlines()
+    return files.split_lines(path.read_bytes())
 
 
 SplitTexts = Mapping[str, Union[Sequence[TextLike], os.PathLike]]

@@ -19,8 +19,8 @@ import numpy as np
 
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.export import hf_tokenizer, layouts
-from ernie_m_jax.run_dir import VOCAB_FILE
-from ernie_m_jax.saved_run import SavedRun, checked_output_dir
+from ernie_m_jax.run_dir import VOCAB_FILE, checked_output_dir
+from ernie_m_jax.saved_run import SavedRun
 
 PROVENANCE_FILE = "ernie_m_jax_export.json"
 MLM_HEAD_FILE = "mlm_head.safetensors"

@@ -25,8 +25,7 @@ from ernie_m_jax import checkpoints
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.export import hf_tokenizer, layouts
 from ernie_m_jax.export.hf_export import MLM_HEAD_FILE, PROVENANCE_FILE
-from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE
-from ernie_m_jax.saved_run import checked_output_dir
+from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 
 MODEL_TYPES = {"ernie_m": layouts.ERNIE_M, "xlm-roberta": layouts.XLM_ROBERTA}
 # Tensors initialised fresh when absent.

@@ -44,11 +44,12 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
         return _run(model_dir, exp or Experiment.from_gin(), stop_after, input_fn, stop_signal)
 
 
-def _describe_run(model_dir: str, exp: Experiment) -> None:
-    """Config, vocabulary and language ids beside the checkpoints (process 0 only)."""
+def _describe_run(model_dir: str, exp: Experiment, start: int) -> None:
+    """Config, vocabulary and language ids beside the checkpoints (process 0 only), written
+    once the run is accepted: a refused start leaves the run as it was."""
     if jax.process_index() != 0:
         return
-    run_dir.write_config(model_dir, gin.config_str())
+    run_dir.write_config(model_dir, gin.config_str(), start)
     run_dir.keep_vocabulary(model_dir, pipeline.vocabulary_of(exp.data.mono_mixture))
     run_dir.write_languages(model_dir, languages.registered_languages())
 
@@ -73,7 +74,6 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
     checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
     if cfg.data_setup is not None:
         cfg.data_setup()
-    _describe_run(model_dir, exp)
     languages.check_fits(exp.model.num_languages)
     mesh, rules = partitioning.make_mesh(exp.mesh), exp.mesh.rules
     train_step = build_train_step(exp, mesh)
@@ -84,8 +84,16 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
     iterator = pipeline.CheckpointableIterator(input_fn(shard))
     mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
                                cfg.async_checkpointing)
-    state = _restore_or_init(exp, train_step, mngr, iterator, model_dir)
+    try:
+        state = _restore_or_init(exp, train_step, mngr, iterator, model_dir)
+    except BaseException:
+        mngr.close()
+        raise
     start = int(state["step"])
+    if start >= cfg.num_steps:
+        mngr.close()
+        return {"already_at_step": start}
+    _describe_run(model_dir, exp, start)
 
     eval_fn = jax.jit(make_eval_step(train_step.model, exp),
                       out_shardings=partitioning.replicated(mesh))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -175,13 +175,19 @@ def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
     mngr.reload()
 
 
-def latest_step(directory: os.PathLike) -> Optional[int]:
-    """The newest finalised step under `directory`, or None."""
+def saved_steps(directory: os.PathLike) -> List[int]:
+    """The finalised steps under `directory`, oldest first ([] if there is none)."""
     if not absolute(directory).exists():
-        return None
+        return []
     with ocp.CheckpointManager(absolute(directory),
                                item_names=(STATE, DATA)) as mngr:
-        return mngr.latest_step()
+        return sorted(mngr.all_steps())
+
+
+def latest_step(directory: os.PathLike) -> Optional[int]:
+    """The newest finalised step under `directory`, or None."""
+    steps = saved_steps(directory)
+    return steps[-1] if steps else None
 
 
 def restore_params(directory: os.PathLike, abstract_params, step: Optional[int] = None):

@@ -125,6 +125,10 @@ def _embed(args: argparse.Namespace) -> int:
 
     from ernie_m_jax.evaluation.embedding import SentenceEncoder
 
+    output = os.path.abspath(args.output)
+    if not os.path.isdir(os.path.dirname(output)) or os.path.isdir(output):
+        raise FileNotFoundError(f"--output {args.output}: its folder does not exist (or it is a "
+                                "folder itself); the vectors would have nowhere to go")
     texts = _read_text_lines(args.input)
     empty = sum(1 for t in texts if not t.strip())
     if empty:

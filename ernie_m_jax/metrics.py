@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -62,19 +63,42 @@ def step_flops(config: ModelConfig, shapes: Mapping[str, Sequence[int]],
 
 
 class MetricsWriter:
-    """One call per logging step writes TensorBoard scalars and a JSON line."""
+    """One call per logging step writes TensorBoard scalars and a JSON line.
 
-    def __init__(self, model_dir: os.PathLike):
+    A run resumed at `start_step` (perhaps an older checkpoint than the last one logged)
+    first drops what was logged past that step: lines of `metrics.jsonl`, and in TensorBoard
+    through a `SessionLog.START` event, which makes TensorBoard purge later steps (its
+    `purge_step`); so no step is shown twice.
+    """
+
+    def __init__(self, model_dir: os.PathLike, start_step: int = 0):
         import tensorflow as tf  # tf.summary writes TensorBoard's event files
 
         self._tf = tf
         primary = jax.process_index() == 0
-        self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
         self._path = epath.Path(os.fspath(model_dir)) / METRICS_FILE
         # Object stores (gs://) cannot append: there the file is rewritten at each write.
         self._rewrite = "://" in os.fspath(model_dir)
-        self._lines = self._path.read_text().splitlines(True) if (
-            primary and self._rewrite and self._path.exists()) else []
+        self._lines = []
+        if primary:
+            self._lines = self._kept_lines(start_step)
+            _write_session_start(tf, model_dir, start_step + 1)
+        self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
+        if not self._rewrite:
+            self._lines = []
+
+    def _kept_lines(self, start_step: int) -> list:
+        """The lines logged up to `start_step`; the file is rewritten if any lay past it."""
+        if not self._path.exists():
+            return []
+        lines = self._path.read_text().splitlines(True)
+        kept = [line for line in lines
+                if not line.strip() or json.loads(line).get("step", 0) <= start_step]
+        if len(kept) < len(lines):
+            tmp = self._path.parent / (METRICS_FILE + ".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(self._path)
+        return kept
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         clean = {k: float(v) for k, v in scalars.items()
@@ -97,6 +121,20 @@ class MetricsWriter:
             self._writer.flush()
             self._writer.close()
 
+
+
+def _write_session_start(tf, model_dir: os.PathLike, step: int) -> None:
+    """An event file holding `SessionLog.START` at `step`: TensorBoard ignores the first
+    START of a run and, at each later one, purges every event at or past its step. The name
+    sorts after the run's earlier files and before the writer's own (same second, '!' < pid)."""
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.!start_{step}"
+    event = tf.compat.v1.Event(wall_time=time.time(), step=step,
+                               session_log=tf.compat.v1.SessionLog(
+                                   status=tf.compat.v1.SessionLog.START))
+    version = tf.compat.v1.Event(wall_time=time.time(), file_version="brain.Event:2")
+    with tf.io.TFRecordWriter(os.path.join(os.fspath(model_dir), name)) as records:
+        records.write(version.SerializeToString())
+        records.write(event.SerializeToString())
 
 
 def read_metrics(model_dir: os.PathLike) -> list:

@@ -4,11 +4,15 @@ no task registration, no global gin state of the caller)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional
 
 from etils import epath
 
@@ -19,6 +23,7 @@ CONFIG_FILE = "config.gin"  # the full gin config it ran with (T5X's convention)
 CONFIG_HISTORY = "configs"  # one config per start: configs/start_step_<N>.gin
 VOCAB_FILE = "ernie_m_jax_vocab.model"  # the SentencePiece model its tasks tokenize with
 LANGUAGES_FILE = "languages.json"  # language code -> the id fed to the language embedding
+LOCK_FILE = "train.lock"  # host and pid of the job training in it now
 
 
 def write_config(model_dir: os.PathLike, text: str, start_step: int) -> None:
@@ -94,4 +99,56 @@ def checked_output_dir(out: os.PathLike, overwrite: bool) -> epath.Path:
         raise FileExistsError(f"{out} exists and is not empty; choose another directory or "
                               "pass --overwrite (which replaces everything in it)")
     return out
+
+
+class RunInUseError(FileExistsError):
+    """Another live job trains in this run directory."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(model_dir: os.PathLike) -> Iterator[None]:
+    """Hold `train.lock` (host and pid) while a job trains in `model_dir`: a second job is
+    refused, since two would corrupt each other's checkpoint commits. A lock whose process is
+    gone (same host) is stale and taken over. Only process 0 of a job calls this; object
+    stores (gs://) have no atomic create, so there no lock is taken."""
+    if "://" in os.fspath(model_dir):
+        yield
+        return
+    lock = Path(os.fspath(path(model_dir))) / LOCK_FILE
+    mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            same_host = holder.get("host") == mine["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                logging.warning("taking over the stale lock of process %d (gone) in %s",
+                                holder["pid"], model_dir)
+                lock.unlink(missing_ok=True)
+                continue
+            raise RunInUseError(
+                f"{model_dir} is in use by process {holder.get('pid', '?')} on host "
+                f"{holder.get('host', '?')} (since {time.ctime(holder.get('since', 0))}): two "
+                f"jobs in one run corrupt its checkpoints; if that job is gone, delete {lock}")
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 

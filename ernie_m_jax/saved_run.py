@@ -73,9 +73,13 @@ def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = 
         vocabulary = vocabulary or pipeline.vocabulary_of(exp.data.mono_mixture)
         language_ids = language_ids or languages.registered_languages()
     directory = run_dir.path(model_dir) / "checkpoints"
-    found = checkpoints.latest_step(directory) if step is None else step
-    if found is None:
+    steps = checkpoints.saved_steps(directory)
+    if not steps:
         raise FileNotFoundError(f"no checkpoint in {directory}")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; its steps are "
+                                f"{', '.join(map(str, steps))}")
+    found = steps[-1] if step is None else step
     device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     abstract: dict = {}
     for path, shape in expected_shapes(exp.model).items():

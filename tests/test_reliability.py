@@ -55,7 +55,7 @@ def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, 
     run(model_dir, tiny_bindings(demo_data_dir, 7))
     assert "checkpoint" in caplog.text and "/6 is damaged" in caplog.text
     steps = [r["step"] for r in read_metrics(model_dir) if "train/loss" in r]
-    assert steps[-4:] == [4, 5, 6, 7]  # resumed from 3
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # resumed from 3, each step logged once
     assert checkpoints.latest_step(ckpt) == 7
     assert (ckpt / "6.damaged").is_dir()  # set aside, not deleted
     # Resuming with another model size is a configuration error: named, and nothing renamed.
@@ -83,7 +83,7 @@ def test_a_checkpoint_with_damaged_array_data_is_set_aside(damage, demo_data_dir
     assert len(warnings) == 1 and "/6 is damaged" in warnings[0].getMessage()
     assert "Traceback" not in caplog.text and "Event loop is closed" not in caplog.text
     steps = [r["step"] for r in read_metrics(model_dir) if "train/loss" in r]
-    assert steps[-4:] == [4, 5, 6, 7]  # resumed from 3
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # resumed from 3, each step logged once
     assert (ckpt / "6.damaged").is_dir() and checkpoints.latest_step(ckpt) == 7
 
 
@@ -188,3 +188,36 @@ def test_short_soak_ends_where_an_uninterrupted_run_ends(demo_data_dir, tmp_path
         assert (name, code) in (("SIGTERM", 0), ("SIGTERM", -15), ("SIGKILL", -9),
                                 ("finished", 0)), result
     assert result["max_abs_param_diff"] <= 1e-6, result
+
+
+def test_a_second_job_in_the_same_run_is_refused_and_a_stale_lock_taken_over(tmp_path, caplog):
+    import json
+    import os
+    import socket
+
+    from ernie_m_jax import cli, run_dir
+
+    lock = tmp_path / run_dir.LOCK_FILE
+    with run_dir.locked(tmp_path):
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(run_dir.RunInUseError, match=f"in use by process {os.getpid()}"):
+            with run_dir.locked(tmp_path):
+                pass
+        # The train command says so in one line and leaves the run alone.
+        assert cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={tmp_path}",
+                         "--gin.TrainConfig.data_setup=None"]) == 2
+        assert lock.exists() and not (tmp_path / "checkpoints").exists()
+    assert not lock.exists()  # released
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(finished.stdout)}))
+    with run_dir.locked(tmp_path):  # that process is gone: the lock was stale
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "stale lock" in caplog.text
+    lock.write_text(json.dumps({"host": "another-host", "pid": 1}))
+    with pytest.raises(run_dir.RunInUseError, match="on host another-host"):
+        with run_dir.locked(tmp_path):
+            pass
+    assert json.loads(lock.read_text())["host"] == "another-host"  # not ours to remove

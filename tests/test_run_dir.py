@@ -27,7 +27,7 @@ def run_without_data(demo_data_dir, tmp_path_factory):
 def test_the_run_keeps_its_vocabulary_and_language_ids(run_without_data):
     assert (run_without_data / run_dir.VOCAB_FILE).stat().st_size > 1000
     ids = json.loads((run_without_data / run_dir.LANGUAGES_FILE).read_text())
-    assert ids == {"de": 0, "fr": 1}  # tiny_bindings' languages, in registration order
+    assert ids == {"de": 0, "en": 1, "fr": 2}  # tiny_bindings' two, English, sorted
     assert "import tasks.demo" in (run_without_data / run_dir.CONFIG_FILE).read_text()
 
 
@@ -35,7 +35,7 @@ def test_the_run_keeps_its_vocabulary_and_language_ids(run_without_data):
 def test_export_embed_and_evaluate_without_the_training_data(run_without_data, tmp_path,
                                                              capsys):
     loaded = saved_run.load(str(run_without_data), setup_data=False)
-    assert loaded.step == 3 and loaded.languages == {"de": 0, "fr": 1}
+    assert loaded.step == 3 and loaded.languages == {"de": 0, "en": 1, "fr": 2}
     assert loaded.vocabulary_path == run_without_data / run_dir.VOCAB_FILE
 
     common = [f"--model_dir={run_without_data}"]
@@ -100,3 +100,54 @@ def test_data_sources_read_one_row_per_line(tmp_path):
         assert sources.read_lines(path) == [f"eins{char}zwei".encode(), b"drei", b"vier"]
         lines = sources.load_split_texts({"train": path}, max_chars=1000, what="test")["train"]
         assert len(lines) == 3, repr(char)
+
+
+@pytest.mark.parametrize("where", ["is", "inside", "holds"])
+def test_an_export_never_writes_into_a_training_run(where, run_without_data, capsys):
+    out = {"is": run_without_data, "inside": run_without_data / "export",
+           "holds": run_without_data.parent}[where]
+    before = sorted(p.name for p in run_without_data.iterdir())
+    config = (run_without_data / run_dir.CONFIG_FILE).read_text()
+    assert cli.main(["export-hf", f"--model_dir={run_without_data}", f"--out={out}",
+                     "--overwrite", "--fold_language=mean"]) == 2
+    err = capsys.readouterr().err
+    assert f"the training run {run_without_data}" in err and "outside any run" in err
+    assert sorted(p.name for p in run_without_data.iterdir()) == before
+    assert (run_without_data / run_dir.CONFIG_FILE).read_text() == config
+
+
+def test_a_missing_step_lists_the_saved_ones_and_a_missing_output_folder_fails_first(
+        run_without_data, tmp_path, capsys, monkeypatch):
+    assert cli.main(["embed", f"--model_dir={run_without_data}", "--step=99",
+                     f"--input={__file__}", f"--output={tmp_path / 'v.npy'}",
+                     "--language=de"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint of step 99" in err and "its steps are 3" in err
+    monkeypatch.setattr(saved_run, "load", lambda *a, **k: pytest.fail("loaded the model"))
+    assert cli.main(["embed", f"--model_dir={run_without_data}", f"--input={__file__}",
+                     f"--output={tmp_path / 'missing' / 'v.npy'}", "--language=de"]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_refused_or_finished_start_leaves_the_runs_config_alone(run_without_data,
+                                                                  demo_data_dir, capsys):
+    from ernie_m_jax import checkpoints
+    from tests.train_runs import as_flags
+
+    config = (run_without_data / run_dir.CONFIG_FILE).read_text()
+    history = sorted(p.name for p in (run_without_data / run_dir.CONFIG_HISTORY).iterdir())
+    assert history == ["start_step_0.gin"]
+    with pytest.raises(checkpoints.ShapeMismatchError):
+        run(run_without_data, tiny_bindings(demo_data_dir, 6, **{"ModelConfig.hidden_size": 64}))
+    gin.clear_config()
+    try:  # already at NUM_STEPS: nothing to do, and said so
+        assert cli.main(["train", "--gin_file=runs/demo_cpu.gin",
+                         f"--model_dir={run_without_data}",
+                         *as_flags(tiny_bindings(demo_data_dir, 3))]) == 0
+    finally:
+        gin.clear_config()
+    assert "is already at step 3" in capsys.readouterr().out
+    assert (run_without_data / run_dir.CONFIG_FILE).read_text() == config
+    assert sorted(p.name for p in (run_without_data / run_dir.CONFIG_HISTORY).iterdir()) == \
+        history

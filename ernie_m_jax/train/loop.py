@@ -4,6 +4,7 @@ shardings (`step.py`), the state (`state.py`), the data (`data/pipeline.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -41,7 +42,10 @@ def train(model_dir: str, exp: Optional[Experiment] = None,
     # Watch for SIGTERM/SIGINT from the start: one arriving during set-up stops the run
     # after its first step, with a checkpoint.
     with preemption.SignalWatcher() as stop_signal:
-        return _run(model_dir, exp or Experiment.from_gin(), stop_after, input_fn, stop_signal)
+        checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
+        with run_dir.locked(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+            return _run(model_dir, exp or Experiment.from_gin(), stop_after, input_fn,
+                        stop_signal)
 
 
 def _describe_run(model_dir: str, exp: Experiment, start: int) -> None:
@@ -71,7 +75,6 @@ def _restore_or_init(exp: Experiment, train_step: TrainStep, mngr, iterator,
 def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
          stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
     cfg = exp.train
-    checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
     if cfg.data_setup is not None:
         cfg.data_setup()
     languages.check_fits(exp.model.num_languages)
@@ -103,7 +106,7 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
         sum(b * n for b, n in train_step.batch_shapes.values()),
         metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
         peak and peak * jax.device_count(), start)
-    writer = metrics_lib.MetricsWriter(model_dir)
+    writer = metrics_lib.MetricsWriter(model_dir, start)
     summary: Dict[str, float] = {}
     bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                disable=not cfg.progress_bar or jax.process_index() != 0)

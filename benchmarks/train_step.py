@@ -193,7 +193,12 @@ def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict
 
 
 def pipeline_rate(batches: int = 60) -> Dict[str, float]:
-    """Rows/s the demo input pipeline delivers (all four objectives' streams), after warm-up."""
+    """Rows/s the demo input pipeline delivers (all four objectives' streams), after warm-up,
+    and the bytes of the input position one host saves with every checkpoint."""
+    import tempfile
+
+    import seqio
+
     from ernie_m_jax.data import pipeline
     from tasks.demo import register_demo
 
@@ -201,14 +206,19 @@ def pipeline_rate(batches: int = 60) -> Dict[str, float]:
     config = pipeline.DataConfig(mono_length=128, pair_length=128)
     objectives = ("mmlm", "tlm", "camlm", "btmlm")
     rows = sum(config.enabled(objectives).values())
-    iterator = iter(pipeline.training_dataset(config, objectives).as_numpy_iterator())
+    iterator = pipeline.CheckpointableIterator(
+        pipeline.training_dataset(config, objectives, seqio.ShardInfo(0, 1)))
     for _ in range(10):
         next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
     seconds = time.perf_counter() - start
-    return {"rows_per_s": rows * batches / seconds, "rows_per_step": rows, "length": 128}
+    with tempfile.TemporaryDirectory() as folder:
+        iterator.save(os.path.join(folder, "iterator"))
+        saved = sum(f.stat().st_size for f in Path(folder).iterdir())
+    return {"rows_per_s": rows * batches / seconds, "rows_per_step": rows, "length": 128,
+            "iterator_checkpoint_bytes": saved}
 
 
 def _fsdp_child(args) -> None:
@@ -382,6 +392,10 @@ def markdown(report: dict) -> str:
         lines.append(f"- Input pipeline: {i['rows_per_s']:.0f} rows/s (all four objectives, "
                      f"length 128) vs {i['rows_per_s_consumed']:.1f} rows/s consumed by the "
                      f"{i['consumer']} step: **{i['headroom']:.0f}x** headroom")
+        if "iterator_checkpoint_bytes" in i:
+            lines.append(f"- Input position saved with every checkpoint, per host: "
+                         f"{i['iterator_checkpoint_bytes'] / 2 ** 20:.1f} MiB (every task's "
+                         f"shuffle buffer; `tasks.registry.TASK_SHUFFLE_BUFFER`)")
     lines.append(f"- Peak resident memory of the benchmark process: "
                  f"{report['process_peak_rss_gib']:.1f} GiB")
     return "\n".join(lines)

@@ -9,11 +9,13 @@ extra `--gin_file`/`--gin.X=Y` on top.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +68,11 @@ def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = 
         gin_config.parse(([os.fspath(config)] if config.exists() else []) + list(gin_files),
                          bindings)
         exp = Experiment.from_gin()
+        setup = exp.train.data_setup
+        if setup is not None:  # keep the run's bindings once its config is put away
+            setup = functools.partial(setup, **gin.get_bindings(setup))
+            exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train,
+                                                                     data_setup=setup))
     vocabulary, language_ids = run_dir.vocabulary(model_dir), run_dir.languages(model_dir)
     if (vocabulary is None or language_ids is None) and setup_data and \
             exp.train.data_setup is not None:

@@ -95,9 +95,11 @@ def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens
     kwargs = dict(sequence_length=None, split=split, shuffle=shuffle, seed=seed,
                   shard_info=shard_info if shard_info.num_shards > 1 else None,
                   num_epochs=num_epochs)
+    # No in-memory cache: a cached split is saved whole with every checkpoint's input
+    # position (61 MB a host for the demo), and a single task may not know its size.
+    kwargs["try_in_mem_cache"] = False
     if isinstance(provider, seqio.Task):
-        # No in-memory cache: it needs the split size, which a source may not know.
-        kwargs.update(shuffle_buffer_size=shuffle_buffer_size, try_in_mem_cache=False)
+        kwargs["shuffle_buffer_size"] = shuffle_buffer_size
     ds = provider.get_dataset(**kwargs)
     return ds.map(functools.partial(row_fn, length=length, tokens=tokens),
                   num_parallel_calls=tf.data.AUTOTUNE)

@@ -85,19 +85,30 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
     input_fn = input_fn or functools.partial(pipeline.training_dataset, exp.data,
                                              cfg.enabled, tokens=exp.tokens)
     iterator = pipeline.CheckpointableIterator(input_fn(shard))
-    mngr = checkpoints.manager(os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
-                               cfg.async_checkpointing)
-    try:
+    with contextlib.ExitStack() as cleanup:  # closed in reverse: bar, writer, checkpoints
+        mngr = cleanup.enter_context(checkpoints.manager(
+            os.path.join(model_dir, "checkpoints"), cfg.keep_checkpoints,
+            cfg.async_checkpointing))  # closing waits for the last save
         state = _restore_or_init(exp, train_step, mngr, iterator, model_dir)
-    except BaseException:
-        mngr.close()
-        raise
-    start = int(state["step"])
-    if start >= cfg.num_steps:
-        mngr.close()
-        return {"already_at_step": start}
-    _describe_run(model_dir, exp, start)
+        start = int(state["step"])
+        if start >= cfg.num_steps:
+            return {"already_at_step": start}
+        _describe_run(model_dir, exp, start)
+        writer = metrics_lib.MetricsWriter(model_dir, start)
+        cleanup.callback(writer.close)
+        bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
+                   disable=not cfg.progress_bar or jax.process_index() != 0)
+        cleanup.callback(bar.close)
+        with partitioning.activate(mesh, rules):
+            return _loop(model_dir, exp, train_step, state, iterator, mngr, writer, bar, mesh,
+                         stop_after, stop_signal)
 
+
+def _loop(model_dir: str, exp: Experiment, train_step: TrainStep, state: State, iterator, mngr,
+          writer: metrics_lib.MetricsWriter, bar: tqdm, mesh, stop_after: Optional[int],
+          stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
+    """Step, then log / checkpoint / evaluate when due; returns the last metrics."""
+    cfg, rules, start = exp.train, exp.mesh.rules, int(state["step"])
     eval_fn = jax.jit(make_eval_step(train_step.model, exp),
                       out_shardings=partitioning.replicated(mesh))
     tasks_to_eval = eval_tasks(exp)
@@ -106,52 +117,42 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
         sum(b * n for b, n in train_step.batch_shapes.values()),
         metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
         peak and peak * jax.device_count(), start)
-    writer = metrics_lib.MetricsWriter(model_dir, start)
     summary: Dict[str, float] = {}
-    bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
-               disable=not cfg.progress_bar or jax.process_index() != 0)
     checked = None  # the last step whose non-finite counters were read
-    try:
-        with partitioning.activate(mesh, rules):
-            for done in range(start + 1, cfg.num_steps + 1):
-                batch = global_batch(next(iterator), mesh, rules)
-                state, step_metrics = train_step.fn(state, batch)
-                interval.add(step_metrics)
-                if _due(done, cfg.log_every, cfg.num_steps):
-                    scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
-                    checked = done
-                    scalars = {f"train/{k}": v for k, v in scalars.items()}
-                    writer.write(done, scalars)
-                    summary.update(scalars)
-                    bar.set_postfix_str(_progress_line(scalars, cfg))
-                bar.update(1)
-                preempted = stop_signal.agreed(every=1 if jax.process_count() == 1
-                                               else cfg.log_every, step=done)
-                if _due(done, cfg.checkpoint_every, cfg.num_steps) or preempted:
-                    if checked != done:
-                        _nonfinite_check(state, cfg, done, mngr)
-                    checkpoints.save(mngr, done, state, iterator)
-                if preempted:
-                    bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "
-                              f"written to {model_dir}; rerun the same command to resume")
-                    summary["preempted_at_step"] = done
-                    break
-                if done == stop_after:
-                    break
-                if _due(done, cfg.eval_every, cfg.num_steps):
-                    results = evaluate(eval_fn, state["params"], tasks_to_eval, exp, mesh)
-                    writer.write(done, results)
-                    summary.update(results)
-                    if "eval/accuracy" in results:
-                        bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
-                                  f"over {len(tasks_to_eval)} languages")
-        if hasattr(train_step.fn, "_cache_size"):
-            summary["train_step_compilations"] = train_step.fn._cache_size()
-    finally:
-        bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
-        writer.close()
+    for done in range(start + 1, cfg.num_steps + 1):
+        batch = global_batch(next(iterator), mesh, rules)
+        state, step_metrics = train_step.fn(state, batch)
+        interval.add(step_metrics)
+        if _due(done, cfg.log_every, cfg.num_steps):
+            scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
+            checked = done
+            scalars = {f"train/{k}": v for k, v in scalars.items()}
+            writer.write(done, scalars)
+            summary.update(scalars)
+            bar.set_postfix_str(_progress_line(scalars, cfg))
+        bar.update(1)
+        preempted = stop_signal.agreed(every=1 if jax.process_count() == 1 else cfg.log_every,
+                                       step=done)
+        if _due(done, cfg.checkpoint_every, cfg.num_steps) or preempted:
+            if checked != done:
+                _nonfinite_check(state, cfg, done, mngr)
+            checkpoints.save(mngr, done, state, iterator)
+        if preempted:
+            bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "
+                      f"written to {model_dir}; rerun the same command to resume")
+            summary["preempted_at_step"] = done
+            break
+        if done == stop_after:
+            break
+        if _due(done, cfg.eval_every, cfg.num_steps):
+            results = evaluate(eval_fn, state["params"], tasks_to_eval, exp, mesh)
+            writer.write(done, results)
+            summary.update(results)
+            if "eval/accuracy" in results:
+                bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
+                          f"over {len(tasks_to_eval)} languages")
+    if hasattr(train_step.fn, "_cache_size"):
+        summary["train_step_compilations"] = train_step.fn._cache_size()
     return summary
 
 

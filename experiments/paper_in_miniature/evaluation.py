@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import seqio
 
-from ernie_m_jax.data import corpus
+from ernie_m_jax.data import corpus, pipeline
 from ernie_m_jax.evaluation import transfer
 from ernie_m_jax.evaluation.embedding import SentenceEncoder
 from ernie_m_jax.evaluation.retrieval import PairSet, bag_of_subwords, retrieval_accuracy
@@ -23,10 +22,9 @@ from tasks import registry
 def experiment_languages() -> Dict[str, Tuple[str, ...]]:
     """Languages with and without parallel training data, read from the registered mixtures."""
     para_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.PARA}.{SOURCE}_"
-    parallel = tuple(t.name[len(para_prefix):]
-                     for t in seqio.get_mixture_or_task(PARA_MIXTURE).tasks)
+    parallel = tuple(t.name[len(para_prefix):] for t in pipeline.tasks_of(PARA_MIXTURE))
     mono_prefix = f"{registry.DEFAULT_COLLECTION}.{registry.MONO}."
-    mono = [t.name[len(mono_prefix):] for t in seqio.get_mixture_or_task(MONO_MIXTURE).tasks]
+    mono = [t.name[len(mono_prefix):] for t in pipeline.tasks_of(MONO_MIXTURE)]
     return {"parallel": parallel,
             "monolingual_only": tuple(lang for lang in mono
                                    if lang != SOURCE and lang not in parallel)}

@@ -9,8 +9,11 @@ when every item is written); restores go onto whatever mesh the abstract state n
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
+import sys
+import time
 from typing import Any, List, Optional
 
 import jax
@@ -130,6 +133,32 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
     return restored[STATE]
 
 
+class _DropOrphanedTaskErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+def _collect_orphaned_reads(settle_seconds: float = 1.0) -> None:
+    """A failed restore leaves orbax's other concurrent array reads running after its event
+    loop closed: as they finish, each prints a traceback ("Event loop is closed", "Task
+    exception was never retrieved", an unraisable coroutine), dozens for one damaged file.
+    Let them finish and collect them here, quietly: the warning already names the damage."""
+    def quiet_excepthook(kind, value, traceback):
+        if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+            excepthook(kind, value, traceback)
+
+    asyncio_log, drop = logging.getLogger("asyncio"), _DropOrphanedTaskErrors()
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+    asyncio_log.addFilter(drop)
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, lambda unraisable: None
+    try:
+        time.sleep(settle_seconds)
+        gc.collect()
+    finally:
+        sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+        asyncio_log.removeFilter(drop)
+
+
 def _root_cause(err: BaseException) -> str:
     """The innermost error's first line (orbax wraps a read error in several layers)."""
     while err.__cause__ is not None or err.__context__ is not None:
@@ -152,9 +181,10 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
             logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged), trying an "
                             "older one: %s", mngr.directory, step, step, err)
             failures.append(step)
-            continue
-        _set_aside(mngr, failures)
-        return state
+        else:
+            _set_aside(mngr, failures)
+            return state
+        _collect_orphaned_reads()  # the failed read is no longer referenced here
     raise ValueError(f"no checkpoint in {mngr.directory} could be restored (tried steps "
                      f"{failures}; see the warnings above)")
 

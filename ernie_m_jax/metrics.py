@@ -79,13 +79,11 @@ class MetricsWriter:
         self._path = epath.Path(os.fspath(model_dir)) / METRICS_FILE
         # Object stores (gs://) cannot append: there the file is rewritten at each write.
         self._rewrite = "://" in os.fspath(model_dir)
-        self._lines = []
+        kept = self._kept_lines(start_step) if primary else []
+        self._lines = kept if self._rewrite else []  # appended to, locally
         if primary:
-            self._lines = self._kept_lines(start_step)
             _write_session_start(tf, model_dir, start_step + 1)
         self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
-        if not self._rewrite:
-            self._lines = []
 
     def _kept_lines(self, start_step: int) -> list:
         """The lines logged up to `start_step`; the file is rewritten if any lay past it."""

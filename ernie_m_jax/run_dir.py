@@ -53,10 +53,8 @@ def keep_vocabulary(model_dir: os.PathLike, vocabulary: Optional[os.PathLike]) -
 
 
 def write_languages(model_dir: os.PathLike, ids: Mapping[str, int]) -> None:
-    target = path(model_dir) / LANGUAGES_FILE
-    tmp = target.parent / (LANGUAGES_FILE + ".tmp")
-    tmp.write_text(json.dumps(dict(sorted(ids.items())), indent=1) + "\n")
-    tmp.replace(target)
+    files.write_json_atomic(Path(os.fspath(path(model_dir))) / LANGUAGES_FILE,
+                            dict(sorted(ids.items())))
 
 
 def vocabulary(model_dir: os.PathLike) -> Optional[epath.Path]:

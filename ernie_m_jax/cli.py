@@ -100,8 +100,9 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     out = hf_import.import_hf(args.hf_dir, args.model_dir, args.overwrite, args.seed)
     print(f"wrote {out}; continue pretraining from it with\n  ernie-m-jax train "
-          f"--gin_file=YOUR_RUN.gin --gin_file={out}/config.gin "
-          f"--gin.TrainConfig.init_from=\"'{out}'\" --model_dir=NEW_DIR")
+          f"--gin_file=gin/runs/continue_from_hf.gin --gin_file={out}/config.gin "
+          "--gin.MONO_MIXTURE=... --gin.PARA_MIXTURE=... --gin.NUM_STEPS=... "
+          "--model_dir=NEW_DIR")
     return 0
 
 

@@ -74,8 +74,11 @@ def _check_same_vocabulary(names, vocabulary) -> None:
 def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
                   languages: Sequence[str] = (), vocabulary_path: Optional[str] = None,
                   alpha: float = registry.DEFAULT_ALPHA,
-                  tokens: SpecialTokens = SpecialTokens()) -> DemoData:
-    """Build/reuse the demo corpus and vocabulary, register its tasks and mixtures."""
+                  tokens: Optional[SpecialTokens] = None) -> DemoData:
+    """Build/reuse the demo corpus and vocabulary, register its tasks and mixtures.
+
+    `vocabulary_path` may be any SentencePiece model in either id layout (e.g. an imported
+    XLM-R `sentencepiece.bpe.model`); `tokens`, when given, must be its special ids."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     corpus_dir = data_dir / "demo_corpus"
     manifest = corpus.load_or_build(corpus_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from ernie_m_jax.data import sources
+from ernie_m_jax.data import seqio_vocab, sources
 from ernie_m_jax.data.languages import register_language
 
 DEFAULT_COLLECTION = "ernie_m"
@@ -70,10 +70,7 @@ def _drop_empty_ids(ds: tf.data.Dataset, keys: Sequence[str]) -> tf.data.Dataset
 
 
 def _encode_all(vocabulary: seqio.Vocabulary, lines: Sequence[str]) -> tf.RaggedTensor:
-    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        ids = vocabulary.tokenizer.EncodeAsIds(list(lines))  # one batched C++ call
-    else:
-        ids = [vocabulary.encode(line) for line in lines]
+    ids = seqio_vocab.encode_batch(vocabulary, lines)
     lengths = [len(row) for row in ids]
     flat = np.fromiter((i for row in ids for i in row), np.int32, sum(lengths))
     return tf.RaggedTensor.from_row_lengths(flat, np.asarray(lengths, np.int64))

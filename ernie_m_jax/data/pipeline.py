@@ -20,7 +20,7 @@ import seqio
 import tensorflow as tf
 
 from ernie_m_jax.configs import SpecialTokens
-from ernie_m_jax.data import features
+from ernie_m_jax.data import features, vocab
 
 MONO_OBJECTIVES = ("mmlm", "btmlm")
 
@@ -191,3 +191,41 @@ def vocabulary_of(mixture: str) -> Optional[str]:
         if path:
             return path
     return None
+
+
+def check_vocabulary(config: DataConfig, objectives: Sequence[str], tokens: SpecialTokens,
+                     model_vocab_size: int) -> None:
+    """Every text feature the run reads must use one vocabulary whose special ids are the
+    run's `SpecialTokens` and whose ids fit the model's embedding: otherwise a run would
+    train on wrong ids (e.g. XLM-R's vocabulary with [MASK]=4, a real piece) without error."""
+    sizes = config.enabled(objectives)
+    mixtures = [m for m, names in ((config.mono_mixture, MONO_OBJECTIVES),
+                                   (config.pair_mixture, PAIR_OBJECTIVES))
+                if any(o in sizes for o in names)]
+    seen: List[tuple] = []  # (vocabulary, [task:feature, ...]); vocabularies are unhashable
+    for mixture in mixtures:
+        for task in tasks_of(mixture):
+            for key, feature in task.output_features.items():
+                if key not in ("text", "source", "target"):
+                    continue
+                for vocabulary, where in seen:
+                    if vocabulary == feature.vocabulary:
+                        where.append(f"{task.name}:{key}")
+                        break
+                else:
+                    seen.append((feature.vocabulary, [f"{task.name}:{key}"]))
+    if len(seen) > 1:
+        described = "; ".join(f"{v} in {where[0]}" + (f" (+{len(where) - 1} more)"
+                                                     if len(where) > 1 else "")
+                              for v, where in seen)
+        raise ValueError(f"the mixtures {mixtures} tokenize with {len(seen)} different "
+                         f"vocabularies: {described}")
+    for vocabulary, _ in seen:
+        path = getattr(vocabulary, "sentencepiece_model_file", None)
+        if path:
+            vocab.check_special_tokens(vocab.inspect(path), tokens)
+        if vocabulary.vocab_size > model_vocab_size:
+            raise ValueError(
+                f"the vocabulary {vocabulary} has {vocabulary.vocab_size} ids but the model "
+                f"embeds {model_vocab_size} (ModelConfig.vocab_size): bind "
+                f"ModelConfig.vocab_size = {vocabulary.vocab_size}")

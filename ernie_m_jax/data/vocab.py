@@ -1,26 +1,44 @@
-"""SentencePiece vocabulary with ERNIE-M / XLM-R special ids, trained on the demo corpus.
+"""SentencePiece vocabularies in the two id layouts a run can use, and training our own.
 
-[CLS]=0 [PAD]=1 [SEP]=2 [UNK]=3 [MASK]=4 (matching `configs.SpecialTokens()`). Training reads
-only the training split, in a fixed order with one thread, so the model file is the same on
-every run. Real runs point `vocabulary_path` at any SentencePiece model instead (e.g. the
-250,002-piece ERNIE-M/XLM-R one, with `SpecialTokens.mask_id = 250001`).
+- `sentencepiece` (the vocabularies this project trains): ids are SentencePiece's own, and the
+  special tokens are pieces of the model: [CLS]=0 [PAD]=1 [SEP]=2 [UNK]=3 [MASK]=4
+  (`configs.SpecialTokens()`). Training reads only the training split, in a fixed order with
+  one thread, so the model file is the same on every run.
+- `fairseq` (released XLM-R and ERNIE-M `sentencepiece.bpe.model` files): the model has
+  SentencePiece's default <unk>=0 <s>=1 </s>=2 and no pad or mask piece; fairseq numbers
+  <s>=0 <pad>=1 </s>=2 <unk>=3, every other piece at its SentencePiece id + 1, and <mask>
+  last (250001 in the 250,002-id vocabulary), exactly as `XLMRobertaTokenizer` does.
+
+The layout is read off the model file, and the special-token ids follow from it
+(`special_tokens`), so a run never types them by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import sentencepiece as spm
 
 from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import corpus
 
-# SpecialTokens field -> the piece that must sit at that id.
+SENTENCEPIECE, FAIRSEQ = "sentencepiece", "fairseq"
+LAYOUTS = (SENTENCEPIECE, FAIRSEQ)
+# SpecialTokens field -> the piece that must sit at that id, per layout.
 SPECIAL_PIECES = {"cls_id": "[CLS]", "pad_id": "[PAD]", "sep_id": "[SEP]", "unk_id": "[UNK]",
                   "mask_id": "[MASK]"}
+FAIRSEQ_PIECES = {"cls_id": "<s>", "pad_id": "<pad>", "sep_id": "</s>", "unk_id": "<unk>",
+                  "mask_id": "<mask>"}
+# fairseq's dictionary puts these four first; SentencePiece's own first three (<unk> <s> </s>)
+# are then never produced from text, and every later piece moves up by one.
+FAIRSEQ_HEAD = ("<s>", "<pad>", "</s>", "<unk>")
+FAIRSEQ_OFFSET = 1
+FAIRSEQ_UNK = 3
+SENTENCEPIECE_DEFAULT_HEAD = ("<unk>", "<s>", "</s>")
 
 
 def training_sentences(corpus_dir: os.PathLike, languages: Sequence[str] = ()) -> list:
@@ -34,11 +52,25 @@ def training_sentences(corpus_dir: os.PathLike, languages: Sequence[str] = ()) -
 
 
 def train_vocabulary(corpus_dir: os.PathLike, model_path: os.PathLike, vocab_size: int = 8000,
-                     languages: Sequence[str] = ()) -> Path:
-    """Train a unigram SentencePiece model on the training split; returns the .model path."""
-    sentences = training_sentences(corpus_dir, languages)
+                     languages: Sequence[str] = (), layout: str = SENTENCEPIECE,
+                     sentences: Optional[Sequence[str]] = None) -> Path:
+    """Train a unigram SentencePiece model on the training split (or on `sentences`);
+    returns the .model path. `layout=fairseq` lays it out as XLM-R's is (SentencePiece's
+    default <unk> <s> </s>, no pad, mask or byte pieces): `vocab_size` pieces, two more ids."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown vocabulary layout {layout!r}; one of {LAYOUTS}")
+    if sentences is None:
+        sentences = training_sentences(corpus_dir, languages)
     if not sentences:
         raise ValueError(f"no training sentences in {corpus_dir} for languages {languages}")
+    if layout == SENTENCEPIECE:
+        specials = dict(
+            byte_fallback=True,  # no [UNK] for rare characters
+            bos_id=0, pad_id=1, eos_id=2, unk_id=3,
+            bos_piece="[CLS]", pad_piece="[PAD]", eos_piece="[SEP]", unk_piece="[UNK]",
+            control_symbols=["[MASK]"])
+    else:
+        specials = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
@@ -46,14 +78,11 @@ def train_vocabulary(corpus_dir: os.PathLike, model_path: os.PathLike, vocab_siz
         vocab_size=vocab_size,
         model_type="unigram",
         character_coverage=0.9995,
-        byte_fallback=True,  # no [UNK] for rare characters
-        bos_id=0, pad_id=1, eos_id=2, unk_id=3,
-        bos_piece="[CLS]", pad_piece="[PAD]", eos_piece="[SEP]", unk_piece="[UNK]",
-        control_symbols=["[MASK]"],
         num_threads=1,
         shuffle_input_sentence=False,
         input_sentence_size=0,
         minloglevel=2,
+        **specials,
     )
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,11 +92,41 @@ def train_vocabulary(corpus_dir: os.PathLike, model_path: os.PathLike, vocab_siz
     return model_path
 
 
-def load_vocabulary(model_path: os.PathLike, tokens: SpecialTokens = SpecialTokens()):
-    """A `seqio.SentencePieceVocabulary`, checked against the special-token layout."""
-    import seqio  # imports TensorFlow: keep it out of module import time
+@dataclasses.dataclass(frozen=True)
+class VocabularyInfo:
+    """What a SentencePiece model file means as model ids: its layout, size and specials."""
 
-    path = Path(model_path)
+    path: Path
+    layout: str
+    num_pieces: int  # SentencePiece's own piece count
+    vocab_size: int  # model ids (fairseq adds <pad> and <mask>)
+    tokens: SpecialTokens
+
+    def pieces(self, processor) -> List[str]:
+        """Every model id's token string, in id order (a `vocab.txt`)."""
+        own = [processor.IdToPiece(i) for i in range(self.num_pieces)]
+        if self.layout == SENTENCEPIECE:
+            return own
+        return [*FAIRSEQ_HEAD, *own[len(SENTENCEPIECE_DEFAULT_HEAD):],
+                FAIRSEQ_PIECES["mask_id"]]
+
+    def to_model_ids(self, ids: Sequence[int]) -> List[int]:
+        """SentencePiece ids -> model ids (SentencePiece's <unk>, id 0, is fairseq's 3)."""
+        if self.layout == SENTENCEPIECE:
+            return list(ids)
+        return [FAIRSEQ_UNK if i == 0 else i + FAIRSEQ_OFFSET for i in ids]
+
+    def to_sentencepiece_ids(self, ids: Sequence[int]) -> List[int]:
+        """Model ids -> SentencePiece ids; fairseq's specials become <unk> (0) or are dropped."""
+        if self.layout == SENTENCEPIECE:
+            return list(ids)
+        pad_or_mask = (self.tokens.pad_id, self.tokens.mask_id, self.tokens.cls_id,
+                       self.tokens.sep_id)
+        return [0 if i == FAIRSEQ_UNK else i - FAIRSEQ_OFFSET for i in ids
+                if i not in pad_or_mask and 0 <= i < self.vocab_size]
+
+
+def _processor(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"SentencePiece model not found: {path}")
     processor = spm.SentencePieceProcessor()
@@ -75,9 +134,66 @@ def load_vocabulary(model_path: os.PathLike, tokens: SpecialTokens = SpecialToke
         processor.Load(str(path))
     except (OSError, RuntimeError) as err:
         raise ValueError(f"{path} is not a valid SentencePiece model: {err}") from None
-    for field, piece in SPECIAL_PIECES.items():
-        token_id = getattr(tokens, field)
-        if token_id >= processor.GetPieceSize() or processor.IdToPiece(token_id) != piece:
+    return processor
+
+
+def inspect(model_path: os.PathLike, processor=None) -> VocabularyInfo:
+    """Recognise the file's layout and derive its special-token ids, or say why not."""
+    path = Path(model_path)
+    processor = processor or _processor(path)
+    n = processor.GetPieceSize()
+    head = tuple(processor.IdToPiece(i) for i in range(min(n, 3)))
+    has_own_specials = all(processor.IdToPiece(processor.PieceToId(p)) == p
+                           for p in SPECIAL_PIECES.values())
+    if has_own_specials:
+        ids = {field: processor.PieceToId(piece) for field, piece in SPECIAL_PIECES.items()}
+        return VocabularyInfo(path, SENTENCEPIECE, n, n, SpecialTokens(**ids))
+    if head == SENTENCEPIECE_DEFAULT_HEAD and processor.unk_id() == 0:
+        tokens = SpecialTokens(cls_id=0, pad_id=1, sep_id=2, unk_id=FAIRSEQ_UNK,
+                               mask_id=n + FAIRSEQ_OFFSET)
+        return VocabularyInfo(path, FAIRSEQ, n, n + 2, tokens)
+    raise ValueError(
+        f"{path}: neither vocabulary layout: it has no {'/'.join(SPECIAL_PIECES.values())} "
+        f"pieces (this project's layout) and does not start with SentencePiece's "
+        f"{'/'.join(SENTENCEPIECE_DEFAULT_HEAD)} (fairseq's, as in XLM-R and ERNIE-M); it "
+        f"starts with {list(head)}")
+
+
+def check_special_tokens(info: VocabularyInfo, tokens: SpecialTokens) -> None:
+    """`tokens` (e.g. the run's gin-bound SpecialTokens) must be the vocabulary's own."""
+    names = SPECIAL_PIECES if info.layout == SENTENCEPIECE else FAIRSEQ_PIECES
+    for field, piece in names.items():
+        given, own = getattr(tokens, field), getattr(info.tokens, field)
+        if given != own:
             raise ValueError(
-                f"{path}: SpecialTokens.{field}={token_id} is not {piece} in this vocabulary")
-    return seqio.SentencePieceVocabulary(str(path))
+                f"{info.path}: SpecialTokens.{field}={given} is not {piece} in this "
+                f"{info.layout}-layout vocabulary of {info.vocab_size} ids ({piece} is {own}); "
+                f"bind SpecialTokens.{field} = {own}")
+
+
+class TextIds:
+    """Text -> model ids (no special tokens) without TensorFlow, in the file's layout."""
+
+    def __init__(self, model_path: os.PathLike):
+        path = Path(model_path)
+        self.processor = _processor(path)
+        self.info = inspect(path, self.processor)
+
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        return [self.info.to_model_ids(row) for row in self.processor.EncodeAsIds(list(texts))]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.processor.DecodeIds(self.info.to_sentencepiece_ids([int(i) for i in ids]))
+
+
+def load_vocabulary(model_path: os.PathLike, tokens: Optional[SpecialTokens] = None):
+    """The `seqio.Vocabulary` for a SentencePiece model in either layout, checked against
+    `tokens` when given (default: the ids its layout implies)."""
+    path = Path(model_path)
+    info = inspect(path)
+    if tokens is not None:
+        check_special_tokens(info, tokens)
+    from ernie_m_jax.data import seqio_vocab  # imports TensorFlow: only when asked for
+
+    return seqio_vocab.for_layout(str(path), info.layout)
+

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ernie_m_jax.data import vocab
 from ernie_m_jax.model import ErnieM
 from ernie_m_jax.saved_run import SavedRun
 
@@ -59,7 +60,7 @@ class SentenceEncoder:
         self.layer = None if layer is None else layer % (layers + 1)
         self.length_multiple = length_multiple
         self.max_length = run.model.max_length
-        self._processor = None
+        self._text_ids = None
         model = ErnieM(run.model)
         self._params = jax.device_put(run.params)
 
@@ -75,21 +76,18 @@ class SentenceEncoder:
         self._forward = jax.jit(forward)
 
     @property
-    def processor(self):
-        if self._processor is None:
-            import sentencepiece as spm
-
+    def text_ids(self) -> vocab.TextIds:
+        """The run's vocabulary, in its id layout (SentencePiece's own or fairseq's)."""
+        if self._text_ids is None:
             if self.run.vocabulary_path is None:
                 raise ValueError(f"{self.run.model_dir}: the run's vocabulary is unknown")
-            self._processor = spm.SentencePieceProcessor(
-                model_file=str(self.run.vocabulary_path))
-        return self._processor
+            self._text_ids = vocab.TextIds(self.run.vocabulary_path)
+        return self._text_ids
 
     def tokenize(self, texts: Iterable[str]) -> List[List[int]]:
         """Each text's ids (no special tokens); over-long texts are cut and counted."""
         rows, cut = [], 0
-        for text in texts:
-            ids = self.processor.EncodeAsIds(text)
+        for ids in self.text_ids.encode(list(texts)):
             if len(ids) > self.max_length - 2:
                 cut += 1
                 ids = ids[:self.max_length - 2]

@@ -1,15 +1,19 @@
 """Turn a Hugging Face ErnieM or XLM-R checkpoint into a run directory (`ernie-m-jax import-hf`).
 
-The result holds `checkpoints/0` (params only) and a `config.gin` with the matching
-`ModelConfig`, so continued pretraining starts from it the way stage 2 starts from stage 1:
-`--gin_file=OUT/config.gin --gin.TrainConfig.init_from="'OUT'"` (the paper continued from
-XLM-R this way). Tensors a checkpoint may lack (XLM-R's pooler in a masked-LM checkpoint,
-any MLM head in an `ErnieMModel`) are initialised fresh and reported; anything else missing
-or misshapen is an error that lists it.
+The result holds `checkpoints/0` (params only), the vocabulary (copied to the run's
+`ernie_m_jax_vocab.model`, in its id layout) and a `config.gin` with the matching
+`ModelConfig`, the vocabulary's special ids and the macros `IMPORTED_DIR` and `VOCABULARY`,
+so continued pretraining (`gin/runs/continue_from_hf.gin`) starts from it the way stage 2
+starts from stage 1 (the paper continued from XLM-R this way). The vocabulary is recognised
+as our own export's, ERNIE-M's `vocab.txt` + `sentencepiece.bpe.model`, or XLM-R's
+fairseq-offset `sentencepiece.bpe.model`. Tensors a checkpoint may lack (XLM-R's pooler in a
+masked-LM checkpoint, any MLM head in an `ErnieMModel`) are initialised fresh and reported;
+anything else missing or misshapen is an error that lists it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -23,7 +27,8 @@ import orbax.checkpoint as ocp
 
 from ernie_m_jax import checkpoints
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
-from ernie_m_jax.export import hf_tokenizer, layouts
+from ernie_m_jax.data import vocab
+from ernie_m_jax.export import layouts
 from ernie_m_jax.export.hf_export import MLM_HEAD_FILE, PROVENANCE_FILE
 from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 
@@ -149,33 +154,98 @@ def _summary(names) -> str:
     return ", ".join(groups)
 
 
-def special_tokens(hf_dir: Path) -> Optional[SpecialTokens]:
-    """Our special-token ids, read from the tokenizer files (None when there are none)."""
+SPM_FILE = "sentencepiece.bpe.model"  # XLM-R's and ERNIE-M's name for it
+# Files that say a directory has a tokenizer, recognised or not.
+TOKENIZER_FILES = (SPM_FILE, "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", VOCAB_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class HfVocabulary:
+    """The SentencePiece model of an HF directory, as a run will tokenize with it."""
+
+    source: Path  # the .model file to copy
+    kind: str  # how it was recognised, for messages
+    info: vocab.VocabularyInfo
+
+
+def _vocab_txt_matches(lines, info: vocab.VocabularyInfo, processor) -> bool:
+    """ERNIE-M's vocab.txt names every id: the pieces must sit where the layout puts them
+    (its special tokens may be spelt [CLS] ... [MASK] instead of <s> ... <mask>)."""
+    if len(lines) != info.vocab_size:
+        return False
+    special = set(info.tokens.all_ids)
+    pieces = info.pieces(processor)
+    return all(lines[i] == pieces[i] for i in range(len(pieces)) if i not in special)
+
+
+def hf_vocabulary(hf_dir: Path) -> Optional[HfVocabulary]:
+    """The directory's vocabulary in a layout we can train with; None if it has no tokenizer
+    files at all; an error naming what was found otherwise."""
+    if (hf_dir / PROVENANCE_FILE).is_file() and (hf_dir / VOCAB_FILE).is_file():
+        return HfVocabulary(hf_dir / VOCAB_FILE, "this project's export",
+                            vocab.inspect(hf_dir / VOCAB_FILE))
+    spm_file = hf_dir / SPM_FILE
+    if spm_file.is_file():
+        info = vocab.inspect(spm_file)
+        txt = hf_dir / "vocab.txt"
+        if txt.is_file():
+            lines = txt.read_text(encoding="utf-8").split("\n")
+            lines = lines[:-1] if lines and lines[-1] == "" else lines
+            text_ids = vocab.TextIds(spm_file)
+            if not _vocab_txt_matches(lines, info, text_ids.processor):
+                raise ValueError(
+                    f"{txt} ({len(lines)} lines) does not number {SPM_FILE}'s pieces in "
+                    f"either layout (the {info.layout} layout of that model has "
+                    f"{info.vocab_size} ids); cannot tell which ids the checkpoint was "
+                    "trained with")
+            return HfVocabulary(spm_file, f"ERNIE-M vocab.txt + {SPM_FILE}", info)
+        return HfVocabulary(spm_file, f"{info.layout}-layout {SPM_FILE}", info)
+    present = [f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
+    if present:
+        raise ValueError(
+            f"{hf_dir} has tokenizer files ({', '.join(present)}) but no SentencePiece model "
+            f"this project can tokenize with: expected {SPM_FILE} (XLM-R, fairseq ids), "
+            f"vocab.txt + {SPM_FILE} (ERNIE-M) or {VOCAB_FILE} with {PROVENANCE_FILE} (an "
+            "ernie-m-jax export)")
+    return None
+
+
+def special_tokens(hf_dir: Path, found: Optional[HfVocabulary]) -> Optional[SpecialTokens]:
+    """Our special-token ids: an export's own record, else those the vocabulary implies."""
     provenance = hf_dir / PROVENANCE_FILE
     if provenance.is_file():
         return SpecialTokens(**json.loads(provenance.read_text())["special_tokens"])
-    tokenizer_json = hf_dir / "tokenizer.json"
-    special_map = hf_dir / "special_tokens_map.json"
-    if not (tokenizer_json.is_file() and special_map.is_file()):
-        return None
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    pieces = json.loads(special_map.read_text())
-    ids = {}
-    for name, field in hf_tokenizer.SPECIAL_NAMES.items():
-        piece = pieces.get(name)
-        piece = piece.get("content") if isinstance(piece, dict) else piece
-        token_id = tokenizer.token_to_id(piece) if piece else None
-        if token_id is None:
-            return None
-        ids[field] = token_id
-    return SpecialTokens(**ids)
+    return None if found is None else found.info.tokens
 
 
-def gin_text(config: ModelConfig, tokens: Optional[SpecialTokens], hf_dir: Path) -> str:
+def check_vocabulary_fits(found: HfVocabulary, tokens: SpecialTokens, config: ModelConfig,
+                          hf_dir: Path) -> None:
+    vocab.check_special_tokens(found.info, tokens)
+    rows = config.vocab_size
+    ids = found.info.vocab_size
+    # A run of ours may pad its embedding past its vocabulary; a release may not differ.
+    if ids > rows or (ids != rows and found.source.name != VOCAB_FILE):
+        raise ValueError(
+            f"{hf_dir}: the vocabulary ({found.kind}) has {ids} ids but the checkpoint's "
+            f"word embedding has {rows} rows (config.json vocab_size); they must agree")
+
+
+def gin_text(config: ModelConfig, tokens: Optional[SpecialTokens], hf_dir: Path,
+             out: Path, found: Optional[HfVocabulary]) -> str:
     lines = [f"# Imported from {hf_dir} by `ernie-m-jax import-hf`.",
-             "import ernie_m_jax.configs", ""]
+             "import ernie_m_jax.configs", "",
+             "# The run to continue from (gin/runs/continue_from_hf.gin: TrainConfig.init_from).",
+             f"IMPORTED_DIR = {str(out)!r}"]
+    if found is not None:
+        lines += [f"# Its vocabulary ({found.kind}, {found.info.layout} ids, "
+                  f"{found.info.vocab_size} of them): register your tasks with it, e.g.",
+                  "#   register_demo.vocabulary_path = %VOCABULARY",
+                  f"VOCABULARY = {str(out / VOCAB_FILE)!r}"]
+    else:
+        lines += ["# No tokenizer files were found: set VOCABULARY to the SentencePiece model "
+                  "the checkpoint was trained with.", "VOCABULARY = %gin.REQUIRED"]
+    lines.append("")
     for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
                   "max_position_embeddings", "position_offset", "pad_id", "num_languages",
                   "dropout_rate", "attention_dropout_rate", "activation_dropout_rate",
@@ -185,14 +255,20 @@ def gin_text(config: ModelConfig, tokens: Optional[SpecialTokens], hf_dir: Path)
         lines += [f"SpecialTokens.{f} = {getattr(tokens, f)!r}"
                   for f in ("cls_id", "pad_id", "sep_id", "unk_id", "mask_id")]
     else:
-        lines.append("# No tokenizer files were found: bind SpecialTokens.* for its vocabulary.")
+        lines.append("# Bind SpecialTokens.* for its vocabulary.")
     return "\n".join(lines) + "\n"
 
 
 def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 0) -> Path:
     hf_path = Path(hf_dir)
+    found = hf_vocabulary(hf_path)  # before the weights: a bad tokenizer fails fast
     params, config, filled = hf_params(hf_path, seed)
-    tokens = special_tokens(hf_path)
+    tokens = special_tokens(hf_path, found)
+    if found is not None:
+        check_vocabulary_fits(found, tokens, config, hf_path)
+    else:
+        logging.warning("%s has no tokenizer files: bind VOCABULARY and SpecialTokens for the "
+                        "vocabulary its checkpoint was trained with", hf_path)
     out = checked_output_dir(model_dir, overwrite)
     if out.exists():
         shutil.rmtree(out)
@@ -202,13 +278,9 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
         mngr.save(0, args=ocp.args.Composite(**{checkpoints.STATE: ocp.args.StandardSave(
             {"params": params})}), force=True)
         mngr.wait_until_finished()
-    text = gin_text(config, tokens, hf_path)
-    vocab = hf_path / VOCAB_FILE
-    if vocab.is_file():
-        shutil.copyfile(vocab, out / VOCAB_FILE)
-        text += ("\n# The SentencePiece model the exported run trained with; point your tasks "
-                 f"at it, e.g.\n# register_demo.vocabulary_path = '{out / vocab.name}'\n")
-    (out / CONFIG_FILE).write_text(text)
+    if found is not None:
+        shutil.copyfile(found.source, out / VOCAB_FILE)
+    (out / CONFIG_FILE).write_text(gin_text(config, tokens, hf_path, Path(out).resolve(), found))
     if filled:
         (out / "initialised_fresh.txt").write_text("\n".join(filled) + "\n")
     return Path(out)

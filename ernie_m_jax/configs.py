@@ -134,7 +134,9 @@ class SpecialTokens:
     """Ids of the special tokens, laid out like ERNIE-M / XLM-R: [CLS]=0 [PAD]=1 [SEP]=2 [UNK]=3.
 
     [MASK] is 4 in the vocabularies this project trains; the released 250,002-piece
-    ERNIE-M / XLM-R vocabulary has it at 250001 (bind `SpecialTokens.mask_id` for it).
+    ERNIE-M / XLM-R vocabulary (fairseq's layout) has it at 250001. `data.vocab.inspect`
+    derives them from a vocabulary file, `import-hf` writes them, and `train` checks the
+    bound ones against its mixtures' vocabulary.
     """
 
     cls_id: int = 0

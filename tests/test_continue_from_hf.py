@@ -265,3 +265,38 @@ def test_continued_pretraining_round_trip_through_transformers(release, imported
     with torch.no_grad():
         before = released(input_ids=torch.tensor(ids), attention_mask=torch.tensor(ids != 1))
     assert np.abs(before.logits.numpy()[keys] - theirs.numpy()[keys]).max() > 1e-2
+
+
+def test_tfds_data_tokenizes_with_the_imported_vocabulary(imported, tmp_path):
+    """gin/data/tfds.gin after the imported run's config: mC4 and a translation set (TFDS mock
+    data) tokenized with XLM-R's ids through TensorFlow, checked against the run's specials."""
+    import tensorflow_datasets as tfds
+
+    files = [str(ROOT / "gin/runs/continue_from_hf.gin"), str(imported / "config.gin"),
+             str(ROOT / "gin/data/tfds.gin")]
+    names = {"ernie_m.mc4.mono.de": 300, "ernie_m.mc4.mono.fr": 200,
+             "ernie_m.tfds.para.de_en": 100}
+    bindings = ["TFDS_DATA_DIR = '/nonexistent'", "MC4_LANGUAGES = ('de', 'fr')",
+                "TRANSLATION_SETS = {'de-en': 'wmt19_translate/de-en:1.0.0'}",
+                f"register_tfds.counts = {names!r}", "NUM_STEPS = 1", "MONO_LENGTH = 16",
+                "PAIR_LENGTH = 32", "BATCH_SIZE = 4"]
+    gin.clear_config()
+    try:
+        gin_config.parse(files, bindings)
+        exp = Experiment.from_gin()
+        with tfds.testing.mock_data(num_examples=8):
+            exp.train.data_setup()
+            pipeline.check_vocabulary(exp.data, exp.train.enabled, exp.tokens,
+                                      exp.model.vocab_size)
+            batches = next(pipeline.training_dataset(exp.data, exp.train.enabled,
+                                                     tokens=exp.tokens).as_numpy_iterator())
+    finally:
+        gin.clear_config()
+    assert exp.tokens.mask_id == PIECES + 1 and exp.train.init_from == str(imported)
+    assert set(batches) == {"mmlm", "tlm", "camlm", "btmlm"}
+    for batch in batches.values():
+        ids, segments = batch["input_ids"], batch["segment_ids"]
+        assert (ids[:, 0] == exp.tokens.cls_id).all() and ids.max() < PIECES + 1
+        text = ids[(segments > 0) & ~np.isin(ids, (exp.tokens.cls_id, exp.tokens.sep_id))]
+        # Mock text is random characters: mostly <unk> (3), and no fairseq special below it.
+        assert text.size and (text >= vocab.FAIRSEQ_UNK).all()

@@ -20,7 +20,7 @@ import gin
 import seqio
 
 from ernie_m_jax.configs import SpecialTokens
-from ernie_m_jax.data import corpus, vocab
+from ernie_m_jax.data import corpus, seqio_vocab, vocab
 from tasks import registry
 
 # Tasks the last register_demo() call made; a later call with other languages drops them.
@@ -91,7 +91,7 @@ def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
         chosen = tuple(sorted((*chosen, corpus.SOURCE_LANGUAGE)))
     path = Path(vocabulary_path) if vocabulary_path else demo_vocabulary(corpus_dir, manifest,
                                                                          vocab_size)
-    vocabulary = vocab.load_vocabulary(path, tokens)
+    vocabulary = seqio_vocab.load_vocabulary(path, tokens)
     texts = {lang: {split: corpus.read_split(corpus_dir, split, lang) for split in corpus.SPLITS}
              for lang in chosen}
     for lang in chosen:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import gin
 import seqio
 
-from ernie_m_jax.data import vocab
+from ernie_m_jax.data import seqio_vocab
 from tasks import registry
 
 MC4 = "c4/multilingual:3.1.0"
@@ -66,7 +66,7 @@ def register_tfds(vocabulary_path: str, mc4_languages: Sequence[str],
         raise ValueError("register_tfds needs at least one mC4 language and one translation "
                          f"set, got mc4_languages={list(mc4_languages)} and translation_sets="
                          f"{dict(translation_sets)}")
-    vocabulary = vocab.load_vocabulary(vocabulary_path)
+    vocabulary = seqio_vocab.load_vocabulary(vocabulary_path)
     mono = [add_mc4_language(language, vocabulary, data_dir=data_dir).name
             for language in mc4_languages]
     para = []

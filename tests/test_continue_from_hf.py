@@ -17,7 +17,7 @@ import pytest
 
 from ernie_m_jax import cli, gin_config, saved_run
 from ernie_m_jax.configs import SpecialTokens
-from ernie_m_jax.data import corpus, pipeline, vocab
+from ernie_m_jax.data import corpus, pipeline, seqio_vocab, vocab
 from ernie_m_jax.export import hf_import
 from ernie_m_jax.masking import mask_tokens, maskable_tokens
 from ernie_m_jax.model import ErnieM
@@ -81,7 +81,7 @@ def test_fairseq_vocabulary_gives_xlm_roberta_tokenizer_ids_in_every_script(rele
     spm_file = release / hf_import.SPM_FILE
     slow = transformers.XLMRobertaTokenizer.from_pretrained(release)
     fast = transformers.XLMRobertaTokenizerFast.from_pretrained(release, from_slow=True)
-    vocabulary = vocab.load_vocabulary(spm_file)
+    vocabulary = seqio_vocab.load_vocabulary(spm_file)
     text_ids = vocab.TextIds(spm_file)
     info = vocab.inspect(spm_file)
     assert info.layout == vocab.FAIRSEQ and vocabulary.vocab_size == len(slow) == PIECES + 2

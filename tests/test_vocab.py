@@ -2,7 +2,7 @@ import pytest
 import sentencepiece as spm
 
 from ernie_m_jax.configs import SpecialTokens
-from ernie_m_jax.data import corpus, vocab
+from ernie_m_jax.data import corpus, seqio_vocab, vocab
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def test_vocabulary_is_deterministic_with_the_ernie_m_special_ids(small_corpus, 
     processor = spm.SentencePieceProcessor(model_file=str(a))
     assert [processor.IdToPiece(i) for i in range(5)] == ["[CLS]", "[PAD]", "[SEP]", "[UNK]",
                                                            "[MASK]"]
-    loaded = vocab.load_vocabulary(a)
+    loaded = seqio_vocab.load_vocabulary(a)
     assert loaded.vocab_size == 1000
     text = "Die Datei wurde gespeichert. 12 文件"
     ids = loaded.encode(text)
@@ -38,14 +38,14 @@ def test_only_the_training_split_is_read(small_corpus):
 
 def test_missing_or_corrupt_vocabulary_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="SentencePiece model not found"):
-        vocab.load_vocabulary(tmp_path / "nope.model")
+        seqio_vocab.load_vocabulary(tmp_path / "nope.model")
     junk = tmp_path / "junk.model"
     junk.write_bytes(b"\x00not a model")
     with pytest.raises(ValueError, match="not a valid SentencePiece model"):
-        vocab.load_vocabulary(junk)
+        seqio_vocab.load_vocabulary(junk)
 
 
 def test_special_id_mismatch_is_named(small_corpus, tmp_path):
     model = vocab.train_vocabulary(small_corpus, tmp_path / "v.model", 1000, languages=("de",))
     with pytest.raises(ValueError, match="mask_id=999 is not \\[MASK\\]"):
-        vocab.load_vocabulary(model, SpecialTokens(mask_id=999))
+        seqio_vocab.load_vocabulary(model, SpecialTokens(mask_id=999))

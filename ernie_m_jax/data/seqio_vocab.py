@@ -7,11 +7,14 @@ in Python and in TensorFlow alike, so in-memory and TFDS tasks tokenize the same
 
 from __future__ import annotations
 
-from typing import List, Sequence
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 import seqio
 import tensorflow as tf
 
+from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import vocab
 
 
@@ -77,6 +80,16 @@ class FairseqSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
     def __str__(self) -> str:
         return f"Fairseq{super().__str__()}"
+
+
+def load_vocabulary(model_path: os.PathLike, tokens: Optional[SpecialTokens] = None):
+    """The `seqio.Vocabulary` for a SentencePiece model in either layout, checked against
+    `tokens` when given (default: the ids its layout implies)."""
+    path = Path(model_path)
+    info = vocab.inspect(path)
+    if tokens is not None:
+        vocab.check_special_tokens(info, tokens)
+    return for_layout(str(path), info.layout)
 
 
 def for_layout(model_path: str, layout: str) -> seqio.SentencePieceVocabulary:

@@ -185,15 +185,3 @@ class TextIds:
     def decode(self, ids: Sequence[int]) -> str:
         return self.processor.DecodeIds(self.info.to_sentencepiece_ids([int(i) for i in ids]))
 
-
-def load_vocabulary(model_path: os.PathLike, tokens: Optional[SpecialTokens] = None):
-    """The `seqio.Vocabulary` for a SentencePiece model in either layout, checked against
-    `tokens` when given (default: the ids its layout implies)."""
-    path = Path(model_path)
-    info = inspect(path)
-    if tokens is not None:
-        check_special_tokens(info, tokens)
-    from ernie_m_jax.data import seqio_vocab  # imports TensorFlow: only when asked for
-
-    return seqio_vocab.for_layout(str(path), info.layout)
-

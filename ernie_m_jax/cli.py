@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import tokenize
 from typing import Optional, Sequence
 
@@ -58,6 +59,12 @@ def _train(args: argparse.Namespace) -> int:
         args.coordinator_address, args.num_processes, args.process_id), args.cpu_devices)
     gin_config.parse(args.gin_file, args.gin_bindings)
     exp = train.Experiment.from_gin()  # every config is built (and checked) before any compute
+    if jax.process_index() == 0:
+        m = exp.model
+        print(f"ernie-m-jax train: {m.num_layers} x {m.hidden_size} encoder, "
+              f"{', '.join(o.upper() for o in exp.train.enabled)}, {exp.train.num_steps:,} "
+              f"steps, on {exp.data.mono_mixture} / {exp.data.pair_mixture} -> "
+              f"{args.model_dir}", flush=True)
     summary = train.train(args.model_dir, exp)
     if jax.process_index() != 0:
         return 0
@@ -66,11 +73,21 @@ def _train(args: argparse.Namespace) -> int:
               f"(TrainConfig.num_steps={exp.train.num_steps}): nothing to do; raise "
               f"NUM_STEPS to train on")
         return 0
-    losses = {k: v for k, v in summary.items() if k.endswith("/loss") and k.startswith("train/")}
-    print("final: " + "  ".join(f"{k[len('train/'):]}={v:.3f}" for k, v in sorted(losses.items())))
-    if "eval/accuracy" in summary:
-        print(f"eval accuracy: {summary['eval/accuracy']:.3f}")
+    print(_summary(args.model_dir, exp, summary, time.perf_counter() - args.started))
     return 0
+
+
+def _summary(model_dir: str, exp, summary, command_seconds: float) -> str:
+    """The run's summary, with en<->X retrieval scored on its own parallel tasks."""
+    from ernie_m_jax import run_summary, saved_run
+
+    layer = run_summary.middle_layer(exp.model.num_layers)
+    run = saved_run.load(model_dir, setup_data=False)
+    tasks = run_summary.parallel_tasks(exp, run)
+    scores = run_summary.score_retrieval(run, tasks, layer) if tasks else []
+    note = None if tasks else "no registered parallel tasks: retrieval not scored"
+    text = run_summary.format_summary(model_dir, exp, summary, scores, layer, note)
+    return text + f"\n(the whole command took {command_seconds / 60:.1f} min)"
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,29 +192,43 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ernie-m-jax", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ernie-m-jax", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain ERNIE-M-style multilingual encoders (MMLM, TLM, CAMLM, BTMLM) "
+                    "with JAX, from one CPU to TPU pods,\nand move them to and from Hugging "
+                    "Face.",
+        epilog="start with the demo (about 10 minutes on 2 CPU cores):\n"
+               "  ernie-m-jax train --gin_file=gin/runs/demo_cpu.gin "
+               "--model_dir=/tmp/ernie_m_demo\n"
+               "`ernie-m-jax COMMAND --help` shows a command's flags and an example.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true",
-                        help="on an error, show the full traceback instead of one line")
+                        help="show TensorFlow's and XLA's native logs, and on an error the "
+                             "full traceback instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def subcommand(name: str, **kwargs) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], **kwargs)
+    def subcommand(name: str, help: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".",
+            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
 
     smoke = subcommand(
-        "smoke", help="train all four objectives briefly on a built-in sample; fails if any "
-                      "loss does not drop")
+        "smoke", "train all four objectives briefly on a built-in sample; fails if any loss "
+                 "does not drop", "ernie-m-jax smoke --steps=150")
     smoke.add_argument("--steps", type=int, default=150)
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(run=_smoke)
     train = subcommand(
-        "train", help="pretrain with gin configs: --gin_file=... [--gin.NAME=VALUE ...] "
-                      "--model_dir=DIR")
+        "train", "pretrain (or resume) a run from gin files and --gin.NAME=VALUE bindings",
+        "ernie-m-jax train --gin_file=gin/runs/demo_cpu.gin --model_dir=/tmp/ernie_m_demo "
+        "--gin.NUM_STEPS=200")
     add_train_arguments(train)
     train.set_defaults(run=_train)
 
     export = subcommand(
-        "export-hf", help="write a run's checkpoint as a Hugging Face model directory")
+        "export-hf", "write a run's checkpoint as a Hugging Face model directory",
+        "ernie-m-jax export-hf --model_dir=/tmp/ernie_m_demo --out=/tmp/demo_hf "
+        "--format=xlm_roberta --fold_language=mean")
     _add_run_arguments(export)
     export.add_argument("--out", required=True, help="new directory to write")
     export.add_argument("--format", choices=("ernie_m", "xlm_roberta"), default="ernie_m")
@@ -208,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export_hf)
 
     imp = subcommand(
-        "import-hf", help="turn an ErnieM or XLM-R checkpoint directory into a run to "
-                          "continue pretraining from")
+        "import-hf", "turn an ErnieM or XLM-R checkpoint directory (weights and tokenizer) "
+                     "into a run to continue pretraining from",
+        "ernie-m-jax import-hf --hf_dir=/ckpt/xlm-roberta-base --model_dir=/tmp/xlmr_base")
     imp.add_argument("--hf_dir", required=True)
     imp.add_argument("--model_dir", required=True, help="new directory to write")
     imp.add_argument("--seed", type=int, default=0, help="for tensors initialised fresh")
@@ -217,10 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace everything in a non-empty --model_dir (never a training run)")
     imp.set_defaults(run=_import_hf)
 
-    for name, helptext in (("embed", "sentence vectors for the lines of a text file"),
-                           ("eval-retrieval", "cross-lingual retrieval accuracy (both "
-                                              "directions) on parallel tasks or two files")):
-        sub = subcommand(name, help=helptext)
+    for name, helptext, example in (
+            ("embed", "sentence vectors (.npy) for the lines of a text file",
+             "ernie-m-jax embed --model_dir=/tmp/ernie_m_demo --input=sents.txt "
+             "--output=vecs.npy --language=de"),
+            ("eval-retrieval", "cross-lingual retrieval accuracy (both directions) on the "
+                               "run's parallel tasks or two aligned files",
+             "ernie-m-jax eval-retrieval --model_dir=/tmp/ernie_m_demo --split=test "
+             "--layer=2 --center")):
+        sub = subcommand(name, helptext, example)
         _add_run_arguments(sub)
         sub.add_argument("--pooling", choices=("cls", "mean"), default="mean")
         sub.add_argument("--layer", type=int, default=-1,
@@ -257,6 +294,7 @@ USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError, Arithmetic
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from ernie_m_jax.gin_config import split_gin_flags
 
+    started = time.perf_counter()
     parser = build_parser()
     try:
         rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)
@@ -264,9 +302,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(str(err))
     args = parser.parse_args(rest)
     args.gin_bindings = bindings
+    args.started = started
     steps = getattr(args, "steps", None)
     if steps is not None and steps <= 0:
         parser.error("--steps must be positive")
+    from ernie_m_jax import console
+
+    # Before JAX or anything else loads it: no native log lines unless --verbose.
+    console.load_tensorflow(quiet=not args.verbose)
     if args.verbose:
         return args.run(args)
     try:

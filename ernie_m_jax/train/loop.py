@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from typing import Callable, Dict, Optional
 
 import gin
@@ -115,16 +116,21 @@ def _loop(model_dir: str, exp: Experiment, train_step: TrainStep, state: State, 
                       out_shardings=partitioning.replicated(mesh))
     tasks_to_eval = eval_tasks(exp)
     peak = metrics_lib.peak_flops(jax.devices()[0])
+    tokens_per_step = sum(b * n for b, n in train_step.batch_shapes.values())
     interval = metrics_lib.IntervalMetrics(
-        sum(b * n for b, n in train_step.batch_shapes.values()),
+        tokens_per_step,
         metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
         peak and peak * jax.device_count(), start)
     summary: Dict[str, float] = {}
     checked = None  # the last step whose non-finite counters were read
+    began, done = time.perf_counter(), start
     for done in range(start + 1, cfg.num_steps + 1):
         batch = global_batch(next(iterator), mesh, rules)
         state, step_metrics = train_step.fn(state, batch)
         interval.add(step_metrics)
+        if done == start + 1:  # compilation included
+            jax.block_until_ready(state["step"])
+            summary["session/first_step_seconds"] = time.perf_counter() - began
         if _due(done, cfg.log_every, cfg.num_steps):
             scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
             checked = done
@@ -155,6 +161,9 @@ def _loop(model_dir: str, exp: Experiment, train_step: TrainStep, state: State, 
                           f"over {len(tasks_to_eval)} languages")
     if hasattr(train_step.fn, "_cache_size"):
         summary["train_step_compilations"] = train_step.fn._cache_size()
+    # This session's totals (compilation, checkpoints and evaluations included).
+    summary.update({"session/steps": done - start, "session/tokens": (done - start) *
+                    tokens_per_step, "session/seconds": time.perf_counter() - began})
     return summary
 
 

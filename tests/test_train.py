@@ -25,6 +25,39 @@ def data_dir(demo_data_dir):
     return demo_data_dir
 
 
+def _check_summary(out, model_dir, tmp_path):
+    """The run's closing summary: what it made, its retrieval figures (the same as
+    `eval-retrieval` computes on its own) and the next commands with the run's paths."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("trained 40 steps"))
+    summary = lines[start:]
+    text = "\n".join(summary)
+    assert "final loss: mmlm " in text and " btmlm " in text
+    assert "MMLM accuracy (validation): de " in text
+    header = next(i for i, line in enumerate(summary) if line.startswith("en<->X retrieval"))
+    assert "layer 1 of 2" in summary[header]
+    row = summary[header + 2].split()  # pair, pairs, raw, centred, bag of subwords
+    assert row[0] == "en-de" and int(row[1]) > 100
+    raw, centred, bag = map(float, row[2:])
+    assert "centred retrieval" in text and "bag of subwords" in text
+    for command in (f"tensorboard --logdir {model_dir}",
+                    f"ernie-m-jax export-hf --model_dir={model_dir} --out={model_dir}_hf "
+                    "--fold_language=mean",
+                    f"ernie-m-jax eval-retrieval --model_dir={model_dir} --split=test "
+                    "--layer=1 --center"):
+        assert f"  {command}" in summary, command
+    for center, shown in ((True, centred), (False, raw)):
+        out_file = tmp_path / f"retrieval_{center}.json"
+        assert cli.main(["eval-retrieval", f"--model_dir={model_dir}", "--split=test",
+                         "--layer=1", "--task=ernie_m.para.en_de", f"--output={out_file}",
+                         *(["--center"] if center else [])]) == 0
+        gin.clear_config()
+        pair = json.loads(out_file.read_text())["pairs"]["ernie_m.para.en_de"]
+        both = (pair["source_to_target"] + pair["target_to_source"]) / 2
+        assert abs(both - shown) < 1e-3, (center, both, shown)
+    assert 0 < bag < 1
+
+
 def _losses(model_dir, key="train/loss"):
     return [r[key] for r in read_metrics(model_dir) if key in r]
 
@@ -37,7 +70,8 @@ def _final_params(model_dir):
 
 
 @pytest.mark.slow
-def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir, tmp_path):
+def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir, tmp_path,
+                                                                      capsys):
     model_dir = tmp_path / "run"
     # 40 steps: enough for every loss to fall well past the 10% below, whatever the data order.
     bindings = tiny_bindings(data_dir, 40)
@@ -48,6 +82,7 @@ def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir,
         assert cli.main(argv) == 0
     finally:
         gin.clear_config()
+    _check_summary(capsys.readouterr().out, model_dir, tmp_path)
     records = read_metrics(model_dir)
     for objective in ("mmlm", "tlm", "camlm", "btmlm"):
         losses = [r[f"train/{objective}/loss"] for r in records if f"train/{objective}/loss" in r]

@@ -71,7 +71,10 @@ def task_pairs(task: str, split: str = "test", max_examples: Optional[int] = Non
                          f"{sorted(provider.output_features)})")
     if split not in provider.splits:
         raise ValueError(f"{task} has no split {split!r}; it has {sorted(provider.splits)}")
-    ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1)
+    # No in-memory cache: with max_examples the cache would be left partly read (a tf.data
+    # warning per task), and each split is read once here anyway.
+    ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                              try_in_mem_cache=False)
     if max_examples:
         ds = ds.take(max_examples)
     source, target, languages = [], [], (0, 0)

@@ -208,16 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def subcommand(name: str, help: str, example: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+        sub = commands.add_parser(
             name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".",
             epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(loads_tensorflow=True)  # the data pipeline's; smoke reads no data
+        return sub
 
     smoke = subcommand(
         "smoke", "train all four objectives briefly on a built-in sample; fails if any loss "
                  "does not drop", "ernie-m-jax smoke --steps=150")
     smoke.add_argument("--steps", type=int, default=150)
     smoke.add_argument("--seed", type=int, default=0)
-    smoke.set_defaults(run=_smoke)
+    smoke.set_defaults(run=_smoke, loads_tensorflow=False)
     train = subcommand(
         "train", "pretrain (or resume) a run from gin files and --gin.NAME=VALUE bindings",
         "ernie-m-jax train --gin_file=gin/runs/demo_cpu.gin --model_dir=/tmp/ernie_m_demo "
@@ -306,10 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     steps = getattr(args, "steps", None)
     if steps is not None and steps <= 0:
         parser.error("--steps must be positive")
-    from ernie_m_jax import console
+    if args.loads_tensorflow:
+        from ernie_m_jax import console
 
-    # Before JAX or anything else loads it: no native log lines unless --verbose.
-    console.load_tensorflow(quiet=not args.verbose)
+        # Before JAX or anything else loads it: no native log lines unless --verbose.
+        console.load_tensorflow(quiet=not args.verbose)
     if args.verbose:
         return args.run(args)
     try:

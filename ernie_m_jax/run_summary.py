@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -85,7 +86,7 @@ def _duration(seconds: float) -> str:
 
 def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float],
                    scores: Sequence[PairScore], layer: int,
-                   vocabulary_note: Optional[str] = None) -> str:
+                   note: Optional[str] = None) -> str:
     steps = int(summary.get("session/steps", 0))
     seconds = summary.get("session/seconds", 0.0)
     tokens = summary.get("session/tokens", 0.0)
@@ -122,22 +123,16 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
                    "does not beat yet")
         lines.append(f"  centred retrieval {verdict} bag of subwords "
                      f"({mean['centred']:.3f} vs {mean['bag_of_subwords']:.3f})")
-    elif vocabulary_note:
-        lines.append(vocabulary_note)
+    elif note:
+        lines.append(note)
     fold = " --fold_language=mean" if exp.model.num_languages else ""
-    quoted = _quote(model_dir)
+    quoted = shlex.quote(model_dir)
     lines += [f"checkpoints: {os.path.join(model_dir, 'checkpoints')}  TensorBoard events and "
               f"metrics.jsonl: {model_dir}",
               "next:",
               f"  tensorboard --logdir {quoted}",
-              f"  ernie-m-jax export-hf --model_dir={quoted} --out={_quote(model_dir + '_hf')}"
+              f"  ernie-m-jax export-hf --model_dir={quoted} --out={shlex.quote(model_dir + '_hf')}"
               f"{fold}",
               f"  ernie-m-jax eval-retrieval --model_dir={quoted} --split=test "
               f"--layer={layer} --center"]
     return "\n".join(lines)
-
-
-def _quote(path: str) -> str:
-    import shlex
-
-    return shlex.quote(path)

@@ -23,10 +23,6 @@ class FairseqSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     <pad>=1 </s>=2 <unk>=3, SentencePiece id + 1 for every other piece, <mask> last."""
 
     @property
-    def info(self) -> vocab.VocabularyInfo:
-        return vocab.inspect(self.sentencepiece_model_file, self.tokenizer)
-
-    @property
     def _base_vocab_size(self) -> int:
         return self.tokenizer.GetPieceSize() + 2
 
@@ -47,14 +43,14 @@ class FairseqSentencePieceVocabulary(seqio.SentencePieceVocabulary):
         return self.tokenizer.GetPieceSize() + vocab.FAIRSEQ_OFFSET
 
     def _encode(self, s: str) -> Sequence[int]:
-        return self.info.to_model_ids(self.tokenizer.EncodeAsIds(s))
+        return vocab.fairseq_ids(self.tokenizer.EncodeAsIds(s))
 
     def encode_batch(self, lines: Sequence[str]) -> List[List[int]]:
-        info = self.info
-        return [info.to_model_ids(row) for row in self.tokenizer.EncodeAsIds(list(lines))]
+        return [vocab.fairseq_ids(row) for row in self.tokenizer.EncodeAsIds(list(lines))]
 
     def _decode(self, ids) -> str:
-        return self.tokenizer.DecodeIds(self.info.to_sentencepiece_ids([int(i) for i in ids]))
+        return self.tokenizer.DecodeIds(vocab.sentencepiece_ids_of_fairseq(
+            [int(i) for i in ids], self.tokenizer.GetPieceSize()))
 
     def _encode_tf(self, s):
         ids = self.tf_tokenizer.tokenize(s)

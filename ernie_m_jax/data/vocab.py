@@ -111,19 +111,24 @@ class VocabularyInfo:
                 FAIRSEQ_PIECES["mask_id"]]
 
     def to_model_ids(self, ids: Sequence[int]) -> List[int]:
-        """SentencePiece ids -> model ids (SentencePiece's <unk>, id 0, is fairseq's 3)."""
-        if self.layout == SENTENCEPIECE:
-            return list(ids)
-        return [FAIRSEQ_UNK if i == 0 else i + FAIRSEQ_OFFSET for i in ids]
+        return list(ids) if self.layout == SENTENCEPIECE else fairseq_ids(ids)
 
     def to_sentencepiece_ids(self, ids: Sequence[int]) -> List[int]:
-        """Model ids -> SentencePiece ids; fairseq's specials become <unk> (0) or are dropped."""
         if self.layout == SENTENCEPIECE:
             return list(ids)
-        pad_or_mask = (self.tokens.pad_id, self.tokens.mask_id, self.tokens.cls_id,
-                       self.tokens.sep_id)
-        return [0 if i == FAIRSEQ_UNK else i - FAIRSEQ_OFFSET for i in ids
-                if i not in pad_or_mask and 0 <= i < self.vocab_size]
+        return sentencepiece_ids_of_fairseq(ids, self.num_pieces)
+
+
+def fairseq_ids(ids: Sequence[int]) -> List[int]:
+    """SentencePiece ids -> fairseq's (SentencePiece's <unk>, id 0, is fairseq's 3)."""
+    return [FAIRSEQ_UNK if i == 0 else i + FAIRSEQ_OFFSET for i in ids]
+
+
+def sentencepiece_ids_of_fairseq(ids: Sequence[int], num_pieces: int) -> List[int]:
+    """fairseq ids -> SentencePiece's: <unk> becomes 0; <s> <pad> </s> <mask> and ids out of
+    range are dropped."""
+    return [0 if i == FAIRSEQ_UNK else i - FAIRSEQ_OFFSET for i in ids
+            if FAIRSEQ_UNK <= i <= num_pieces]
 
 
 def _processor(path: Path):

@@ -187,12 +187,12 @@ def hf_vocabulary(hf_dir: Path) -> Optional[HfVocabulary]:
                             vocab.inspect(hf_dir / VOCAB_FILE))
     spm_file = hf_dir / SPM_FILE
     if spm_file.is_file():
-        info = vocab.inspect(spm_file)
+        text_ids = vocab.TextIds(spm_file)
+        info = text_ids.info
         txt = hf_dir / "vocab.txt"
         if txt.is_file():
             lines = txt.read_text(encoding="utf-8").split("\n")
             lines = lines[:-1] if lines and lines[-1] == "" else lines
-            text_ids = vocab.TextIds(spm_file)
             if not _vocab_txt_matches(lines, info, text_ids.processor):
                 raise ValueError(
                     f"{txt} ({len(lines)} lines) does not number {SPM_FILE}'s pieces in "
@@ -232,7 +232,7 @@ def check_vocabulary_fits(found: HfVocabulary, tokens: SpecialTokens, config: Mo
 
 
 def gin_text(config: ModelConfig, tokens: Optional[SpecialTokens], hf_dir: Path,
-             out: Path, found: Optional[HfVocabulary]) -> str:
+             out, found: Optional[HfVocabulary]) -> str:
     lines = [f"# Imported from {hf_dir} by `ernie-m-jax import-hf`.",
              "import ernie_m_jax.configs", "",
              "# The run to continue from (gin/runs/continue_from_hf.gin: TrainConfig.init_from).",
@@ -280,7 +280,7 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
         mngr.wait_until_finished()
     if found is not None:
         shutil.copyfile(found.source, out / VOCAB_FILE)
-    (out / CONFIG_FILE).write_text(gin_text(config, tokens, hf_path, Path(out).resolve(), found))
+    (out / CONFIG_FILE).write_text(gin_text(config, tokens, hf_path, out, found))
     if filled:
         (out / "initialised_fresh.txt").write_text("\n".join(filled) + "\n")
     return Path(out)

@@ -77,6 +77,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    import json
+
+    from ernie_m_jax import gin_config, train
+    from ernie_m_jax.aot import compile_step, hardware
+
+    accelerator = hardware.parse(args.topology, args.num_slices)  # before any work
+    # Compiling needs no weights: a stage-2 file's STAGE1_DIR may stay unset.
+    gin_config.parse(args.gin_file, list(args.gin_bindings) + ["TrainConfig.init_from = None"])
+    exp = train.Experiment.from_gin()
+    print(f"ernie-m-jax compile: {exp.model.num_layers} x {exp.model.hidden_size} encoder, "
+          f"{', '.join(o.upper() for o in exp.train.enabled)}, for {accelerator.label} "
+          f"({accelerator.num_chips} chips, libtpu topology {accelerator.topology_name}); "
+          "compile-only devices: nothing runs", flush=True)
+    try:
+        report, text = compile_step.compile_train_step(exp, accelerator,
+                                                       keep_hlo=bool(args.hlo_out))
+    except ImportError as err:  # libtpu missing: say how to install it
+        print(f"ernie-m-jax compile: error: {err}", file=sys.stderr)
+        return 2
+    print(compile_step.format_report(report))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report.to_json(), f, indent=1, sort_keys=True)
+        print(f"wrote {args.output}")
+    if text is not None:
+        with open(args.hlo_out, "w") as f:
+            f.write(text)
+        print(f"wrote the optimized HLO to {args.hlo_out}")
+    report.check_fits()  # a step that does not fit: one message, non-zero exit
+    return 0
+
+
 def _summary(model_dir: str, exp, summary, command_seconds: float) -> str:
     """The run's summary, with en<->X retrieval scored on its own parallel tasks."""
     from ernie_m_jax import run_summary, saved_run
@@ -226,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--gin.NUM_STEPS=200")
     add_train_arguments(train)
     train.set_defaults(run=_train)
+
+    comp = subcommand(
+        "compile", "compile the train step ahead of time for a TPU slice, on any host "
+                   "(libtpu's compile-only devices), and report its HBM per chip, FLOPs, "
+                   "collectives and a roofline estimate",
+        "ernie-m-jax compile --gin_file=gin/runs/pretrain_stage2.gin --topology=v5e-256 "
+        "--gin.MONO_MIXTURE=\"'my.mono'\" --gin.PARA_MIXTURE=\"'my.para'\" "
+        "--gin.NUM_STEPS=1000")
+    comp.add_argument("--gin_file", action="append", default=[], required=True,
+                      help="gin file (repeatable), as for train")
+    comp.add_argument("--topology", required=True,
+                      help="Cloud TPU accelerator type: v4-N / v5p-N (N TensorCores), v5e-N / "
+                           "v6e-N (N chips), e.g. v4-32, v5p-128, v5e-256, v6e-256")
+    comp.add_argument("--num_slices", type=int, default=1,
+                      help="multislice: this many slices joined by the data-centre network")
+    comp.add_argument("--output", help="JSON file for the report")
+    comp.add_argument("--hlo_out", help="write the optimized HLO text here")
+    comp.set_defaults(run=_compile)
 
     export = subcommand(
         "export-hf", "write a run's checkpoint as a Hugging Face model directory",

@@ -318,6 +318,42 @@ class ErnieM(nn.Module):
         return outputs
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gathered(table: Array, dtype, table_dtype) -> Array:
+    return nn.with_logical_constraint(table.astype(dtype), ("vocab", None))
+
+
+def _gathered_forward(table: Array, dtype, table_dtype):
+    return _gathered(table, dtype, table_dtype), None
+
+
+def _gathered_backward(dtype, table_dtype, _, cotangent: Array):
+    # Summed over the batch shards straight into the table's own sharding: one
+    # reduce-scatter in the compute dtype, where the transpose of the gather would sum it
+    # into a replicated table first (an all-reduce of twice the bytes) and slice it after.
+    sharded = nn.with_logical_constraint(cotangent, ("vocab", "embed"))
+    return (sharded.astype(table_dtype),)
+
+
+_gathered.defvjp(_gathered_forward, _gathered_backward)
+
+
+def with_gathered_word_embeddings(params, config: ModelConfig):
+    """`params` with the word embedding cast to the compute dtype and gathered whole along
+    its `embed` axis (its `vocab` axis keeps its rule), once, for every use in a step.
+
+    Every objective looks ids up in the table and scores its predictions against it (the
+    tied MLM head), and BTMLM's generation does both again. Under FSDP each of those uses
+    gathered the largest weight anew (and reduced its gradient separately); gathered once
+    here, they share one copy and their gradients are summed before one reduce-scatter.
+    The cast changes nothing numerically: the model computes in `config.dtype` anyway.
+    """
+    embeddings = params["embeddings"]
+    table = embeddings["word_embeddings"]["embedding"]
+    table = _gathered(table, config.compute_dtype, table.dtype)
+    return {**params, "embeddings": {**embeddings, "word_embeddings": {"embedding": table}}}
+
+
 def init_params(config: ModelConfig, rng: Array, length: int = 8):
     """Boxed (logically annotated) variables of a freshly initialised model."""
     model = ErnieM(config)

@@ -121,14 +121,20 @@ def _directed_example(rng: Array, batch: Batch, restore: int, context: int,
 
 def camlm_inputs(batch: Batch, rng: Array, *, tokens: SpecialTokens, masking: MaskingConfig,
                  vocab_size: int) -> Tuple[Batch, MaskedTokens, Array]:
-    """Two directed examples per pair, stacked on the batch axis: restore-source then
-    restore-target. Returns (stacked inputs, stacked masking, stacked attention masks)."""
+    """Two directed examples per pair, interleaved on the batch axis: row 2i restores pair
+    i's source, row 2i+1 its target. Returns (inputs, masking, attention masks), all
+    [2 * batch, ...].
+
+    Interleaving (stack on a new axis 1, merge it into the batch axis) keeps every pair's
+    two rows on the device that holds the pair: concatenating the halves instead moved
+    rows between devices (collective-permutes and all-to-alls in the compiled FSDP step).
+    """
     source_rng, target_rng = jax.random.split(rng)
     src = _directed_example(source_rng, batch, attention_masks.SOURCE, attention_masks.TARGET,
                             tokens, masking, vocab_size)
     tgt = _directed_example(target_rng, batch, attention_masks.TARGET, attention_masks.SOURCE,
                             tokens, masking, vocab_size)
-    both = lambda a, b: jnp.concatenate([a, b], axis=0)
+    both = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])
     inputs = {k: both(v, v) for k, v in batch.items()}
     masked = MaskedTokens(*[both(a, b) for a, b in zip(src[0], tgt[0])])
     return inputs, masked, both(src[1], tgt[1])

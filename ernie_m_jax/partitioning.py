@@ -80,7 +80,26 @@ def make_mesh(config: MeshConfig = MeshConfig(),
     shape = config.resolve(len(devices))
     # Auto axes: XLA's SPMD partitioner propagates the shardings we place (pjit style).
     auto = (jax.sharding.AxisType.Auto,) * len(shape)
+    slices = len({getattr(d, "slice_index", None) or 0 for d in devices})
+    if slices > 1:  # TPU multislice: only the data axis may cross the slow DCN
+        return Mesh(_hybrid_devices(config, shape, devices, slices), config.axes,
+                    axis_types=auto)
     return jax.make_mesh(shape, config.axes, axis_types=auto, devices=devices)
+
+
+def _hybrid_devices(config: MeshConfig, shape: Tuple[int, ...], devices, slices: int):
+    """Devices laid out so that the data axis spans the slices and the rest stays in one."""
+    from jax.experimental import mesh_utils
+
+    sizes = dict(zip(config.axes, shape))
+    if sizes.get("data", 1) % slices:
+        raise ValueError(
+            f"the devices span {slices} slices, which only data parallelism may cross (over "
+            f"the data-centre network), but mesh {sizes} has data={sizes.get('data', 1)}; "
+            f"make MeshConfig.shape's data entry a multiple of {slices}")
+    dcn = tuple(slices if a == "data" else 1 for a in config.axes)
+    ici = tuple(s // d for s, d in zip(shape, dcn))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):

@@ -49,15 +49,17 @@ def test_camlm_restores_each_side_without_seeing_its_unmasked_tokens():
                            language_ids=inputs["language_ids"],
                            mlm_positions=masked.mlm_positions)["mlm_logits"]
 
-    half = batch["input_ids"].shape[0]
-    restored_segment = np.repeat([attention_masks.SOURCE, attention_masks.TARGET], half)
+    pairs = batch["input_ids"].shape[0]
+    restored_segment = np.tile([attention_masks.SOURCE, attention_masks.TARGET], pairs)
     own_side = np.asarray(inputs["segment_ids"]) == restored_segment[:, None]
     unmasked_own = own_side & ~np.asarray(masked.masked)  # includes [CLS]/[SEP]
     perturbed = _perturb(masked.input_ids, unmasked_own, seed=3)
     assert (np.asarray(perturbed) != np.asarray(masked.input_ids)).sum() > 50
 
     slots = np.asarray(masked.mlm_weights) > 0
-    assert slots[:half].sum() > 0 and slots[half:].sum() > 0
+    assert slots[0::2].sum() > 0 and slots[1::2].sum() > 0
+    np.testing.assert_array_equal(inputs["input_ids"][0::2], batch["input_ids"])
+    np.testing.assert_array_equal(inputs["input_ids"][1::2], batch["input_ids"])
     camlm_change = np.abs(logits(perturbed, attention) - logits(masked.input_ids, attention))
     assert camlm_change[slots].max() <= 1e-6
 

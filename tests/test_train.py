@@ -276,6 +276,35 @@ def test_gradient_accumulation_is_the_whole_batch_on_the_real_objectives(tiny_mo
     assert float(gap) > 0.05 * float(optax.tree.norm(exact))
 
 
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-6), ("bfloat16", 2e-2)])
+def test_gathering_the_word_embedding_once_changes_no_loss_or_gradient(dtype, tolerance,
+                                                                        tiny_config, tiny_params):
+    """The step gathers the tied table once for every objective (and reduce-scatters its
+    gradient once, `model.with_gathered_word_embeddings`); the maths must be untouched."""
+    import dataclasses
+
+    from ernie_m_jax.model import ErnieM, with_gathered_word_embeddings
+
+    config = dataclasses.replace(tiny_config, dtype=dtype)
+    objectives = make_objectives(ErnieM(config), synthetic.TOKENS, EVERY_WORD,
+                                 BTMLMConfig(target_languages=(1, 2), temperature=0.0,
+                                             max_placeholders=8))
+    weights = {"mmlm": 1.0, "tlm": 0.5, "camlm": 1.0, "btmlm": 2.0}
+    batches = _uneven_batches()
+
+    def loss(params, shared):
+        params = with_gathered_word_embeddings(params, config) if shared else params
+        return weighted_loss(params, batches, jax.random.key(3), objectives, weights)[0]
+
+    plain, plain_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(tiny_params)
+    shared, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(tiny_params)
+    assert float(shared) == pytest.approx(float(plain), rel=1e-6)
+    assert grads["embeddings"]["word_embeddings"]["embedding"].dtype == jnp.float32
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+        scale = float(jnp.max(jnp.abs(b))) + 1e-12
+        assert float(jnp.max(jnp.abs(a - b))) <= tolerance * scale
+
+
 def test_accumulation_needs_counters_and_rows_that_split(tiny_model, tiny_params):
     objectives = make_objectives(tiny_model, synthetic.TOKENS, EVERY_WORD)
     sgd = optax.sgd(0.1)

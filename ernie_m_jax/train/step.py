@@ -11,6 +11,7 @@ exactly what trains.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -20,7 +21,7 @@ import optax
 from ernie_m_jax import partitioning
 from ernie_m_jax.configs import BTMLMConfig
 from ernie_m_jax.data import features, languages, pipeline
-from ernie_m_jax.model import ErnieM
+from ernie_m_jax.model import ErnieM, with_gathered_word_embeddings
 from ernie_m_jax.objectives import (
     make_objectives,
     make_prediction_counters,
@@ -44,7 +45,8 @@ def _split_microbatches(batches, count: int):
 def make_train_step(objectives, weights: Mapping[str, float], optimizer,
                     schedule: optax.Schedule, accum_steps: int = 1,
                     inject_nonfinite_steps: Sequence[int] = (),
-                    prediction_counters: Optional[Mapping[str, Callable]] = None):
+                    prediction_counters: Optional[Mapping[str, Callable]] = None,
+                    shared_params: Callable = lambda params: params):
     """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings.
 
     With `accum_steps > 1` the batch is split into microbatches whose losses are summed and
@@ -54,6 +56,9 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
 
     A step with a non-finite loss or gradient norm keeps the old params and optimizer state
     and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
+
+    `shared_params(params)` runs once per (micro)batch before the objectives: the place to
+    gather a weight that every objective uses (`model.with_gathered_word_embeddings`).
     """
     if accum_steps > 1:
         missing = sorted(o for o, w in weights.items()
@@ -64,7 +69,8 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
 
     def loss_and_grads(params, batches, rng, poison, normalizers=None):
         def loss_fn(p):
-            total, metrics = weighted_loss(p, batches, rng, objectives, weights, normalizers)
+            total, metrics = weighted_loss(shared_params(p), batches, rng, objectives, weights,
+                                           normalizers)
             return total * poison, metrics
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return metrics, grads
@@ -198,7 +204,8 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
     step = make_train_step(objectives, cfg.weights, optimizer,
                            learning_rate_schedule(exp.optimizer, cfg.num_steps),
                            cfg.grad_accum_steps, cfg.inject_nonfinite_steps,
-                           make_prediction_counters(exp.tokens, exp.masking))
+                           make_prediction_counters(exp.tokens, exp.masking),
+                           functools.partial(with_gathered_word_embeddings, config=exp.model))
     fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))

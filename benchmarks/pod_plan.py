@@ -1,0 +1,171 @@
+"""The pod plan: the real train step compiled for TPU slices on this host, one configuration
+at a time, each result a committed JSON, and the README's table made from them.
+
+    python -m benchmarks.pod_plan                    # compile what is missing, in order
+    python -m benchmarks.pod_plan --max_minutes 40   # stop starting new compiles after 40 min
+    python -m benchmarks.pod_plan --only base --only stage2 --update_readme
+
+Every configuration is `ernie-m-jax compile` (the same command a user runs) in a child
+process, writing `results/pod_plan/<key>.json`; a configuration whose JSON exists is skipped,
+so an interrupted plan goes on where it stopped when the same command runs again. A compile
+that fails is recorded with its error (and retried with `--retry_errors`). Base on 256 chips
+takes minutes on 2 CPU cores: the plan is meant to be grown over several sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from ernie_m_jax import files
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "pod_plan"
+README = ROOT / "README.md"
+MARKER = "pod_plan"
+
+SIZES = ("base", "large")
+ACCELERATORS = (("v4-32", 1), ("v5p-128", 1), ("v5e-256", 1), ("v6e-256", 1), ("v5e-256", 2))
+STAGES = ("stage2", "stage1")
+MESHES = ("fsdp", "fsdp_tensor")
+REMATS = ("dots", "full")
+
+
+def plan() -> List[Dict[str, object]]:
+    """Every configuration, the most telling first: stage 2 (all four objectives) under plain
+    FSDP with remat 'dots' on every slice, then the other knobs."""
+    rows = []
+    for remat, mesh, stage, size, (accelerator, slices) in itertools.product(
+            REMATS, MESHES, STAGES, SIZES, ACCELERATORS):
+        rows.append({"size": size, "accelerator": accelerator, "slices": slices,
+                     "stage": stage, "mesh": mesh, "remat": remat})
+    return rows
+
+
+def key(row: Dict[str, object]) -> str:
+    slices = f"{row['slices']}x" if row["slices"] > 1 else ""
+    return (f"{row['size']}_{row['stage']}_{slices}{row['accelerator']}_{row['mesh']}_"
+            f"{row['remat']}")
+
+
+def command(row: Dict[str, object], output: Path) -> List[str]:
+    """The user's own command for this configuration."""
+    return [sys.executable, "-m", "ernie_m_jax.cli", "compile",
+            f"--gin_file=gin/runs/pretrain_{row['stage']}.gin",
+            f"--gin_file=gin/models/{row['size']}.gin", f"--gin_file=gin/mesh/{row['mesh']}.gin",
+            f"--topology={row['accelerator']}", f"--num_slices={row['slices']}",
+            "--gin.MONO_MIXTURE='plan.mono'", "--gin.PARA_MIXTURE='plan.para'",
+            "--gin.NUM_STEPS=1000", f"--gin.ModelConfig.remat_policy='{row['remat']}'",
+            f"--output={output}"]
+
+
+def compile_one(row: Dict[str, object], timeout_s: float) -> Dict[str, object]:
+    output = RESULTS / f"{key(row)}.json"
+    started = time.time()
+    try:
+        done = subprocess.run(command(row, output), cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout_s)
+        error = None if output.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
+    except subprocess.TimeoutExpired:
+        error = f"compile took longer than {timeout_s:.0f} s"
+    if error is not None:
+        files.write_json_atomic(output, {"config": row, "error": error,
+                                         "seconds": round(time.time() - started)})
+    result = json.loads(output.read_text())
+    result["config"] = row
+    files.write_json_atomic(output, result)
+    return result
+
+
+def load() -> Dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+
+
+def _cell(result: dict) -> str:
+    if "error" in result:
+        return "error"
+    m = result["memory_bytes"]
+    gib = m["total"] / 2 ** 30
+    return f"{gib:.1f}" if result["fits"] else f"**{gib:.1f} (no)**"
+
+
+def table(results: Dict[str, dict]) -> str:
+    """One row per configuration that has a result."""
+    lines = ["| model | stage | slice | mesh | remat | GiB/chip (HBM) | fits | collectives "
+             "per step (sent/chip) | est. MFU (hidden / not) | compile |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in plan():
+        result = results.get(key(row))
+        if result is None:
+            continue
+        slice_name = (f"{row['slices']} x {row['accelerator']}" if row["slices"] > 1
+                      else row["accelerator"])
+        head = f"| {row['size']} | {row['stage']} | {slice_name} | {row['mesh']} | {row['remat']} |"
+        if "error" in result:
+            lines.append(f"{head} error: {result['error'][:80]} | | | | |")
+            continue
+        c = result["collectives"]
+        sent = sum(v["bytes"] for v in c.values()) / 2 ** 30
+        counts = ", ".join(f"{k.replace('collective-', 'c-')} {v['executions']}"
+                           for k, v in c.items() if v["executions"])
+        r = result["roofline_estimate"]
+        gib = result["memory_bytes"]["total"] / 2 ** 30
+        hbm = result["hbm_bytes"] / 2 ** 30
+        lines.append(f"{head} {gib:.1f} ({hbm:.0f}) | {'yes' if result['fits'] else '**no**'} "
+                     f"| {sent:.2f} GiB: {counts} | {r['mfu_overlapped']:.0%} / "
+                     f"{r['mfu_serial']:.0%} | {result['compile_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def update_readme(results: Dict[str, dict]) -> None:
+    done, total = len(results), len(plan())
+    files.replace_marked_block(README, MARKER, (
+        f"{table(results)}\n\n{done} of {total} configurations compiled so far "
+        "(`python -m benchmarks.pod_plan` compiles the rest, resumably; JSON in "
+        "`benchmarks/results/pod_plan/`)."))
+
+
+def main(argv: Sequence[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=[],
+                        help="keep configurations whose key contains this (repeatable, all "
+                             "must match), e.g. --only base --only stage2")
+    parser.add_argument("--max_minutes", type=float, default=0,
+                        help="start no new compile after this long (0: no limit)")
+    parser.add_argument("--timeout_minutes", type=float, default=30)
+    parser.add_argument("--retry_errors", action="store_true")
+    parser.add_argument("--update_readme", action="store_true")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    for row in plan():
+        name = key(row)
+        if any(part not in name for part in args.only):
+            continue
+        existing = RESULTS / f"{name}.json"
+        if existing.exists() and not (args.retry_errors and
+                                      "error" in json.loads(existing.read_text())):
+            continue
+        if args.max_minutes and time.time() - started > 60 * args.max_minutes:
+            print(f"stopping after {args.max_minutes} min; rerun to go on")
+            break
+        print(f"{name} ...", flush=True)
+        result = compile_one(row, 60 * args.timeout_minutes)
+        print(f"  {_cell(result)} GiB per chip" if "error" not in result
+              else f"  error: {result['error']}", flush=True)
+        if args.update_readme:
+            update_readme(load())
+    if args.update_readme:
+        update_readme(load())
+        print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Compile the real train step for a TPU slice on any host, and say what it needs.
+
+MaxText's `train_compile.py`, here: `train.build_train_step` (the one builder `train` and the
+benchmark use) is lowered with abstract state and batches onto libtpu's compile-only devices
+and compiled. Nothing is initialised, no data is read, no device memory is touched. The
+compiled module gives per-chip memory (`memory_analysis`), XLA's FLOP count
+(`cost_analysis`) and its HLO text, where every collective is counted (`hlo.py`). The step
+time and MFU that follow are a roofline *estimate*, never a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Dict, List
+
+import jax
+import numpy as np
+
+from ernie_m_jax import metrics, partitioning
+from ernie_m_jax.aot import hardware, hlo
+from ernie_m_jax.aot.hardware import Accelerator, GiB
+from ernie_m_jax.configs import BTMLMConfig
+from ernie_m_jax.train.config import Experiment
+from ernie_m_jax.train.step import TrainStep, build_train_step, resolved_btmlm
+
+
+class DoesNotFit(ValueError):
+    """The compiled step needs more HBM per chip than the chip has."""
+
+
+@dataclasses.dataclass
+class CompileReport:
+    accelerator: Accelerator
+    mesh: Dict[str, int]
+    experiment: Experiment
+    compile_seconds: float
+    memory: Dict[str, float]  # bytes per chip
+    xla_flops: float  # per chip, XLA's cost analysis
+    model_flops: float  # per chip, metrics.step_flops / chips
+    collectives: Dict[str, Dict[str, float]]
+    passes: Dict[str, Dict[str, float]]
+    sources: Dict[str, List[tuple]]
+    notes: List[str]
+
+    @property
+    def hbm_bytes(self) -> float:
+        return self.accelerator.chip.hbm_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.memory["total"] <= self.hbm_bytes
+
+    @property
+    def recompute_factor(self) -> float:
+        """Matmul FLOPs executed per model FLOP: remat "full" runs each layer's forward
+        again in the backward pass (3 -> 4 forward-equivalents); "dots" saves every matmul
+        output and recomputes only elementwise work."""
+        return 4 / 3 if self.experiment.model.remat_policy == "full" else 1.0
+
+    def roofline(self) -> Dict[str, float]:
+        """Step-time bounds from peak compute and interconnect bandwidth: an estimate that
+        assumes every matmul runs at the chip's peak, so its MFU is an upper bound."""
+        chip = self.accelerator.chip
+        compute = self.model_flops * self.recompute_factor / chip.peak_bf16_flops
+        ici = sum(row["bytes"] for row in self.collectives.values()) / chip.ici_bytes_per_s
+        dcn = 0.0
+        if self.accelerator.num_slices > 1:
+            # Gradients are summed across slices once per step (ring all-reduce over DCN).
+            s = self.accelerator.num_slices
+            rate = chip.dcn_bytes_per_s or chip.ici_bytes_per_s / 10
+            dcn = 2 * (s - 1) / s * self.memory["parameters"] / rate
+        overlapped, serial = max(compute, ici + dcn), compute + ici + dcn
+        peak = chip.peak_bf16_flops
+        return {"compute_seconds": compute, "ici_seconds": ici, "dcn_seconds": dcn,
+                "step_seconds_overlapped": overlapped, "step_seconds_serial": serial,
+                "mfu_overlapped": self.model_flops / peak / overlapped,
+                "mfu_serial": self.model_flops / peak / serial}
+
+    def check_fits(self) -> None:
+        if self.fits:
+            return
+        exp, m = self.experiment, self.memory
+        chip = self.accelerator.chip
+        rows = {o: r // self.accelerator.num_chips for o, (r, _) in exp.batch_shapes().items()}
+        helps = []
+        if exp.model.remat_policy != "full":
+            helps.append(f"ModelConfig.remat_policy='full' (now {exp.model.remat_policy!r})")
+        if self.mesh.get("fsdp", 1) < self.accelerator.num_chips:
+            helps.append("FSDP over every chip (gin/mesh/fsdp.gin)")
+        helps.append(f"fewer rows per chip (now {rows}): a smaller BATCH_SIZE, or "
+                     f"TrainConfig.grad_accum_steps > {exp.train.grad_accum_steps}")
+        raise DoesNotFit(
+            f"does not fit on {self.accelerator.label}: the step needs "
+            f"{m['total'] / GiB:.2f} GiB per chip (temporaries {m['temporaries'] / GiB:.2f}, "
+            f"arguments {m['arguments'] / GiB:.2f}) and a {chip.name} has "
+            f"{self.hbm_bytes / GiB:.2f} GiB; what would help: {'; '.join(helps)}")
+
+    def to_json(self) -> dict:
+        exp = self.experiment
+        return {
+            "accelerator": self.accelerator.label, "chip": self.accelerator.chip.name,
+            "topology": self.accelerator.topology_name,
+            "num_slices": self.accelerator.num_slices, "chips": self.accelerator.num_chips,
+            "mesh": self.mesh, "model": {"layers": exp.model.num_layers,
+                                         "hidden": exp.model.hidden_size,
+                                         "dtype": exp.model.dtype,
+                                         "remat": exp.model.remat_policy},
+            "objectives": list(exp.train.enabled),
+            "batch_shapes": {o: list(s) for o, s in exp.batch_shapes().items()},
+            "grad_accum_steps": exp.train.grad_accum_steps,
+            "compile_seconds": round(self.compile_seconds, 1),
+            "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes, "fits": self.fits,
+            "xla_flops_per_chip": self.xla_flops, "model_flops_per_chip": self.model_flops,
+            "collectives": self.collectives, "collective_bytes_by_pass": self.passes,
+            "collective_sources": {k: [list(r) for r in v] for k, v in self.sources.items()},
+            "roofline_estimate": self.roofline(), "notes": self.notes}
+
+
+def _mesh_config(exp: Experiment, num_slices: int, notes: List[str]):
+    """With several slices, data parallelism crosses slices (over DCN), as in MaxText."""
+    config = exp.mesh
+    if num_slices == 1 or "data" not in config.axes:
+        return config
+    index = config.axes.index("data")
+    if config.shape[index] == 1:
+        shape = tuple(num_slices if i == index else s for i, s in enumerate(config.shape))
+        notes.append(f"{num_slices} slices: the data axis is {num_slices} (one replica per "
+                     f"slice, gradients summed over DCN); the rest of the mesh is as configured")
+        return dataclasses.replace(config, shape=shape)
+    return config
+
+
+def _btmlm(exp: Experiment, notes: List[str]) -> BTMLMConfig:
+    """The languages BTMLM generates into come from the registered mixture; where it is not
+    registered here, two placeholder ids (the compiled program does not depend on them)."""
+    try:
+        return resolved_btmlm(exp)
+    except (ValueError, KeyError):
+        if "btmlm" in exp.train.enabled:
+            notes.append(f"{exp.data.mono_mixture} is not registered here: BTMLM target "
+                         "languages are placeholders (they do not change the program)")
+        return dataclasses.replace(exp.btmlm, target_languages=(0, 1))
+
+
+def _per_chip_bytes(tree) -> float:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
+    return float(total)
+
+
+def compile_train_step(exp: Experiment, accelerator: Accelerator,
+                       keep_hlo: bool = False) -> tuple:
+    """(CompileReport, HLO text or None) of `exp`'s train step on `accelerator`."""
+    devices = hardware.topology_devices(accelerator)
+    notes: List[str] = []
+    mesh_config = _mesh_config(exp, accelerator.num_slices, notes)
+    exp = dataclasses.replace(exp, mesh=mesh_config)
+    mesh = partitioning.make_mesh(mesh_config, devices)  # errors name the counts
+    started = time.perf_counter()
+    built: TrainStep = build_train_step(exp, mesh, btmlm=_btmlm(exp, notes))
+    with partitioning.activate(mesh, mesh_config.rules):
+        lowered = built.fn.lower(built.abstract_state, built.abstract_batches())
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - started
+
+    stats = compiled.memory_analysis()
+    state_bytes = _per_chip_bytes(built.abstract_state)
+    params_bytes = _per_chip_bytes(built.abstract_state["params"])
+    batch_bytes = _per_chip_bytes(built.abstract_batches())
+    memory = {
+        "parameters": params_bytes, "optimizer_and_counters": state_bytes - params_bytes,
+        "batch": batch_bytes, "arguments": float(stats.argument_size_in_bytes),
+        "outputs_not_aliased": float(stats.output_size_in_bytes - stats.alias_size_in_bytes),
+        "temporaries": float(stats.temp_size_in_bytes),
+        "generated_code": float(stats.generated_code_size_in_bytes)}
+    memory["total"] = (memory["arguments"] + memory["outputs_not_aliased"]
+                       + memory["temporaries"] + memory["generated_code"])
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    model = metrics.step_flops(exp.model, built.batch_shapes, exp.masking, built.btmlm)
+    text = compiled.as_text()
+    found = hlo.parse(text)
+    report = CompileReport(
+        accelerator, dict(mesh.shape), exp, seconds, memory, float(cost.get("flops", 0.0)),
+        model / accelerator.num_chips, hlo.summarize(found), hlo.by_pass(found),
+        {k: hlo.by_source(found, k) for k in hlo.KINDS}, notes)
+    return report, (text if keep_hlo else None)
+
+
+def _gib(x: float) -> str:
+    return f"{x / GiB:7.2f} GiB"
+
+
+def format_report(report: CompileReport) -> str:
+    """The table `ernie-m-jax compile` prints."""
+    acc, chip, m, exp = report.accelerator, report.accelerator.chip, report.memory, \
+        report.experiment
+    r = report.roofline()
+    verdict = (f"fits, headroom {_gib(report.hbm_bytes - m['total']).strip()}" if report.fits
+               else "DOES NOT FIT")
+    shapes = ", ".join(f"{o} {b}x{n}" for o, (b, n) in exp.batch_shapes().items())
+    lines = [
+        f"{acc.label} ({acc.num_chips} x {chip.name}, libtpu topology {acc.topology_name}), "
+        f"mesh {report.mesh}",
+        f"model {exp.model.num_layers} x {exp.model.hidden_size}, {exp.model.dtype}, remat "
+        f"{exp.model.remat_policy}; {shapes} (global rows x length); accumulation "
+        f"{exp.train.grad_accum_steps}; compiled in {report.compile_seconds:.0f} s",
+        "",
+        "HBM per chip",
+        f"  parameters                 {_gib(m['parameters'])}",
+        f"  optimizer state, counters  {_gib(m['optimizer_and_counters'])}",
+        f"  batch                      {_gib(m['batch'])}",
+        f"  temporaries                {_gib(m['temporaries'])}",
+        f"  outputs (not donated)      {_gib(m['outputs_not_aliased'])}",
+        f"  generated code             {_gib(m['generated_code'])}",
+        f"  total                      {_gib(m['total'])} of "
+        f"{_gib(report.hbm_bytes).strip()} -> {verdict}",
+        "",
+        f"FLOPs per chip per step: {report.model_flops / 1e12:.3f} T model FLOPs "
+        f"(metrics.step_flops), x{report.recompute_factor:.2f} executed with remat "
+        f"{exp.model.remat_policy!r}; XLA's cost analysis says {report.xla_flops / 1e12:.3f} T "
+        "(it counts the scanned layer loop's body once)",
+        "",
+        "collectives          in HLO  per step   sent per chip per step (forward + backward)",
+    ]
+    for kind, row in report.collectives.items():
+        lines.append(f"  {kind:18s} {row['count']:6d} {row['executions']:9d}   "
+                     f"{row['bytes'] / GiB:8.3f} GiB ({report.passes['forward'][kind] / GiB:.3f}"
+                     f" + {report.passes['backward'][kind] / GiB:.3f})")
+    lines += [
+        "",
+        "roofline ESTIMATE (not a measurement): compute at peak "
+        f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s {r['compute_seconds'] * 1e3:.1f} ms, "
+        f"collectives at {chip.ici_bytes_per_s / 1e9:.0f} GB/s ICI "
+        f"{r['ici_seconds'] * 1e3:.1f} ms"
+        + (f", DCN {r['dcn_seconds'] * 1e3:.1f} ms" if r["dcn_seconds"] else ""),
+        f"  step >= {r['step_seconds_overlapped'] * 1e3:.1f} ms (collectives hidden) or "
+        f"{r['step_seconds_serial'] * 1e3:.1f} ms (not hidden): MFU at most "
+        f"{r['mfu_overlapped']:.0%} / {r['mfu_serial']:.0%}",
+    ]
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""`ernie-m-jax compile`: the real train step compiled for TPU topologies on this CPU host
+(libtpu's compile-only devices), its memory, FLOPs and collectives."""
+
+import json
+import textwrap
+
+import gin
+import pytest
+
+from ernie_m_jax import cli
+from ernie_m_jax.aot import hardware, hlo
+
+TINY = ["--gin_file=runs/pretrain_stage2.gin", "--gin_file=models/tiny.gin",
+        "--gin.MONO_MIXTURE='none.mono'", "--gin.PARA_MIXTURE='none.para'",
+        "--gin.NUM_STEPS=10", "--gin.MONO_LENGTH=32", "--gin.PAIR_LENGTH=32",
+        "--gin.SpecialTokens.mask_id=4"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_accelerator_names_follow_cloud_tpu():
+    v4 = hardware.parse("v4-32")
+    assert (v4.num_chips, v4.topology_name) == (16, "v4:2x2x4")
+    assert hardware.parse("v5p-128").topology_name == "v5p:4x4x4"
+    assert hardware.parse("v5e-256").topology_name == "v5e:16x16"
+    two = hardware.parse("v5e-256", num_slices=2)
+    assert (two.num_chips, two.label) == (512, "2 x v5e-256")
+    assert hardware.parse("v6e-8").chip.hbm_bytes == 32e9
+    with pytest.raises(ValueError, match="unknown TPU accelerator 'v9-8'"):
+        hardware.parse("v9-8")
+    with pytest.raises(ValueError, match="known sizes are v4-8, v4-16"):
+        hardware.parse("v4-12")  # 6 chips: no such slice
+
+
+HLO = textwrap.dedent("""\
+    %cond (p: (s32[], f32[8])) -> pred[] {
+      %p = (s32[], f32[8]{0}) parameter(0)
+      %i = s32[] get-tuple-element(%p), index=0
+      %n = s32[]{:T(128)} constant(12)
+      ROOT %lt = pred[] compare(%i, %n), direction=LT
+    }
+
+    %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+      %p = (s32[], f32[8]{0}) parameter(0)
+      %x = f32[8]{0} get-tuple-element(%p), index=1
+      %ag = bf16[4,1024]{1,0} all-gather(%x), replica_groups=[4,4]<=[16], dimensions={0}, \
+metadata={op_name="jit(train_step)/layers/linear1/dot_general"}
+      ROOT %t = (s32[], f32[8]{0}) tuple(%i, %x)
+    }
+
+    ENTRY %main (a: f32[8]) -> f32[8] {
+      %a = f32[8]{0} parameter(0)
+      %w = (s32[], f32[8]{0}) while(%t0), condition=%cond, body=%body
+      %ar = f32[256]{0} all-reduce(%a), replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+      %cp = (f32[64]{0}, f32[64]{0}, u32[], u32[]) collective-permute-start(%a), \
+source_target_pairs={{0,1}}
+      ROOT %r = f32[8]{0} copy(%a)
+    }
+    """)
+
+
+def test_collectives_are_counted_per_step_with_loop_trips():
+    table = hlo.summarize(hlo.parse(HLO))
+    # The all-gather sits in a 12-trip loop: one instruction, 12 executions, each sending
+    # 3/4 of its 4 x 1024 bf16 result.
+    assert table["all-gather"] == {"count": 1, "executions": 12, "bytes": 12 * 0.75 * 8192}
+    assert table["all-reduce"] == {"count": 1, "executions": 1, "bytes": 2 * 7 / 8 * 1024}
+    assert table["collective-permute"]["bytes"] == 256  # the result half of the start tuple
+    assert table["reduce-scatter"]["count"] == 0
+    (source, count, _), = hlo.by_source(hlo.parse(HLO), "all-gather")
+    assert (source, count) == ("layers/linear1/dot_general", 1)
+
+
+@pytest.fixture(scope="module")
+def v4_8_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aot") / "v4-8.json"
+    gin.clear_config()
+    code = cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16",
+                     f"--output={out}"])
+    gin.clear_config()
+    return code, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_compile_reports_memory_flops_and_fsdp_collectives(v4_8_report, capsys):
+    code, report = v4_8_report
+    assert code == 0
+    assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert report["objectives"] == ["mmlm", "tlm", "camlm", "btmlm"]
+    memory = report["memory_bytes"]
+    assert memory["parameters"] > 0 and memory["temporaries"] > 0 and report["fits"]
+    assert memory["total"] >= memory["arguments"] >= memory["parameters"]
+    assert report["xla_flops_per_chip"] > 0 and report["model_flops_per_chip"] > 0
+    collectives, passes = report["collectives"], report["collective_bytes_by_pass"]
+    # FSDP: weights gathered for use in the forward pass, gradients reduced back to their
+    # shards in the backward pass (XLA picks reduce-scatter, all-reduce + slice, or a ring of
+    # collective-permutes by size; on 4 chips with the tiny model it is all-reduce).
+    assert collectives["all-gather"]["executions"] > 0 and passes["forward"]["all-gather"] > 0
+    assert sum(passes["backward"][k] for k in ("reduce-scatter", "all-reduce",
+                                               "collective-permute")) > 0
+    # CAMLM's two directions are interleaved, not concatenated: no rows move between chips.
+    assert collectives["collective-permute"]["count"] == 0
+    assert 0 < report["roofline_estimate"]["mfu_serial"] <= report["roofline_estimate"][
+        "mfu_overlapped"] <= 1
+
+
+@pytest.mark.slow
+def test_a_step_that_does_not_fit_fails_with_the_numbers(capsys):
+    # 4096 rows of 32 per objective on 8 v5e chips: the tiny model's activations alone are
+    # far beyond 16 GB per chip.
+    code = cli.main(["compile", *TINY, "--topology=v5e-8", "--gin.BATCH_SIZE=65536",
+                     "--gin.ModelConfig.remat_policy='none'"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit on v5e-8" in err and "GiB per chip" in err
+    assert "remat_policy='full'" in err and "grad_accum_steps" in err
+
+
+def test_bad_topology_mesh_and_batch_fail_before_compiling(capsys):
+    assert cli.main(["compile", *TINY, "--topology=v5e-7"]) == 2
+    assert "v5e-7: v5e slices count chips; known sizes are v5e-1, v5e-4" in \
+        capsys.readouterr().err
+    assert cli.main(["compile", *TINY, "--topology=v5e-8",
+                     "--gin.MeshConfig.shape=(1, 3, 1)"]) == 2
+    assert "has 3 devices, there are 8" in capsys.readouterr().err
+    assert cli.main(["compile", *TINY, "--topology=v5e-8", "--gin.BATCH_SIZE=12"]) == 2
+    assert "global batch size 12 is not divisible by the 8 batch shards" in \
+        capsys.readouterr().err
+
+
+def test_compile_uses_the_step_builder_that_train_uses(monkeypatch):
+    """What is compiled is what is trained: both go through `build_train_step`."""
+    from ernie_m_jax.aot import compile_step
+    from ernie_m_jax.train import loop, step
+
+    assert compile_step.build_train_step is step.build_train_step
+    assert loop.build_train_step is step.build_train_step
+    calls = []
+    monkeypatch.setattr(compile_step, "build_train_step",
+                        lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+                            RuntimeError("builder called")))
+    with pytest.raises(RuntimeError, match="builder called"):
+        cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16"])
+    assert len(calls) == 1

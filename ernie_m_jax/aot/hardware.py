@@ -109,8 +109,10 @@ def parse(name: str, num_slices: int = 1) -> Accelerator:
 
 # libtpu looks for the TPU VM it runs on (metadata server, worker list) and logs an error
 # for each thing it cannot find; a compile-only host is none, so it is told so up front.
+# And compile-only processes own no chip: several may load libtpu at once (by default the
+# first holds /tmp/libtpu_lockfile and the others fail).
 _NOT_A_TPU_VM = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_ID": "0",
-                 "TPU_WORKER_HOSTNAMES": "localhost"}
+                 "TPU_WORKER_HOSTNAMES": "localhost", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def topology_devices(accelerator: Accelerator):

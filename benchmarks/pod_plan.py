@@ -98,7 +98,7 @@ def _cell(result: dict) -> str:
 def table(results: Dict[str, dict]) -> str:
     """One row per configuration that has a result."""
     lines = ["| model | stage | slice | mesh | remat | GiB/chip (HBM) | fits | collectives "
-             "per step (sent/chip) | est. MFU (hidden / not) | compile |",
+             "per step (sent/chip) | est. collective time / compute time | compile |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in plan():
         result = results.get(key(row))
@@ -118,8 +118,9 @@ def table(results: Dict[str, dict]) -> str:
         gib = result["memory_bytes"]["total"] / 2 ** 30
         hbm = result["hbm_bytes"] / 2 ** 30
         lines.append(f"{head} {gib:.1f} ({hbm:.0f}) | {'yes' if result['fits'] else '**no**'} "
-                     f"| {sent:.2f} GiB: {counts} | {r['mfu_overlapped']:.0%} / "
-                     f"{r['mfu_serial']:.0%} | {result['compile_seconds']:.0f} s |")
+                     f"| {sent:.2f} GiB: {counts} | "
+                     f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%} | "
+                     f"{result['compile_seconds']:.0f} s |")
     return "\n".join(lines)
 
 

@@ -68,8 +68,10 @@ def test_collectives_are_counted_per_step_with_loop_trips():
     table = hlo.summarize(hlo.parse(HLO))
     # The all-gather sits in a 12-trip loop: one instruction, 12 executions, each sending
     # 3/4 of its 4 x 1024 bf16 result.
-    assert table["all-gather"] == {"count": 1, "executions": 12, "bytes": 12 * 0.75 * 8192}
-    assert table["all-reduce"] == {"count": 1, "executions": 1, "bytes": 2 * 7 / 8 * 1024}
+    assert table["all-gather"] == {"count": 1, "executions": 12, "bytes": 12 * 0.75 * 8192,
+                                   "bytes_once": 0.75 * 8192}
+    assert table["all-reduce"] == {"count": 1, "executions": 1, "bytes": 2 * 7 / 8 * 1024,
+                                   "bytes_once": 2 * 7 / 8 * 1024}
     assert table["collective-permute"]["bytes"] == 256  # the result half of the start tuple
     assert table["reduce-scatter"]["count"] == 0
     (source, count, _), = hlo.by_source(hlo.parse(HLO), "all-gather")

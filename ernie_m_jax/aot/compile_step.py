@@ -226,12 +226,14 @@ def format_report(report: CompileReport) -> str:
         f"{exp.model.remat_policy!r}; XLA's cost analysis says {report.xla_flops / 1e12:.3f} T "
         "(it counts the scanned layer loop's body once)",
         "",
-        "collectives          in HLO  per step   sent per chip per step (forward + backward)",
+        "collectives          in HLO  per step   sent per chip per step (forward + backward;"
+        " each instruction once)",
     ]
     for kind, row in report.collectives.items():
         lines.append(f"  {kind:18s} {row['count']:6d} {row['executions']:9d}   "
                      f"{row['bytes'] / GiB:8.3f} GiB ({report.passes['forward'][kind] / GiB:.3f}"
-                     f" + {report.passes['backward'][kind] / GiB:.3f})")
+                     f" + {report.passes['backward'][kind] / GiB:.3f}; "
+                     f"{row['bytes_once'] / GiB:.3f})")
     lines += [
         "",
         "roofline ESTIMATE (not a measurement): compute at peak "

@@ -145,13 +145,20 @@ def parse(hlo_text: str) -> List[Collective]:
 
 
 def summarize(collectives: List[Collective]) -> Dict[str, Dict[str, float]]:
-    """kind -> {count (in the text), executions (per step), bytes (sent per chip per step)}."""
-    table = {k: {"count": 0, "executions": 0, "bytes": 0.0} for k in KINDS}
+    """kind -> {count (in the text), executions (per step), bytes (sent per chip per step),
+    bytes_once (each instruction counted once)}.
+
+    `bytes` counts every trip of the loops a collective sits in. XLA sometimes pipelines a
+    collective into a loop body behind flags so that it runs on one trip only (async
+    collective fusions with a start/end flag); those are over-counted there, so the truth
+    lies between `bytes_once` and `bytes`."""
+    table = {k: {"count": 0, "executions": 0, "bytes": 0.0, "bytes_once": 0.0} for k in KINDS}
     for c in collectives:
         row = table[c.kind]
         row["count"] += 1
         row["executions"] += c.executions
         row["bytes"] += c.bytes_sent * c.executions
+        row["bytes_once"] += c.bytes_sent
     return table
 
 

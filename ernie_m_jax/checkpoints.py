@@ -134,29 +134,41 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
 
 
 class _DropOrphanedTaskErrors(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an orphaned orbax read only."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
+        if not record.getMessage().startswith("Task exception was never retrieved"):
+            return True
+        traceback = record.exc_info[2] if record.exc_info else None
+        while traceback is not None:
+            if "orbax" in traceback.tb_frame.f_code.co_filename:
+                return False
+            traceback = traceback.tb_next
+        return True
+
+
+_ORPHAN_FILTER = _DropOrphanedTaskErrors()
 
 
 def _collect_orphaned_reads(settle_seconds: float = 1.0) -> None:
     """A failed restore leaves orbax's other concurrent array reads running after its event
     loop closed: as they finish, each prints a traceback ("Event loop is closed", "Task
     exception was never retrieved", an unraisable coroutine), dozens for one damaged file.
-    Let them finish and collect them here, quietly: the warning already names the damage."""
+    Let them finish and collect them here, quietly: the warning already names the damage.
+    A read that outlives the wait (a busy machine) still finds asyncio's log filtered: the
+    filter stays, and drops only orbax's orphaned reads."""
     def quiet_excepthook(kind, value, traceback):
         if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
             excepthook(kind, value, traceback)
 
-    asyncio_log, drop = logging.getLogger("asyncio"), _DropOrphanedTaskErrors()
+    logging.getLogger("asyncio").addFilter(_ORPHAN_FILTER)  # once: filters are a set
     excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-    asyncio_log.addFilter(drop)
     sys.excepthook, sys.unraisablehook = quiet_excepthook, lambda unraisable: None
     try:
         time.sleep(settle_seconds)
         gc.collect()
     finally:
         sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-        asyncio_log.removeFilter(drop)
 
 
 def _root_cause(err: BaseException) -> str:

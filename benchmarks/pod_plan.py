@@ -97,6 +97,11 @@ def _cell(result: dict) -> str:
     return f"{gib:.1f}" if result["fits"] else f"**{gib:.1f} (no)**"
 
 
+def _sent_gib(collectives: Dict[str, dict], key: str = "bytes") -> float:
+    """GiB one chip sends a step, over every kind of collective."""
+    return sum(v[key] for v in collectives.values()) / 2 ** 30
+
+
 def table(results: Dict[str, dict]) -> str:
     """One row per configuration that has a result."""
     lines = ["| model | stage | slice | mesh | remat | GiB/chip (HBM) | fits | collectives "
@@ -114,8 +119,8 @@ def table(results: Dict[str, dict]) -> str:
             lines.append(f"{head} error: {result['error'][:80]} | | | | |")
             continue
         c = result["collectives"]
-        sent = sum(v["bytes"] for v in c.values()) / 2 ** 30
-        once = (f"{sum(v['bytes_once'] for v in c.values()) / 2 ** 30:.2f}"
+        sent = _sent_gib(c)
+        once = (f"{_sent_gib(c, 'bytes_once'):.2f}"
                 if all("bytes_once" in v for v in c.values()) else "?")
         counts = ", ".join(f"{k.replace('collective-', 'c-')} {v['executions']}"
                            for k, v in c.items() if v["executions"])
@@ -148,7 +153,7 @@ def fixes_table() -> str:
         c = result["collectives"]
         cells = [f"{c[k]['count']} ({c[k]['bytes'] / 2 ** 30:.2f} GiB)"
                  for k in ("all-gather", "all-reduce", "all-to-all", "collective-permute")]
-        sent = sum(v["bytes"] for v in c.values()) / 2 ** 30
+        sent = _sent_gib(c)
         lines.append(f"| {label} | {result['memory_bytes']['total'] / 2 ** 30:.2f} GiB | "
                      f"{' | '.join(cells)} | {sent:.2f} GiB |")
     return "\n".join(lines) + ("\n\nCounts are instructions in the HLO; bytes are sent per "

@@ -161,7 +161,7 @@ def _collect_orphaned_reads(settle_seconds: float = 1.0) -> None:
         if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
             excepthook(kind, value, traceback)
 
-    logging.getLogger("asyncio").addFilter(_ORPHAN_FILTER)  # once: filters are a set
+    logging.getLogger("asyncio").addFilter(_ORPHAN_FILTER)  # a no-op once it is there
     excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
     sys.excepthook, sys.unraisablehook = quiet_excepthook, lambda unraisable: None
     try:

@@ -78,9 +78,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    import json
-
-    from ernie_m_jax import gin_config, train
+    from ernie_m_jax import files, gin_config, train
     from ernie_m_jax.aot import compile_step, hardware
 
     accelerator = hardware.parse(args.topology, args.num_slices)  # before any work
@@ -98,13 +96,12 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"ernie-m-jax compile: error: {err}", file=sys.stderr)
         return 2
     print(compile_step.format_report(report))
+    # Atomic: the pod plan takes an existing --output file for a finished compile.
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report.to_json(), f, indent=1, sort_keys=True)
+        files.write_json_atomic(args.output, report.to_json())
         print(f"wrote {args.output}")
     if text is not None:
-        with open(args.hlo_out, "w") as f:
-            f.write(text)
+        files.write_text_atomic(args.hlo_out, text)
         print(f"wrote the optimized HLO to {args.hlo_out}")
     report.check_fits()  # a step that does not fit: one message, non-zero exit
     return 0

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 GiB = 2 ** 30
 
@@ -80,9 +80,6 @@ class Accelerator:
     @property
     def label(self) -> str:
         return self.name if self.num_slices == 1 else f"{self.num_slices} x {self.name}"
-
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(int(d) for d in self.topology_name.split(":")[1].split("x"))
 
 
 def parse(name: str, num_slices: int = 1) -> Accelerator:

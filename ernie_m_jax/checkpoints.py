@@ -61,18 +61,25 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
     iterator: Any
 
 
-def manager(directory: os.PathLike, keep: int, async_save: bool = True
-            ) -> ocp.CheckpointManager:
-    """The caller decides when to save (every N steps and at the end)."""
+def manager(directory: os.PathLike, keep: Optional[int], async_save: bool = True,
+            with_data: bool = True) -> ocp.CheckpointManager:
+    """The caller decides when to save (every N steps and at the end). `keep=None` keeps
+    every step; `with_data=False` for runs whose input position is a function of the step."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(absolute(directory), options=options,
-                                 item_names=(STATE, DATA))
+                                 item_names=(STATE, DATA) if with_data else (STATE,))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, iterator) -> bool:
     return mngr.save(step, args=ocp.args.Composite(
         **{STATE: ocp.args.StandardSave(state), DATA: DataIteratorSave(iterator)}), force=True)
+
+
+def save_state(mngr: ocp.CheckpointManager, step: int, state) -> bool:
+    """A checkpoint of the state alone (a manager made `with_data=False`)."""
+    return mngr.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state)}),
+                     force=True)
 
 
 def abstract_like(state, shardings):

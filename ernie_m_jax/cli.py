@@ -107,6 +107,47 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from ernie_m_jax import gin_config
+    from ernie_m_jax.finetune import evaluate, loop
+    from ernie_m_jax.finetune.config import FinetuneConfig
+
+    bindings = list(args.gin_bindings)
+    if args.init_from:
+        bindings.append(f"FinetuneConfig.init_from = {args.init_from!r}")
+    gin_config.parse(args.gin_file, bindings)
+    cfg = FinetuneConfig()
+    print(f"ernie-m-jax finetune: from {cfg.init_from or '(the run being resumed)'} -> "
+          f"{args.model_dir}", flush=True)
+    summary = loop.finetune(args.model_dir, cfg)
+    if "preempted_at_step" in summary:
+        return 0
+    print(f"{summary['num_steps']} steps ({summary['steps_per_epoch']} an epoch of "
+          f"{summary['train_examples']} examples); best validation accuracy "
+          f"{summary['best_validation_accuracy']:.3f} at step {summary['test']['step']}"
+          + (f"; stopped early at step {summary['stopped_early_at']}"
+             if summary.get("stopped_early_at") else ""))
+    print(evaluate.format_table(summary["test"]))
+    print(f"next:\n  ernie-m-jax evaluate --model_dir={args.model_dir} --split=validation\n"
+          f"  ernie-m-jax export-hf --model_dir={args.model_dir} --out=DIR --format=ernie_m\n"
+          f"  tensorboard --logdir={args.model_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ernie_m_jax.finetune import evaluate, loop, run
+
+    which = run.BEST if args.checkpoint == "best" else run.CHECKPOINTS
+    result = loop.evaluate(args.model_dir, args.split, which, args.batch_size)
+    print(evaluate.format_table(result))
+    output = args.output or os.path.join(
+        args.model_dir, f"eval_{args.split}_step_{result['step']}.json")
+    evaluate.write_json(output, result, {"model_dir": args.model_dir,
+                                         "checkpoint": args.checkpoint})
+    print(f"wrote {output}")
+    return 0
+
+
 def _summary(model_dir: str, exp, summary, command_seconds: float) -> str:
     """The run's summary, with en<->X retrieval scored on its own parallel tasks."""
     from ernie_m_jax import run_summary, saved_run
@@ -135,7 +176,13 @@ def _load_run(args: argparse.Namespace):
 
 def _export_hf(args: argparse.Namespace) -> int:
     from ernie_m_jax.export import hf_export
+    from ernie_m_jax.finetune import run
 
+    if run.read_info(args.model_dir) is not None:  # a fine-tuned classifier
+        out = hf_export.export_classifier(args.model_dir, args.out, args.format,
+                                          args.fold_language, args.overwrite)
+        print(f"wrote the {args.format} sequence classifier to {out}")
+        return 0
     out = hf_export.export(_load_run(args), args.out, args.format, args.fold_language,
                            args.overwrite)
     print(f"wrote the {args.format} checkpoint to {out}")
@@ -274,6 +321,29 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--output", help="JSON file for the report")
     comp.add_argument("--hlo_out", help="write the optimized HLO text here")
     comp.set_defaults(run=_compile)
+
+    fine = subcommand(
+        "finetune", "fine-tune a pretrained run for sentence(-pair) classification and score "
+                    "every language (resumes an existing --model_dir)",
+        "ernie-m-jax finetune --gin_file=gin/finetune/packages.gin "
+        "--init_from=/tmp/ernie_m_demo --model_dir=/tmp/ernie_m_packages")
+    fine.add_argument("--gin_file", action="append", default=[], required=True,
+                      help="gin file (repeatable), e.g. gin/finetune/xnli.gin")
+    fine.add_argument("--init_from", help="the pretraining run (or import-hf directory) to "
+                                          "start from")
+    fine.add_argument("--model_dir", required=True, help="the fine-tuning run's directory")
+    fine.set_defaults(run=_finetune)
+
+    ev = subcommand(
+        "evaluate", "accuracy per language of a fine-tuned classifier on a split",
+        "ernie-m-jax evaluate --model_dir=/tmp/ernie_m_packages --split=test")
+    ev.add_argument("--model_dir", required=True, help="a fine-tuning run's directory")
+    ev.add_argument("--split", default="test", choices=("validation", "test"))
+    ev.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                    help="model selection's best step or the latest one")
+    ev.add_argument("--batch_size", type=int, default=64)
+    ev.add_argument("--output", help="JSON file (default: in --model_dir)")
+    ev.set_defaults(run=_evaluate)
 
     export = subcommand(
         "export-hf", "write a run's checkpoint as a Hugging Face model directory",

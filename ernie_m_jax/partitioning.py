@@ -36,6 +36,7 @@ LOGICAL_AXIS_RULES: Tuple[Tuple[str, object], ...] = (
     ("position", None),
     ("language", None),
     ("layers", None),
+    ("labels", None),  # a classifier's outputs: a handful, replicated
 )
 
 

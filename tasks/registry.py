@@ -83,14 +83,22 @@ def _encode_all(vocabulary: seqio.Vocabulary, lines: Sequence[str]) -> tf.Ragged
 TASK_SHUFFLE_BUFFER = 256
 
 
-def _tensor_source(columns: Mapping[str, Dict[str, list]], vocabulary: seqio.Vocabulary
-                   ) -> seqio.FunctionDataSource:
-    """A source over in-memory, already checked text: {split: {feature: [str, ...]}}.
+def _column(vocabulary: seqio.Vocabulary, values: list):
+    """Text is tokenized; integers (labels) are kept as they are."""
+    if values and isinstance(values[0], (int, np.integer)):
+        return np.asarray(values, np.int32)
+    return _encode_all(vocabulary, values)
+
+
+def tensor_source(columns: Mapping[str, Dict[str, list]], vocabulary: seqio.Vocabulary
+                  ) -> seqio.FunctionDataSource:
+    """A source over in-memory, already checked text (and integer columns such as labels):
+    {split: {feature: [str or int, ...]}}.
 
     The text is tokenized once here, so a mixture of many small tasks does not re-tokenize
     every example into every task's shuffle buffer.
     """
-    encoded = {split: {k: _encode_all(vocabulary, v) for k, v in cols.items()}
+    encoded = {split: {k: _column(vocabulary, v) for k, v in cols.items()}
                for split, cols in columns.items()}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
@@ -125,7 +133,7 @@ def add_monolingual(language: str, texts: Union[sources.SplitTexts, seqio.DataSo
                  seqio.preprocessors.tokenize]
     else:
         checked = sources.load_split_texts(texts, max_chars, name)
-        source = _tensor_source({split: {"text": lines} for split, lines in checked.items()},
+        source = tensor_source({split: {"text": lines} for split, lines in checked.items()},
                                 vocabulary)
         first = []  # tokenized by the source
     _replace(name, seqio.TaskRegistry)
@@ -174,7 +182,7 @@ def add_parallel(source_language: str, target_language: str,
         keys = {"source": source_key or source_language, "target": target_key or target_language}
         first = [functools.partial(_select_and_clean, keys=keys), seqio.preprocessors.tokenize]
     else:
-        source = _tensor_source(_checked_pairs(texts, max_chars, name), vocabulary)
+        source = tensor_source(_checked_pairs(texts, max_chars, name), vocabulary)
         first = []  # tokenized by the source
     _replace(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -81,8 +82,6 @@ def fold_languages(run: SavedRun, fold_language: Optional[str]):
 
 def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
            fold_language: Optional[str] = None, overwrite: bool = False) -> Path:
-    from safetensors.numpy import save_file
-
     if fmt not in layouts.FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {layouts.FORMATS}")
     if run.vocabulary_path is None:
@@ -91,27 +90,87 @@ def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
     out_dir = Path(checked_output_dir(out, overwrite))
     params, config = fold_languages(run, fold_language)
     _check_positions(config, fmt)
+    if fmt == layouts.ERNIE_M:
+        weights = {"model.safetensors": layouts.to_state_dict(params, config,
+                                                              layouts.ERNIE_M_ENCODER),
+                   MLM_HEAD_FILE: layouts.to_state_dict(params, config,
+                                                        layouts.ERNIE_M_MLM_HEAD)}
+    else:
+        state = layouts.to_state_dict(params, config, layouts.XLM_ROBERTA_TENSORS)
+        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
+        weights = {"model.safetensors": state}
+    return _write(out_dir, run, fmt, weights, hf_config(config, run.tokens, fmt),
+                  {"format": fmt, "model_dir": run.model_dir, "step": run.step,
+                   "fold_language": fold_language})
+
+
+def _write(out_dir: Path, run: SavedRun, fmt: str, weights: dict, config_json: dict,
+           provenance: dict) -> Path:
+    """Weights, config, tokenizer and provenance under a temporary name, renamed when whole."""
+    from safetensors.numpy import save_file
+
     tmp = out_dir.parent / (out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     metadata = {"format": "pt", "producer": "ernie_m_jax"}
-    if fmt == layouts.ERNIE_M:
-        save_file(layouts.to_state_dict(params, config, layouts.ERNIE_M_ENCODER),
-                  str(tmp / "model.safetensors"), metadata)
-        save_file(layouts.to_state_dict(params, config, layouts.ERNIE_M_MLM_HEAD),
-                  str(tmp / MLM_HEAD_FILE), metadata)
-    else:
-        state = layouts.to_state_dict(params, config, layouts.XLM_ROBERTA_TENSORS)
-        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
-        save_file(state, str(tmp / "model.safetensors"), metadata)
-    (tmp / "config.json").write_text(json.dumps(hf_config(config, run.tokens, fmt), indent=2))
-    hf_tokenizer.write_tokenizer_files(tmp, run.vocabulary_path, run.tokens, config.max_length,
+    for name, state in weights.items():
+        save_file(state, str(tmp / name), metadata)
+    (tmp / "config.json").write_text(json.dumps(config_json, indent=2))
+    hf_tokenizer.write_tokenizer_files(tmp, run.vocabulary_path, run.tokens,
+                                       run.model.max_length,
                                        with_ernie_m_files=fmt == layouts.ERNIE_M)
     shutil.copyfile(run.vocabulary_path, tmp / VOCAB_FILE)
-    provenance = {"format": fmt, "model_dir": run.model_dir, "step": run.step,
-                  "fold_language": fold_language, "special_tokens": dataclasses.asdict(run.tokens)}
+    provenance = {**provenance, "special_tokens": dataclasses.asdict(run.tokens)}
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def classifier_config(config: ModelConfig, tokens: SpecialTokens, fmt: str, labels,
+                      problem: str = "single_label_classification") -> dict:
+    """The encoder's config as a sequence classifier with its label names."""
+    base = hf_config(config, tokens, fmt)
+    kind = ("ErnieMForSequenceClassification" if fmt == layouts.ERNIE_M
+            else "XLMRobertaForSequenceClassification")
+    return {**base, "architectures": [kind], "problem_type": problem,
+            "classifier_dropout": None,
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
+                      fold_language: Optional[str] = None, overwrite: bool = False,
+                      checkpoint: str = "best") -> Path:
+    """A fine-tuned run's classifier (model selection's best step) as
+    `ErnieMForSequenceClassification` or `XLMRobertaForSequenceClassification`."""
+    from ernie_m_jax.finetune import run as finetune_run
+    from ernie_m_jax.run_dir import vocabulary
+
+    if fmt not in layouts.FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose from {layouts.FORMATS}")
+    info, step, params = finetune_run.load_params(
+        model_dir, finetune_run.BEST if checkpoint == "best" else finetune_run.CHECKPOINTS)
+    vocab = vocabulary(model_dir)
+    if vocab is None:
+        raise ValueError(f"{model_dir}: the run keeps no vocabulary; the export needs it")
+    out_dir = Path(checked_output_dir(out, overwrite))
+    encoder = SavedRun(model_dir=str(model_dir), step=step, model=info.model,
+                       tokens=info.tokens, params=params["ernie_m"],
+                       vocabulary_path=Path(os.fspath(vocab)), languages=info.languages,
+                       experiment=None)
+    encoder_params, config = fold_languages(encoder, fold_language)
+    _check_positions(config, fmt)
+    tree = {**encoder_params, "classifier": params["classifier"]}
+    layout = layouts.ERNIE_M_CLASSIFIER if fmt == layouts.ERNIE_M else \
+        layouts.XLM_ROBERTA_CLASSIFIER
+    state = layouts.to_state_dict(tree, config, layout)
+    if fmt == layouts.XLM_ROBERTA:
+        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
+    return _write(out_dir, dataclasses.replace(encoder, model=config), fmt,
+                  {"model.safetensors": state},
+                  classifier_config(config, info.tokens, fmt, info.labels),
+                  {"format": fmt, "model_dir": str(model_dir), "step": step,
+                   "checkpoint": checkpoint, "task": info.task, "labels": list(info.labels),
+                   "fold_language": fold_language})

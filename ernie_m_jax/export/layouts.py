@@ -93,6 +93,24 @@ XLM_ROBERTA_TENSORS: Tuple[Tensor, ...] = tuple(
 # XLM-R has token types; ours are all type 0 with a zero embedding.
 TOKEN_TYPE_EMBEDDINGS = "roberta.embeddings.token_type_embeddings.weight"
 
+
+
+def _prefixed(tensors: Tuple[Tensor, ...], prefix: str) -> Tuple[Tensor, ...]:
+    return tuple(dataclasses.replace(t, hf_name=prefix + t.hf_name) for t in tensors)
+
+
+# Sequence classifiers (fine-tuned runs: our params plus a `classifier` linear layer).
+# `ErnieMForSequenceClassification`: the encoder under `ernie_m.`, pooler -> dropout -> linear.
+ERNIE_M_CLASSIFIER: Tuple[Tensor, ...] = (_prefixed(ERNIE_M_ENCODER, "ernie_m.")
+                                          + tuple(_linear("classifier", ("classifier",))))
+# `XLMRobertaForSequenceClassification` has no pooler; its head is dense -> tanh -> out_proj
+# on the first token, which is our pooler followed by our classifier.
+XLM_ROBERTA_CLASSIFIER: Tuple[Tensor, ...] = tuple(
+    [t for t in XLM_ROBERTA_TENSORS
+     if t.hf_name.startswith("roberta.") and not t.hf_name.startswith("roberta.pooler")]
+    + _linear("classifier.dense", ("pooler",))
+    + _linear("classifier.out_proj", ("classifier",)))
+
 LAYOUTS = {ERNIE_M: ERNIE_M_ENCODER + ERNIE_M_MLM_HEAD, XLM_ROBERTA: XLM_ROBERTA_TENSORS}
 
 

@@ -1,0 +1,307 @@
+"""Fine-tuning and evaluating a classifier: start from a pretrained run, train with periodic
+validation, keep the best params, stop early if asked, score every language at the end.
+
+Resumable as `train` is: the latest state is an orbax checkpoint, the input order is a
+function of the step (`data.batch_at`), and model selection's record (`selection.json`) is
+cut back to the restored step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Dict, Mapping, Optional, Tuple
+
+import gin
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from ernie_m_jax import checkpoints, partitioning, preemption, run_dir
+from ernie_m_jax import metrics as metrics_lib
+from ernie_m_jax.configs import ModelConfig
+from ernie_m_jax.finetune import data as data_lib
+from ernie_m_jax.finetune import evaluate as evaluate_lib
+from ernie_m_jax.finetune import run as run_lib
+from ernie_m_jax.finetune.config import ClassificationData, FinetuneConfig
+from ernie_m_jax.finetune.model import ENCODER
+from ernie_m_jax.finetune.step import FinetuneStep, build_finetune_step
+
+
+def _start_point(cfg: FinetuneConfig, model_dir: str
+                 ) -> Tuple[run_lib.FinetuneInfo, Optional[dict]]:
+    """(the run's record, the pretrained encoder params to start from, None when resuming)."""
+    from ernie_m_jax import saved_run
+
+    recorded = run_lib.read_info(model_dir)
+    if recorded is not None:
+        if cfg.init_from and os.path.abspath(cfg.init_from) != recorded.init_from:
+            other = saved_run.load(cfg.init_from, setup_data=False).model
+            if _shape(other) != _shape(recorded.model):
+                raise ValueError(
+                    f"{model_dir} was fine-tuned from {recorded.init_from} "
+                    f"({_describe(recorded.model)}), and --init_from {cfg.init_from} is "
+                    f"another model shape ({_describe(other)}); use a new --model_dir")
+            logging.warning("resuming %s, which started from %s; --init_from %s is not used",
+                            model_dir, recorded.init_from, cfg.init_from)
+        return recorded, None
+    if not cfg.init_from:
+        raise ValueError("FinetuneConfig.init_from is not set: pass --init_from=<a pretraining "
+                         "run or an import-hf directory>")
+    if run_lib.read_info(cfg.init_from) is not None:
+        raise ValueError(f"--init_from {cfg.init_from} is a fine-tuned classifier, not a "
+                         "pretraining run; start from the run it was fine-tuned from")
+    if not (run_dir.path(cfg.init_from) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"--init_from {cfg.init_from} is not a pretraining run or an "
+                                "import-hf directory (no checkpoints/ in it)")
+    base = saved_run.load(cfg.init_from, setup_data=False)
+    if base.vocabulary_path is None:
+        raise ValueError(f"{cfg.init_from} keeps no vocabulary ({run_dir.VOCAB_FILE}); the "
+                         "task must be tokenized with the pretrained model's own")
+    info = run_lib.FinetuneInfo(
+        init_from=os.path.abspath(cfg.init_from), init_step=base.step, model=base.model,
+        tokens=base.tokens, task="", labels=(), pair=False, languages=dict(base.languages))
+    encoder = {k: v for k, v in base.params.items() if k != "mlm_head"}
+    return info, encoder
+
+
+def _shape(config: ModelConfig) -> tuple:
+    return (config.vocab_size, config.hidden_size, config.num_layers, config.num_heads,
+            config.mlp_dim, config.max_position_embeddings, config.num_languages)
+
+
+def _describe(config: ModelConfig) -> str:
+    return (f"{config.num_layers} x {config.hidden_size}, vocabulary {config.vocab_size}, "
+            f"{config.num_languages} language embeddings")
+
+
+def language_id(info: run_lib.FinetuneInfo, language: str) -> int:
+    """The id the pretrained model knows `language` by; refused if it has no embedding."""
+    if not info.model.num_languages:
+        return 0
+    known = info.languages.get(language)
+    if known is None or known >= info.model.num_languages:
+        raise ValueError(
+            f"the pretrained model has language embeddings and none for {language!r} (it "
+            f"knows {sorted(c for c, i in info.languages.items() if i < info.model.num_languages)}"
+            "); fine-tune and evaluate only on those languages")
+    return known
+
+
+def load_sets(info: run_lib.FinetuneInfo, tasks: Mapping[str, str], split: str,
+              max_length: int, num_labels: int) -> Dict[str, data_lib.Examples]:
+    ids = {lang: language_id(info, lang) for lang in tasks}  # refuse before reading data
+    return {lang: data_lib.load_split(task, split, ids[lang], max_length, info.tokens,
+                                      info.pair, num_labels)
+            for lang, task in sorted(tasks.items())}
+
+
+def _task(cfg: FinetuneConfig, info: run_lib.FinetuneInfo, model_dir: str,
+          resuming: bool) -> ClassificationData:
+    if cfg.task_setup is None:
+        raise ValueError("FinetuneConfig.task_setup is not set: bind it in the gin file, e.g. "
+                         "FinetuneConfig.task_setup = @register_packages")
+    vocabulary = (run_dir.vocabulary(model_dir) if resuming else
+                  run_dir.vocabulary(info.init_from))
+    data = cfg.task_setup(vocabulary_path=os.fspath(vocabulary), tokens=info.tokens)
+    if resuming and (data.name, data.labels) != (info.task, info.labels):
+        raise ValueError(f"{model_dir} fine-tunes {info.task} with labels {info.labels}; this "
+                         f"config sets up {data.name} with {data.labels}: use a new --model_dir")
+    return data
+
+
+def _place(shardings: Mapping[str, jax.sharding.NamedSharding]):
+    """Host batch -> global arrays: each process feeds its own rows of the global batch."""
+    count, index = jax.process_count(), jax.process_index()
+
+    def place(batch: Dict[str, np.ndarray]):
+        rows = len(batch["labels"]) // count
+        return {k: jax.make_array_from_process_local_data(
+            shardings[k], v[index * rows:(index + 1) * rows]) for k, v in batch.items()}
+    return place
+
+
+def finetune(model_dir: str, cfg: Optional[FinetuneConfig] = None,
+             stop_after: Optional[int] = None) -> dict:
+    """Fine-tune (or resume) in `model_dir`; returns the test results of the best step and
+    the session's figures. `stop_after` ends the job at that step with a checkpoint, as a
+    preemption would; the same call again carries on."""
+    cfg = cfg or FinetuneConfig()
+    with preemption.SignalWatcher() as stop_signal:
+        checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
+        with run_dir.locked(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+            return _run(model_dir, cfg, stop_signal, stop_after)
+
+
+def _run(model_dir: str, cfg: FinetuneConfig, stop_signal, stop_after: Optional[int]) -> dict:
+    info, encoder = _start_point(cfg, model_dir)
+    resuming = encoder is None
+    data = _task(cfg, info, model_dir, resuming)
+    info = dataclasses.replace(info, task=data.name, labels=data.labels, pair=data.pair)
+    model_config = info.model
+    if cfg.dropout_rate is not None:
+        model_config = dataclasses.replace(model_config, dropout_rate=cfg.dropout_rate,
+                                           attention_dropout_rate=cfg.dropout_rate)
+    num_labels = len(data.labels)
+    train_sets = load_sets(info, data.train_tasks, "train", cfg.max_length, num_labels)
+    train = data_lib.subsample(data_lib.Examples.concatenate(list(train_sets.values())),
+                               cfg.max_train_examples, cfg.seed)
+    validation = load_sets(info, {lang: data.eval_tasks[lang]
+                                  for lang in data.validation_languages}, "validation",
+                           cfg.max_length, num_labels)
+    per_epoch = data_lib.steps_per_epoch(len(train), cfg.batch_size)
+    num_steps = cfg.num_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
+    eval_every = cfg.eval_every or per_epoch
+
+    mesh_config = partitioning.MeshConfig()
+    mesh, rules = partitioning.make_mesh(mesh_config), mesh_config.rules
+    partitioning.check_batch_divides(cfg.batch_size, mesh, rules)
+    partitioning.check_batch_divides(cfg.eval_batch_size, mesh, rules)
+    step_fns = build_finetune_step(model_config, num_labels, cfg, num_steps, mesh, rules)
+    place = _place(step_fns.batch_shardings)
+    root = run_lib.path(model_dir)
+    with contextlib.ExitStack() as cleanup:
+        latest = cleanup.enter_context(checkpoints.manager(
+            root / run_lib.CHECKPOINTS, cfg.keep_checkpoints, async_save=False,
+            with_data=False))
+        best = cleanup.enter_context(checkpoints.manager(
+            root / run_lib.BEST, None, async_save=False, with_data=False))
+        if latest.all_steps():
+            state = checkpoints.restore_newest_intact(latest, step_fns.abstract_state)
+            logging.info("resumed from step %d in %s", int(state["step"]), model_dir)
+        else:
+            state = step_fns.init()
+            state["params"][ENCODER] = jax.device_put(
+                encoder, step_fns.state_shardings["params"][ENCODER])
+        start = int(state["step"])
+        evaluations = run_lib.read_selection(model_dir, start)
+        _keep_only_best(best, evaluations)
+        if jax.process_index() == 0:
+            run_dir.write_config(model_dir, gin.config_str(), start)
+            if not resuming:
+                run_dir.keep_vocabulary(model_dir, run_dir.vocabulary(info.init_from))
+                run_dir.write_languages(model_dir, info.languages)
+            run_lib.write_info(model_dir, info)
+        writer = metrics_lib.MetricsWriter(model_dir, start)
+        cleanup.callback(writer.close)
+        bar = tqdm(total=num_steps, initial=start, desc="finetune", dynamic_ncols=True,
+                   disable=not cfg.progress_bar or jax.process_index() != 0)
+        cleanup.callback(bar.close)
+        with partitioning.activate(mesh, rules):
+            summary = _loop(model_dir, cfg, step_fns, state, train, validation, num_steps,
+                            eval_every, evaluations, latest, best, writer, bar, place,
+                            stop_signal, stop_after)
+            summary.update(num_steps=num_steps, steps_per_epoch=per_epoch,
+                           train_examples=len(train))
+            if "preempted_at_step" in summary:
+                return summary
+            chosen = run_lib.best_of(run_lib.read_selection(model_dir, num_steps))
+            params = checkpoints.restore_params(root / run_lib.BEST,
+                                                step_fns.abstract_state["params"],
+                                                chosen["step"])
+            tests = load_sets(info, data.eval_tasks, "test", cfg.max_length, num_labels)
+            scores = evaluate_lib.per_language(step_fns.predict, params, tests,
+                                               cfg.eval_batch_size, place)
+        result = evaluate_lib.summarize(scores, tests, "test", chosen["step"], data.labels)
+        if jax.process_index() == 0:
+            evaluate_lib.write_json(root / f"eval_test_step_{chosen['step']}.json", result,
+                                    {"model_dir": str(model_dir), "checkpoint": "best"})
+        writer.write(chosen["step"], {f"test/{k}/accuracy": v for k, v in scores.items()})
+        return {**summary, "test": result, "best_validation_accuracy": chosen["accuracy"]}
+
+
+def _keep_only_best(best, evaluations) -> None:
+    """Best-params checkpoints other than the recorded best (a save the run did not get to
+    record before it stopped) are deleted."""
+    chosen = run_lib.best_of(evaluations)
+    for step in best.all_steps():
+        if chosen is None or step != chosen["step"]:
+            best.delete(step)
+
+
+def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, train,
+          validation, num_steps: int, eval_every: int, evaluations, latest, best,
+          writer, bar, place, stop_signal, stop_after: Optional[int]) -> dict:
+    start = int(state["step"])
+    sums, since, began = None, time.perf_counter(), time.perf_counter()
+    stopped_early, done = None, start
+    for done in range(start + 1, num_steps + 1):
+        batch = place(data_lib.batch_at(train, done - 1, cfg.batch_size, cfg.seed))
+        state, metrics = step_fns.train(state, batch)
+        sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
+        if done % cfg.log_every == 0 or done == num_steps:
+            totals = metrics_lib.as_floats(sums)
+            finite = totals.pop("finite")
+            scalars = {f"train/{k}": v / max(finite, 1) for k, v in totals.items()}
+            scalars["train/steps_per_second"] = cfg.log_every / (time.perf_counter() - since)
+            writer.write(done, scalars)
+            bar.set_postfix_str(f"loss={scalars['train/loss']:.3f} "
+                                f"acc={scalars['train/accuracy']:.3f}")
+            sums, since = None, time.perf_counter()
+        bar.update(1)
+        preempted = stop_signal.agreed(every=1 if jax.process_count() == 1 else cfg.log_every,
+                                       step=done) or done == stop_after
+        if done % eval_every == 0 or done == num_steps:
+            scores = evaluate_lib.per_language(step_fns.predict, state["params"], validation,
+                                               cfg.eval_batch_size, place)
+            record = {"step": done, "accuracy": float(np.mean(list(scores.values()))),
+                      "per_language": scores}
+            writer.write(done, {"validation/accuracy": record["accuracy"],
+                                **{f"validation/{k}/accuracy": v for k, v in scores.items()}})
+            improved = not evaluations or record["accuracy"] > run_lib.best_of(
+                evaluations)["accuracy"]
+            if improved:  # the best params first, then the state, then the record
+                checkpoints.save_state(best, done, {"params": state["params"]})
+            checkpoints.save_state(latest, done, state)
+            evaluations.append(record)
+            chosen = run_lib.best_of(evaluations)
+            since_best = sum(e["step"] > chosen["step"] for e in evaluations)
+            if cfg.patience and since_best >= cfg.patience and done < num_steps:
+                stopped_early = done
+            if jax.process_index() == 0:
+                run_lib.write_selection(model_dir, evaluations, stopped_early)
+            _keep_only_best(best, evaluations)
+            bar.write(f"step {done}: validation accuracy {record['accuracy']:.3f} "
+                      f"(best {chosen['accuracy']:.3f} at step {chosen['step']})")
+            if stopped_early:
+                bar.write(f"stopping early: no improvement in {cfg.patience} evaluations")
+                break
+        elif preempted:
+            checkpoints.save_state(latest, done, state)
+        if preempted:
+            bar.write(f"stopping at step {done} on {stop_signal.name or 'request'}: checkpoint "
+                      f"written to {model_dir}; rerun the same command to resume")
+            return {"preempted_at_step": done}
+    return {"session/steps": done - start, "session/seconds": time.perf_counter() - began,
+            "stopped_early_at": stopped_early}
+
+
+def evaluate(model_dir: str, split: str = "test", which: str = run_lib.BEST,
+             batch_size: int = 64) -> dict:
+    """Accuracy per language of a fine-tuned run on `split` of every evaluation task."""
+    info, step, params = run_lib.load_params(model_dir, which)
+    data = run_lib.task_setup(model_dir)()
+    max_length = _recorded_max_length(model_dir)
+    sets = load_sets(info, data.eval_tasks, split, max_length, len(info.labels))
+    mesh_config = partitioning.MeshConfig()
+    mesh, rules = partitioning.make_mesh(mesh_config), mesh_config.rules
+    partitioning.check_batch_divides(batch_size, mesh, rules)
+    cfg = FinetuneConfig(eval_batch_size=batch_size)
+    step_fns = build_finetune_step(info.model, len(info.labels), cfg, 1, mesh, rules)
+    params = jax.device_put(params, step_fns.state_shardings["params"])
+    with partitioning.activate(mesh, rules):
+        scores = evaluate_lib.per_language(step_fns.predict, params, sets, batch_size,
+                                           _place(step_fns.batch_shardings))
+    return evaluate_lib.summarize(scores, sets, split, step, info.labels)
+
+
+def _recorded_max_length(model_dir: str) -> int:
+    from ernie_m_jax import gin_config
+
+    with gin_config.isolated():
+        gin_config.parse([os.fspath(run_lib.path(model_dir) / run_dir.CONFIG_FILE)], [])
+        return FinetuneConfig().max_length

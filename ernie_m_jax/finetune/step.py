@@ -1,0 +1,106 @@
+"""The fine-tuning step and its state, sharded and jitted like pretraining's: the state is
+placed by its logical axes, the batch over the batch axes, and donated to the step."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ernie_m_jax import checkpoints, partitioning
+from ernie_m_jax.configs import ModelConfig
+from ernie_m_jax.finetune.config import FinetuneConfig
+from ernie_m_jax.finetune.data import FIELDS
+from ernie_m_jax.finetune.model import ErnieMClassifier, init_boxed
+from ernie_m_jax.finetune.optimizer import finetune_optimizer
+
+State = Dict[str, object]
+
+
+def classification_loss(model: ErnieMClassifier, params, batch, rng, deterministic: bool):
+    """Mean cross entropy and accuracy of one batch."""
+    logits = model.apply({"params": params}, batch["input_ids"], batch["language_ids"],
+                         deterministic=deterministic, rngs=None if deterministic else
+                         {"dropout": rng})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+    return jnp.mean(loss), accuracy
+
+
+def make_train_step(model: ErnieMClassifier, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable:
+    """`(state, batch) -> (state, metrics)`; a step with a non-finite loss or gradient keeps
+    the old params and optimizer state and reports `finite = 0`."""
+
+    def train_step(state: State, batch) -> Tuple[State, Dict[str, jax.Array]]:
+        params, step = state["params"], state["step"]
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+        (loss, accuracy), grads = jax.value_and_grad(
+            lambda p: classification_loss(model, p, batch, rng, False), has_aux=True)(params)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = {"params": keep(optax.apply_updates(params, updates), params),
+                     "opt_state": keep(opt_state, state["opt_state"]),
+                     "step": step + 1, "rng": state["rng"]}
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+                   "learning_rate": schedule(step)}
+        metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+        metrics["finite"] = finite.astype(jnp.float32)
+        return new_state, metrics
+
+    return train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneStep:
+    """The jitted train and predict functions and the state they were built for."""
+
+    train: Callable  # (state, batch) -> (state, metrics)
+    predict: Callable  # (params, batch) -> int32 [rows] predicted labels
+    model: ErnieMClassifier
+    abstract_state: State
+    state_shardings: State
+    batch_shardings: Dict[str, jax.sharding.NamedSharding]
+    init: Callable  # () -> a fresh state in its shardings
+
+
+def build_finetune_step(model_config: ModelConfig, num_labels: int, cfg: FinetuneConfig,
+                        num_steps: int, mesh: jax.sharding.Mesh, rules) -> FinetuneStep:
+    model = ErnieMClassifier(model_config, num_labels, cfg.classifier_dropout)
+    key = jax.random.key(cfg.seed)
+    boxed_params = jax.eval_shape(lambda: init_boxed(model, key))
+    optimizer, schedule = finetune_optimizer(nn.unbox(boxed_params), model_config.num_layers,
+                                             num_steps, cfg)
+
+    def boxed_state():
+        params = init_boxed(model, key)
+        zero = jnp.zeros((), jnp.int32)
+        return {"params": params, "opt_state": optimizer.init(params), "step": zero,
+                "rng": jax.random.key_data(jax.random.key(cfg.seed + 1))}
+
+    boxed = jax.eval_shape(boxed_state)
+    shardings = partitioning.logical_shardings(boxed, mesh, rules)
+    abstract = checkpoints.abstract_like(nn.unbox(boxed), shardings)
+    rows = partitioning.data_sharding(mesh, rules)
+    batch_shardings = {f: rows if f != "labels" else partitioning.data_sharding(mesh, rules, 1)
+                       for f in FIELDS}
+    replicated = partitioning.replicated(mesh)
+    train = jax.jit(make_train_step(model, optimizer, schedule),
+                    in_shardings=(shardings, batch_shardings),
+                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+    def predict(params, batch):
+        logits = model.apply({"params": params}, batch["input_ids"], batch["language_ids"],
+                             deterministic=True)
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+
+    predict = jax.jit(predict, in_shardings=(shardings["params"], batch_shardings),
+                      out_shardings=replicated)
+    init = jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)
+    return FinetuneStep(train, predict, model, abstract, shardings, batch_shardings, init)

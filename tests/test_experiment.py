@@ -250,3 +250,28 @@ def test_a_probe_with_update_readme_writes_the_probe_table_only(tmp_path, monkey
     layer = paper.headline_layer(len(greedy["retrieval"]["messages"]["raw"]) - 1)
     assert f"greedy: `BTMLMConfig.temperature = 0.0` | 2 | " \
            f"{_retrieval_cell(greedy, 'centered', layer)} |" in written
+
+
+@pytest.mark.slow
+def test_finetuning_extension_fine_tunes_arms_and_retrains_a_lost_run(sitting, capsys):
+    import shutil
+
+    setting, _, results = sitting
+    # The mmlm arm's run is gone (as on a fresh machine): it is trained again, then tuned.
+    shutil.rmtree(setting.out / "runs" / "mmlm_seed0")
+    argv = ["--config", "tiny", "--arms", "mmlm,mmlm_tlm_camlm", "--seeds", "0", "--out",
+            str(setting.out), "--finetune",
+            *(f"--gin.{b.replace(' = ', '=', 1)}" for b in setting.bindings)]
+    assert driver.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| mmlm | 1 |" in table and "| mmlm_tlm_camlm | 1 |" in table
+    for arm in ("mmlm", "mmlm_tlm_camlm"):
+        tuned = json.loads((setting.out / "results" / "finetune" / f"{arm}_seed0.json")
+                           .read_text())
+        assert set(tuned["test"]["accuracy"]) == {"en", "de", "it"}
+        assert tuned["groups"]["parallel"]["accuracy"] == tuned["test"]["accuracy"]["de"]
+        assert tuned["num_steps"] == 4
+    # A rerun finds every result and trains nothing.
+    mtime = (setting.out / "results" / "finetune" / "mmlm_seed0.json").stat().st_mtime
+    assert driver.main(argv) == 0
+    assert (setting.out / "results" / "finetune" / "mmlm_seed0.json").stat().st_mtime == mtime

@@ -129,7 +129,8 @@ def test_evaluate_cli_reproduces_the_runs_own_test_scores(finetuned, tmp_path):
     recorded = json.load(open(os.path.join(model_dir,
                                            f"eval_test_step_{ours['step']}.json")))
     assert ours["accuracy"] == recorded["accuracy"]
-    assert f"{ours['average']:9.3f}" in out
+    assert f"{ours['average_accuracy']:9.3f}" in out
+    assert set(ours["balanced_accuracy"]) == {"de", "en", "fr"}
 
 
 def test_an_interrupted_finetune_resumes_to_the_same_params(pretrained, demo_data_dir,

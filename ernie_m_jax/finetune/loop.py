@@ -210,7 +210,8 @@ def _run(model_dir: str, cfg: FinetuneConfig, stop_signal, stop_after: Optional[
         if jax.process_index() == 0:
             evaluate_lib.write_json(root / f"eval_test_step_{chosen['step']}.json", result,
                                     {"model_dir": str(model_dir), "checkpoint": "best"})
-        writer.write(chosen["step"], {f"test/{k}/accuracy": v for k, v in scores.items()})
+        writer.write(chosen["step"], {f"test/{k}/accuracy": v["accuracy"]
+                                      for k, v in scores.items()})
         return {**summary, "test": result, "best_validation_accuracy": chosen["accuracy"]}
 
 
@@ -248,10 +249,11 @@ def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, tr
         if done % eval_every == 0 or done == num_steps:
             scores = evaluate_lib.per_language(step_fns.predict, state["params"], validation,
                                                cfg.eval_batch_size, place)
-            record = {"step": done, "accuracy": float(np.mean(list(scores.values()))),
-                      "per_language": scores}
+            accuracy = {lang: s["accuracy"] for lang, s in scores.items()}
+            record = {"step": done, "accuracy": float(np.mean(list(accuracy.values()))),
+                      "per_language": accuracy}
             writer.write(done, {"validation/accuracy": record["accuracy"],
-                                **{f"validation/{k}/accuracy": v for k, v in scores.items()}})
+                                **{f"validation/{k}/accuracy": v for k, v in accuracy.items()}})
             improved = not evaluations or record["accuracy"] > run_lib.best_of(
                 evaluations)["accuracy"]
             if improved:  # the best params first, then the state, then the record

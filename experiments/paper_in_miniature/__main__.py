@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from ernie_m_jax import files
 from ernie_m_jax.gin_config import split_gin_flags
 from experiments.paper_in_miniature import report
+from experiments.paper_in_miniature.finetuning import run_finetuning
 from experiments.paper_in_miniature.runner import run_experiment
 from experiments.paper_in_miniature.setting import (
     ARMS,
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --arms=ernie_m: start stage 2 from this finished stage-1 "
                              "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
                              "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
+    parser.add_argument("--finetune", action="store_true",
+                        help="fine-tune each arm (pretraining it first where its run is gone) "
+                             "on the package task, one fine-tuning seed per pretraining seed, "
+                             "and print the table beside the linear probe")
     parser.add_argument("--update_readme", action="store_true",
                         help="write the tables into experiments/README.md between "
                              "<!-- results:CONFIG --> markers (a probe's, with "
@@ -59,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--stage1_from starts ERNIE-M's stage 2 from a finished stage 1: "
                      "use it with --arms=ernie_m")
     setting = Setting(args.config, out, args.steps, tuple(bindings), args.stage1_from)
+    if args.finetune:
+        return _finetune(setting, args.arms.split(",") if args.arms else list(ARMS), seeds,
+                         args.update_readme)
     try:
         summary = run_experiment(setting, arms, seeds)
     except RunStopped as stopped:
@@ -76,6 +84,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table)
     if args.update_readme:
         print(f"updated {files.replace_marked_block(README, block, table)}")
+    return 0
+
+
+def _finetune(setting: Setting, arms, seeds, update_readme: bool) -> int:
+    try:
+        table = run_finetuning(setting, arms, seeds)
+    except RunStopped as stopped:
+        print(f"{PROG}: {stopped}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(table)
+    if update_readme:
+        print(f"updated {files.replace_marked_block(README, f'{setting.config}-finetune', table)}")
     return 0
 
 

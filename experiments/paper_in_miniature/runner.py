@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import flax.linen as nn
 import gin
@@ -92,11 +92,11 @@ def _finished_stage1(setting: Setting, seed: int, steps: int) -> str:
     return directory
 
 
-def run_arm(setting: Setting, arm: str, seed: int) -> dict:
-    """Train (or resume) one arm with one seed, evaluate it, write its result file."""
+def train_arm(setting: Setting, arm: str, seed: int) -> Tuple[Path, Dict[str, float], dict]:
+    """Train (or resume) one arm with one seed: (its final run, the last summary, extras).
+    A finished run is only read back, so this also brings back an arm whose run was lost."""
     steps = total_steps(setting)
     model_dir = setting.out / "runs" / f"{arm}_seed{seed}"
-    started = time.time()
     extra: Dict[str, object] = {}
     if arm == "ernie_m":
         first = extra["stage1_steps"] = stage1_steps(setting)
@@ -107,17 +107,22 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
             _train(setting, Path(stage1), ["mmlm_tlm_camlm.gin"], seed, first)
         summary = _train(setting, model_dir / "stage2", ["ernie_m_stage2.gin"], seed,
                          steps - first, [f"TrainConfig.init_from = {stage1!r}"])
-        final_dir = model_dir / "stage2"
-    else:
-        summary = _train(setting, model_dir, [f"{arm}.gin"], seed, steps)
-        final_dir = model_dir
+        return model_dir / "stage2", summary, extra
+    return model_dir, _train(setting, model_dir, [f"{arm}.gin"], seed, steps), extra
+
+
+def run_arm(setting: Setting, arm: str, seed: int) -> dict:
+    """Train (or resume) one arm with one seed, evaluate it, write its result file."""
+    started = time.time()
+    final_dir, summary, extra = train_arm(setting, arm, seed)
     trained = time.time()
     run = saved_run.load(str(final_dir))
     data = run.experiment.train.data_setup()  # the run's tasks, and the corpus to score on
     result = evaluate_run(run, data.corpus_dir)
     # Seconds of this sitting (a resumed run counts only what was left to train).
     extra["seconds"] = {"train": round(trained - started), "evaluate": round(time.time() - trained)}
-    result.update(arm=arm, seed=seed, steps=steps, mlm_accuracy=_mlm_accuracy(summary),
+    result.update(arm=arm, seed=seed, steps=total_steps(setting),
+                  mlm_accuracy=_mlm_accuracy(summary),
                   final_losses={k: v for k, v in summary.items()
                                 if k.startswith("train/") and k.endswith("loss")}, **extra)
     return result

@@ -126,7 +126,8 @@ def _finetune(args: argparse.Namespace) -> int:
           f"{summary['train_examples']} examples); best validation accuracy "
           f"{summary['best_validation_accuracy']:.3f} at step {summary['test']['step']}"
           + (f"; stopped early at step {summary['stopped_early_at']}"
-             if summary.get("stopped_early_at") else ""))
+             if summary.get("stopped_early_at") else "")
+          + f"; {(time.perf_counter() - args.started) / 60:.1f} min in all")
     print(evaluate.format_table(summary["test"]))
     print(f"next:\n  ernie-m-jax evaluate --model_dir={args.model_dir} --split=validation\n"
           f"  ernie-m-jax export-hf --model_dir={args.model_dir} --out=DIR --format=ernie_m\n"

@@ -134,5 +134,7 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
               f"  ernie-m-jax export-hf --model_dir={quoted} --out={shlex.quote(model_dir + '_hf')}"
               f"{fold}",
               f"  ernie-m-jax eval-retrieval --model_dir={quoted} --split=test "
-              f"--layer={layer} --center"]
+              f"--layer={layer} --center",
+              f"  ernie-m-jax finetune --gin_file=gin/finetune/packages.gin "
+              f"--init_from={quoted} --model_dir={shlex.quote(model_dir + '_packages')}"]
     return "\n".join(lines)

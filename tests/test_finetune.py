@@ -102,6 +102,7 @@ def test_layerwise_decay_scales_each_layers_update(tiny_config):
     np.testing.assert_allclose(ratio["classifier"]["bias"], 1.0)
 
 
+@pytest.mark.slow
 def test_finetune_cli_trains_selects_the_best_step_and_scores_every_language(finetuned):
     model_dir, out = finetuned
     assert "test accuracy at step" in out and "average" in out
@@ -121,6 +122,7 @@ def test_finetune_cli_trains_selects_the_best_step_and_scores_every_language(fin
     assert losses[-1] < losses[0], losses  # it learns
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reproduces_the_runs_own_test_scores(finetuned, tmp_path):
     model_dir, _ = finetuned
     output = tmp_path / "test.json"
@@ -133,6 +135,7 @@ def test_evaluate_cli_reproduces_the_runs_own_test_scores(finetuned, tmp_path):
     assert set(ours["balanced_accuracy"]) == {"de", "en", "fr"}
 
 
+@pytest.mark.slow
 def test_an_interrupted_finetune_resumes_to_the_same_params(pretrained, demo_data_dir,
                                                             tmp_path):
     def finetune(model_dir, stop_after=None):
@@ -160,6 +163,7 @@ def test_an_interrupted_finetune_resumes_to_the_same_params(pretrained, demo_dat
     assert sel[0] == sel[1]
 
 
+@pytest.mark.slow
 def test_classifier_exports_give_transformers_the_same_logits(finetuned, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -190,6 +194,7 @@ def test_classifier_exports_give_transformers_the_same_logits(finetuned, tmp_pat
         assert np.abs(theirs).max() > 1e-3  # a real signal, not zeros on both sides
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_with_the_reason(pretrained, finetuned, demo_data_dir, tmp_path,
                                               capsys):
     base = ["finetune", "--gin_file=gin/finetune/packages.gin"]
@@ -213,6 +218,7 @@ def test_bad_input_is_refused_with_the_reason(pretrained, finetuned, demo_data_d
     assert "another model shape" in err and "1 x 32" in err
 
 
+@pytest.mark.slow
 def test_classification_tasks_refuse_bad_labels_and_empty_splits(pretrained):
     from ernie_m_jax import run_dir
     from ernie_m_jax.data import seqio_vocab
@@ -287,6 +293,7 @@ def _mock_as_dataset(self, split, *args, **kwargs):
     return tf.data.Dataset.from_generator(rows, output_signature=spec)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gin_file,setup,translate", [
     ("xnli", "register_xnli", False), ("xnli", "register_xnli", True),
     ("paws_x", "register_paws_x", True)])

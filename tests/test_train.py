@@ -44,7 +44,9 @@ def _check_summary(out, model_dir, tmp_path):
                     f"ernie-m-jax export-hf --model_dir={model_dir} --out={model_dir}_hf "
                     "--fold_language=mean",
                     f"ernie-m-jax eval-retrieval --model_dir={model_dir} --split=test "
-                    "--layer=1 --center"):
+                    "--layer=1 --center",
+                    f"ernie-m-jax finetune --gin_file=gin/finetune/packages.gin "
+                    f"--init_from={model_dir} --model_dir={model_dir}_packages"):
         assert f"  {command}" in summary, command
     for center, shown in ((True, centred), (False, raw)):
         out_file = tmp_path / f"retrieval_{center}.json"

@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=_evaluate)
 
     export = subcommand(
-        "export-hf", "write a run's checkpoint as a Hugging Face model directory",
+        "export-hf", "write a run's checkpoint (or a fine-tuned run's classifier) as a Hugging "
+                     "Face model directory",
         "ernie-m-jax export-hf --model_dir=/tmp/ernie_m_demo --out=/tmp/demo_hf "
         "--format=xlm_roberta --fold_language=mean")
     _add_run_arguments(export)

@@ -164,6 +164,32 @@ def test_an_interrupted_finetune_resumes_to_the_same_params(pretrained, demo_dat
 
 
 @pytest.mark.slow
+def test_early_stopping_ends_a_run_that_stops_improving(pretrained, demo_data_dir, tmp_path):
+    """A learning rate too small to change a prediction: validation accuracy repeats, so with
+    patience 1 the run stops at its second evaluation and keeps the first."""
+    model_dir = tmp_path / "stalled"
+    out = _cli(["finetune", "--gin_file=gin/finetune/packages.gin", f"--init_from={pretrained}",
+                f"--model_dir={model_dir}",
+                *_flags(demo_data_dir, **{"FinetuneConfig.num_steps": 10,
+                                          "FinetuneConfig.eval_every": 2,
+                                          "FinetuneConfig.patience": 1,
+                                          "FinetuneConfig.learning_rate": 1e-12})])
+    selection = json.load(open(model_dir / run.SELECTION_FILE))
+    assert [e["step"] for e in selection["evaluations"]] == [2, 4]
+    assert selection["stopped_early_at"] == 4 and selection["best_step"] == 2
+    assert "stopped early at step 4" in out and "test accuracy at step 2" in out
+    # Positive control: with patience 0 the same run goes on to its last step.
+    out = _cli(["finetune", "--gin_file=gin/finetune/packages.gin", f"--init_from={pretrained}",
+                f"--model_dir={tmp_path / 'patient'}",
+                *_flags(demo_data_dir, **{"FinetuneConfig.num_steps": 6,
+                                          "FinetuneConfig.eval_every": 2,
+                                          "FinetuneConfig.learning_rate": 1e-12})])
+    assert "stopped early" not in out
+    assert [e["step"] for e in json.load(open(tmp_path / "patient" / run.SELECTION_FILE))[
+        "evaluations"]] == [2, 4, 6]
+
+
+@pytest.mark.slow
 def test_classifier_exports_give_transformers_the_same_logits(finetuned, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

@@ -4,7 +4,9 @@
 MLM head beside it in `mlm_head.safetensors` (ErnieM has no MLM class in transformers), the
 tokenizer files. `xlm_roberta`: the same encoder as `XLMRobertaForMaskedLM` with its MLM head
 and a single all-zero token type, which transformers 4.x and 5.x and sentence-transformers
-load. The output directory is written under a temporary name and renamed when complete.
+load. A fine-tuned run (`ernie-m-jax finetune`) is written as `ErnieMForSequenceClassification`
+or `XLMRobertaForSequenceClassification` with its label names instead. The output directory
+is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations

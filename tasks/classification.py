@@ -166,9 +166,15 @@ def _xnli_select(ds: tf.data.Dataset, language: str) -> tf.data.Dataset:
     return ds.filter(has).map(pick)
 
 
-def _mnli_select(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.map(lambda ex: {"text": ex["premise"], "text_pair": ex["hypothesis"],
-                              "label": ex["label"]})
+def _pair_select(ds: tf.data.Dataset, first: str, second: str) -> tf.data.Dataset:
+    """Rows with the pair under `first` and `second` (MultiNLI, PAWS-X)."""
+    return ds.map(lambda ex: {"text": ex[first], "text_pair": ex[second], "label": ex["label"]})
+
+
+def _check_languages(languages: Sequence[str], known: Sequence[str], dataset: str) -> None:
+    unknown = sorted(set(languages) - set(known))
+    if unknown:
+        raise ValueError(f"{dataset} has no languages {unknown}; it has {tuple(known)}")
 
 
 @gin.configurable
@@ -178,9 +184,7 @@ def register_xnli(vocabulary_path: str, tokens: Optional[SpecialTokens] = None,
                   validation_languages: Sequence[str] = ("en",)) -> ClassificationData:
     """XNLI in `languages`: validation and test from `xnli`; English training from
     `multi_nli`, other languages' (translate-train-all) from `xtreme_xnli`."""
-    unknown = sorted(set(languages) - set(XNLI_LANGUAGES))
-    if unknown:
-        raise ValueError(f"XNLI has no languages {unknown}; it has {XNLI_LANGUAGES}")
+    _check_languages(languages, XNLI_LANGUAGES, "XNLI")
     vocabulary = seqio_vocab.load_vocabulary(vocabulary_path, tokens)
     tfds = functools.partial(seqio.TfdsDataSource, tfds_data_dir=data_dir, read_only=True)
     for lang in languages:
@@ -189,7 +193,7 @@ def register_xnli(vocabulary_path: str, tokens: Optional[SpecialTokens] = None,
                  vocabulary, True,
                  functools.partial(_xnli_select, language=lang))
     add_task(task_name("mnli", "en"), tfds(MNLI, splits={"train": "train"}), vocabulary,
-             True, _mnli_select)
+             True, functools.partial(_pair_select, first="premise", second="hypothesis"))
     if translate_train_all:
         for lang in languages:
             if lang != "en":
@@ -203,11 +207,6 @@ def register_xnli(vocabulary_path: str, tokens: Optional[SpecialTokens] = None,
 
 # --- PAWS-X -------------------------------------------------------------------------------
 
-def _paws_select(ds: tf.data.Dataset) -> tf.data.Dataset:
-    return ds.map(lambda ex: {"text": ex["sentence1"], "text_pair": ex["sentence2"],
-                              "label": ex["label"]})
-
-
 @gin.configurable
 def register_paws_x(vocabulary_path: str, tokens: Optional[SpecialTokens] = None,
                     data_dir: Optional[str] = None, languages: Sequence[str] = PAWS_X_LANGUAGES,
@@ -215,15 +214,14 @@ def register_paws_x(vocabulary_path: str, tokens: Optional[SpecialTokens] = None
                     validation_languages: Sequence[str] = ("en",)) -> ClassificationData:
     """PAWS-X from `paws_x_wiki/<lang>`: each language's train (machine-translated except
     English), validation and test."""
-    unknown = sorted(set(languages) - set(PAWS_X_LANGUAGES))
-    if unknown:
-        raise ValueError(f"PAWS-X has no languages {unknown}; it has {PAWS_X_LANGUAGES}")
+    _check_languages(languages, PAWS_X_LANGUAGES, "PAWS-X")
     vocabulary = seqio_vocab.load_vocabulary(vocabulary_path, tokens)
     for lang in languages:
         source = seqio.TfdsDataSource(
             PAWS_X.format(lang=lang), tfds_data_dir=data_dir, read_only=True,
             splits={"train": "train", "validation": "validation", "test": "test"})
-        add_task(task_name("paws_x", lang), source, vocabulary, True, _paws_select)
+        add_task(task_name("paws_x", lang), source, vocabulary, True,
+                 functools.partial(_pair_select, first="sentence1", second="sentence2"))
     return _setting("paws_x", PAWS_X_LABELS, True, tuple(languages), translate_train_all,
                     validation_languages)
 

@@ -65,40 +65,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "use it with --arms=ernie_m")
     setting = Setting(args.config, out, args.steps, tuple(bindings), args.stage1_from)
     if args.finetune:
-        return _finetune(setting, args.arms.split(",") if args.arms else list(ARMS), seeds,
-                         args.update_readme)
-    try:
-        summary = run_experiment(setting, arms, seeds)
-    except RunStopped as stopped:
-        print(f"{PROG}: {stopped}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        arms = args.arms.split(",") if args.arms else list(ARMS)
+        table, code = _guarded(lambda: run_finetuning(setting, arms, seeds))
+        return code if code else _show(table, f"{args.config}-finetune", args.update_readme)
+    summary, code = _guarded(lambda: run_experiment(setting, arms, seeds))
+    if code:
+        return code
     table, block = report.format_summary(summary), args.config
     if args.stage1_from:  # a probe: every probe beside this one, and the arm itself
         block = f"{args.config}-probes"
         arm_out = Path(args.stage1_from).parents[2]  # <arm out>/runs/ernie_m_seed{seed}/stage1
         if (arm_out / "results").is_dir():
             table = report.format_probes(arm_out, out.parent)
-    print(table)
-    if args.update_readme:
-        print(f"updated {files.replace_marked_block(README, block, table)}")
-    return 0
+    return _show(table, block, args.update_readme)
 
 
-def _finetune(setting: Setting, arms, seeds, update_readme: bool) -> int:
+def _guarded(work):
+    """(work's result, 0), or (None, exit code) with one line for a stop or bad input."""
     try:
-        table = run_finetuning(setting, arms, seeds)
+        return work(), 0
     except RunStopped as stopped:
         print(f"{PROG}: {stopped}", file=sys.stderr)
-        return 1
+        return None, 1
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return None, 2
+
+
+def _show(table: str, block: str, update_readme: bool) -> int:
     print(table)
     if update_readme:
-        print(f"updated {files.replace_marked_block(README, f'{setting.config}-finetune', table)}")
+        print(f"updated {files.replace_marked_block(README, block, table)}")
     return 0
 
 

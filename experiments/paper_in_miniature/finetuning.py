@@ -11,7 +11,6 @@ and the fine-tuning run resumes from its own checkpoints.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -24,7 +23,7 @@ from ernie_m_jax.finetune import loop
 from ernie_m_jax.finetune.config import FinetuneConfig
 from experiments.paper_in_miniature.evaluation import experiment_languages
 from experiments.paper_in_miniature.report import headline_layer
-from experiments.paper_in_miniature.runner import train_arm
+from experiments.paper_in_miniature.runner import missing, train_arm
 from experiments.paper_in_miniature.setting import (
     ARMS,
     GIN_DIR,
@@ -81,14 +80,10 @@ def run_finetuning(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) 
     if unknown:
         raise ValueError(f"fine-tuning needs a pretrained arm; unknown {sorted(unknown)}, "
                          f"choose from {ARMS}")
-    for seed in seeds:
-        for arm in arms:
-            path = finetune_result_path(setting, arm, seed)
-            if path.exists():
-                logging.info("%s exists: skipped", path)
-                continue
-            files.write_json_atomic(path, finetune_arm(setting, arm, seed))
-            print(f"fine-tuned {arm} seed {seed}: {path}", flush=True)
+    for arm, seed, path in missing(arms, seeds,
+                                   lambda a, k: finetune_result_path(setting, a, k)):
+        files.write_json_atomic(path, finetune_arm(setting, arm, seed))
+        print(f"fine-tuned {arm} seed {seed}: {path}", flush=True)
     return format_finetuning(setting)
 
 

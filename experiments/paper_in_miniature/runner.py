@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Sequence, Tuple
 
 import flax.linen as nn
 import gin
@@ -146,24 +146,32 @@ def run_random_init(setting: Setting, seed: int) -> dict:
     return result
 
 
+def missing(arms: Sequence[str], seeds: Sequence[int], path_of: Callable[[str, int], Path]
+            ) -> Iterator[Tuple[str, int, Path]]:
+    """(arm, seed, result path) of every arm x seed without a result yet, seed by seed:
+    a sitting resumes where the last one stopped."""
+    for seed in seeds:
+        for arm in arms:
+            path = path_of(arm, seed)
+            if path.exists():
+                logging.info("%s exists: skipped", path)
+            else:
+                yield arm, seed, path
+
+
 def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) -> dict:
     """Every missing arm x seed (random_init included), then the summary and the plot."""
     unknown = set(arms) - set(ARMS) - {RANDOM_INIT}
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; choose from {(RANDOM_INIT, *ARMS)}")
-    for seed in seeds:
-        for arm in arms:
-            path = result_path(setting, arm, seed)
-            if path.exists():
-                logging.info("%s exists: skipped", path)
-                continue
-            result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
-                run_arm(setting, arm, seed)
-            result["config"] = setting.config
-            if setting.bindings:  # a probe's knobs, so its result says what it ran
-                result["bindings"] = list(setting.bindings)
-            files.write_json_atomic(path, result)
-            print(f"finished {arm} seed {seed}: {path}", flush=True)
+    for arm, seed, path in missing(arms, seeds, lambda a, k: result_path(setting, a, k)):
+        result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
+            run_arm(setting, arm, seed)
+        result["config"] = setting.config
+        if setting.bindings:  # a probe's knobs, so its result says what it ran
+            result["bindings"] = list(setting.bindings)
+        files.write_json_atomic(path, result)
+        print(f"finished {arm} seed {seed}: {path}", flush=True)
     summary = report.summarise(setting.out)
     report.plot(summary, setting.out / "plot.png")
     return summary

@@ -8,8 +8,18 @@ from pathlib import Path
 from typing import Any, AnyStr, List
 
 
-def write_text_atomic(path: os.PathLike, text: str) -> Path:
-    """Write beside `path`, then rename over it: readers see the old file or the new one."""
+def write_text_atomic(path: os.PathLike, text: str):
+    """Write beside `path`, then rename over it: readers see the old file or the new one.
+
+    An object-store URL (gs://...) is written as one object, which such stores make visible
+    whole or not at all (and they cannot rename); `pathlib` would turn it into a local path."""
+    if "://" in os.fspath(path):
+        from etils import epath
+
+        target = epath.Path(os.fspath(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return target
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -36,7 +46,7 @@ def split_lines(data: AnyStr) -> List[AnyStr]:
     return [line[:-1] if line.endswith(carriage) else line for line in lines]
 
 
-def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1) -> Path:
+def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1):
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 

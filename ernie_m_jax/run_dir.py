@@ -33,7 +33,7 @@ def write_config(model_dir: os.PathLike, text: str, start_step: int) -> None:
         return
     header = (f"# Written by ernie-m-jax train: the gin config of the start at step "
               f"{start_step}.\n")
-    root = Path(os.fspath(path(model_dir)))
+    root = path(model_dir)  # an epath: gs:// stays a URL
     files.write_text_atomic(root / CONFIG_HISTORY / f"start_step_{start_step}.gin", header + text)
     files.write_text_atomic(root / CONFIG_FILE, header + text)
 
@@ -53,7 +53,7 @@ def keep_vocabulary(model_dir: os.PathLike, vocabulary: Optional[os.PathLike]) -
 
 
 def write_languages(model_dir: os.PathLike, ids: Mapping[str, int]) -> None:
-    files.write_json_atomic(Path(os.fspath(path(model_dir))) / LANGUAGES_FILE,
+    files.write_json_atomic(path(model_dir) / LANGUAGES_FILE,
                             dict(sorted(ids.items())))
 
 

@@ -151,3 +151,27 @@ def test_a_refused_or_finished_start_leaves_the_runs_config_alone(run_without_da
     assert (run_without_data / run_dir.CONFIG_FILE).read_text() == config
     assert sorted(p.name for p in (run_without_data / run_dir.CONFIG_HISTORY).iterdir()) == \
         history
+
+
+def test_a_run_on_an_object_store_writes_its_files_there(tmp_path, monkeypatch):
+    """gs:// run directories (TPU VMs) keep their config and language ids in the bucket:
+    `pathlib` would have turned the URL into a local `gs:/...` folder."""
+    import os
+
+    from etils.epath import gpath, testing
+
+    # epath takes TensorFlow's gfile for gs:// whenever TensorFlow is installed, around the
+    # mock: route it to the mock backend, which maps the bucket to a local folder.
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    bucket = tmp_path / "bucket"
+    local = lambda p: os.fspath(p).replace("gs://bucket", str(bucket))
+    monkeypatch.chdir(tmp_path)  # where a collapsed `gs:/bucket/...` would land
+    in_bucket = lambda original, p, *args, **kwargs: original(local(p), *args, **kwargs)
+    fns = {name: in_bucket for name in ("open", "exists", "isdir", "makedirs", "mkdir")}
+    with testing.mock_epath(**fns):
+        run_dir.write_config("gs://bucket/run", "ModelConfig.num_layers = 2\n", 0)
+        run_dir.write_languages("gs://bucket/run", {"de": 0, "en": 1})
+        assert run_dir.languages("gs://bucket/run") == {"de": 0, "en": 1}
+    assert "num_layers = 2" in (bucket / "run" / run_dir.CONFIG_FILE).read_text()
+    assert (bucket / "run" / run_dir.CONFIG_HISTORY / "start_step_0.gin").exists()
+    assert not (tmp_path / "gs:").exists()

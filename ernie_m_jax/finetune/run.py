@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import flax.linen as nn
@@ -54,8 +53,9 @@ class FinetuneInfo:
                    bool(data["pair"]), dict(data["languages"]))
 
 
-def path(model_dir: os.PathLike) -> Path:
-    return Path(os.fspath(run_dir.path(model_dir)))
+def path(model_dir: os.PathLike):
+    """The run's folder as an epath (a gs:// URL stays one)."""
+    return run_dir.path(model_dir)
 
 
 def read_info(model_dir: os.PathLike) -> Optional[FinetuneInfo]:

@@ -164,10 +164,13 @@ def fixes_table() -> str:
 
 def update_readme(results: Dict[str, dict]) -> None:
     files.replace_marked_block(README, "fsdp_fixes", fixes_table())
-    done, total = len(results), len(plan())
+    failed = sum("error" in r for r in results.values())
+    done, total = len(results) - failed, len(plan())
+    retry = (f"; {failed} failed or timed out, retried with `--retry_errors`" if failed
+             else "")
     files.replace_marked_block(README, MARKER, (
         f"{table(results)}\n\n{done} of {total} configurations compiled so far "
-        "(`python -m benchmarks.pod_plan` compiles the rest, resumably; JSON in "
+        f"(`python -m benchmarks.pod_plan` compiles the rest, resumably{retry}; JSON in "
         "`benchmarks/results/pod_plan/`)."))
 
 

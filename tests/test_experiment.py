@@ -171,6 +171,24 @@ def test_committed_cpu_tables_and_summary_match_the_committed_results(tmp_path):
     assert block == paper.format_summary(summary)
 
 
+def test_committed_finetuning_table_matches_the_committed_finetuning_results():
+    from experiments.paper_in_miniature.finetuning import format_finetuning
+
+    committed = paper.README.parent / "results" / "paper_in_miniature" / "cpu"
+    readme = paper.README.read_text(encoding="utf-8")
+    block = readme.split("<!-- results:cpu-finetune -->\n", 1)[1].split(
+        "\n<!-- /results:cpu-finetune -->", 1)[0]
+    assert block == format_finetuning(paper.Setting("cpu", committed))
+    for path in sorted((committed / "results" / "finetune").glob("*_seed*.json")):
+        result = json.loads(path.read_text())  # one cell, recomputed from per-language scores
+        if len([p for p in path.parent.glob(f"{result['arm']}_seed*.json")]) != 1:
+            continue
+        with_parallel = np.mean([result["test"]["balanced_accuracy"][lang]
+                                 for lang in result["languages"]["parallel"]])
+        assert f"| {result['arm']} | 1 | " in block
+        assert f" {with_parallel:.3f} |" in block.split(f"| {result['arm']} |", 1)[1]
+
+
 def _retrieval_cell(result: dict, variant: str, layer: int) -> str:
     """'with / without' headline retrieval, computed here from a result's raw accuracies."""
     per_pair = result["retrieval"]["messages"][variant][str(layer)]

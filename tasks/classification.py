@@ -67,8 +67,7 @@ def add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
     keys = ("text", "text_pair") if pair else ("text",)
     first = [] if select is None else [select, functools.partial(_clean, keys=keys),
                                        seqio.preprocessors.tokenize]
-    if name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(name)
+    registry.replace_registered(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=features(vocabulary, pair),
         shuffle_buffer_size=registry.TASK_SHUFFLE_BUFFER,

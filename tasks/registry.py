@@ -109,7 +109,8 @@ def tensor_source(columns: Mapping[str, Dict[str, list]], vocabulary: seqio.Voca
     return seqio.FunctionDataSource(dataset_fn, splits=list(columns), num_input_examples=counts)
 
 
-def _replace(name: str, registry) -> None:
+def replace_registered(name: str, registry) -> None:
+    """Drop `name` from a seqio registry if it is there, so that it can be added again."""
     if name in registry.names():
         registry.remove(name)
 
@@ -136,7 +137,7 @@ def add_monolingual(language: str, texts: Union[sources.SplitTexts, seqio.DataSo
         source = tensor_source({split: {"text": lines} for split, lines in checked.items()},
                                 vocabulary)
         first = []  # tokenized by the source
-    _replace(name, seqio.TaskRegistry)
+    replace_registered(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=mono_features(vocabulary),
         shuffle_buffer_size=shuffle_buffer_size,
@@ -184,7 +185,7 @@ def add_parallel(source_language: str, target_language: str,
     else:
         source = tensor_source(_checked_pairs(texts, max_chars, name), vocabulary)
         first = []  # tokenized by the source
-    _replace(name, seqio.TaskRegistry)
+    replace_registered(name, seqio.TaskRegistry)
     return seqio.TaskRegistry.add(
         name, source=source, output_features=para_features(vocabulary),
         shuffle_buffer_size=shuffle_buffer_size,
@@ -232,7 +233,7 @@ def add_mixture(name: str, tasks: Sequence[str], alpha: float = DEFAULT_ALPHA,
     if unknown:
         raise ValueError(f"mixture {name}: unknown tasks {unknown}")
     rates = smoothed_rates(dict(counts) if counts else example_counts(tasks), alpha)
-    _replace(name, seqio.MixtureRegistry)
+    replace_registered(name, seqio.MixtureRegistry)
     return seqio.MixtureRegistry.add(name, [(t, rates[t]) for t in tasks])
 
 

@@ -82,10 +82,22 @@ def fold_languages(run: SavedRun, fold_language: Optional[str]):
     return layouts.fold_language_embedding(run.params, config, run.language_id(fold_language))
 
 
-def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
-           fold_language: Optional[str] = None, overwrite: bool = False) -> Path:
+def _check_format(fmt: str) -> None:
     if fmt not in layouts.FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {layouts.FORMATS}")
+
+
+def _state_dict(params, config: ModelConfig, fmt: str, layout) -> dict:
+    """`layout`'s tensors, plus XLM-R's single all-zero token type in that format."""
+    state = layouts.to_state_dict(params, config, layout)
+    if fmt == layouts.XLM_ROBERTA:
+        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
+    return state
+
+
+def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
+           fold_language: Optional[str] = None, overwrite: bool = False) -> Path:
+    _check_format(fmt)
     if run.vocabulary_path is None:
         raise ValueError(f"{run.model_dir}: the run's vocabulary is unknown (its gin config "
                          "registers no tasks); the export needs it for the tokenizer files")
@@ -98,9 +110,8 @@ def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
                    MLM_HEAD_FILE: layouts.to_state_dict(params, config,
                                                         layouts.ERNIE_M_MLM_HEAD)}
     else:
-        state = layouts.to_state_dict(params, config, layouts.XLM_ROBERTA_TENSORS)
-        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
-        weights = {"model.safetensors": state}
+        weights = {"model.safetensors": _state_dict(params, config, fmt,
+                                                    layouts.XLM_ROBERTA_TENSORS)}
     return _write(out_dir, run, fmt, weights, hf_config(config, run.tokens, fmt),
                   {"format": fmt, "model_dir": run.model_dir, "step": run.step,
                    "fold_language": fold_language})
@@ -150,8 +161,7 @@ def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
     from ernie_m_jax.finetune import run as finetune_run
     from ernie_m_jax.run_dir import vocabulary
 
-    if fmt not in layouts.FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose from {layouts.FORMATS}")
+    _check_format(fmt)
     info, step, params = finetune_run.load_params(
         model_dir, finetune_run.BEST if checkpoint == "best" else finetune_run.CHECKPOINTS)
     vocab = vocabulary(model_dir)
@@ -167,11 +177,8 @@ def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
     tree = {**encoder_params, "classifier": params["classifier"]}
     layout = layouts.ERNIE_M_CLASSIFIER if fmt == layouts.ERNIE_M else \
         layouts.XLM_ROBERTA_CLASSIFIER
-    state = layouts.to_state_dict(tree, config, layout)
-    if fmt == layouts.XLM_ROBERTA:
-        state[layouts.TOKEN_TYPE_EMBEDDINGS] = np.zeros((1, config.hidden_size), np.float32)
     return _write(out_dir, dataclasses.replace(encoder, model=config), fmt,
-                  {"model.safetensors": state},
+                  {"model.safetensors": _state_dict(tree, config, fmt, layout)},
                   classifier_config(config, info.tokens, fmt, info.labels),
                   {"format": fmt, "model_dir": str(model_dir), "step": step,
                    "checkpoint": checkpoint, "task": info.task, "labels": list(info.labels),

@@ -94,7 +94,6 @@ XLM_ROBERTA_TENSORS: Tuple[Tensor, ...] = tuple(
 TOKEN_TYPE_EMBEDDINGS = "roberta.embeddings.token_type_embeddings.weight"
 
 
-
 def _prefixed(tensors: Tuple[Tensor, ...], prefix: str) -> Tuple[Tensor, ...]:
     return tuple(dataclasses.replace(t, hf_name=prefix + t.hf_name) for t in tensors)
 

@@ -286,9 +286,9 @@ def evaluate(model_dir: str, split: str = "test", which: str = run_lib.BEST,
              batch_size: int = 64) -> dict:
     """Accuracy per language of a fine-tuned run on `split` of every evaluation task."""
     info, step, params = run_lib.load_params(model_dir, which)
-    data = run_lib.task_setup(model_dir)()
-    max_length = _recorded_max_length(model_dir)
-    sets = load_sets(info, data.eval_tasks, split, max_length, len(info.labels))
+    recorded = run_lib.recorded_config(model_dir)
+    data = _task(recorded, info, model_dir, resuming=True)
+    sets = load_sets(info, data.eval_tasks, split, recorded.max_length, len(info.labels))
     mesh_config = partitioning.MeshConfig()
     mesh, rules = partitioning.make_mesh(mesh_config), mesh_config.rules
     partitioning.check_batch_divides(batch_size, mesh, rules)
@@ -300,10 +300,3 @@ def evaluate(model_dir: str, split: str = "test", which: str = run_lib.BEST,
                                            _place(step_fns.batch_shardings))
     return evaluate_lib.summarize(scores, sets, split, step, info.labels)
 
-
-def _recorded_max_length(model_dir: str) -> int:
-    from ernie_m_jax import gin_config
-
-    with gin_config.isolated():
-        gin_config.parse([os.fspath(run_lib.path(model_dir) / run_dir.CONFIG_FILE)], [])
-        return FinetuneConfig().max_length

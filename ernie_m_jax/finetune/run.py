@@ -11,6 +11,7 @@ params, so that `evaluate` and `export-hf` need nothing but the run directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Dict, List, Optional, Tuple
@@ -125,19 +126,16 @@ def load_params(model_dir: os.PathLike, which: str = BEST) -> Tuple[FinetuneInfo
     return info, step, jax.tree.map(np.asarray, params)
 
 
-def task_setup(model_dir: os.PathLike):
-    """The run's `FinetuneConfig.task_setup`, read from its config.gin without touching the
-    caller's gin state, bound to the run's vocabulary and special tokens."""
+def recorded_config(model_dir: os.PathLike):
+    """The run's `FinetuneConfig`, read from its config.gin without touching the caller's gin
+    state; its `task_setup` keeps the run's bindings."""
     from ernie_m_jax.finetune.config import FinetuneConfig
 
-    info = require_finetuned(model_dir)
-    config = path(model_dir) / run_dir.CONFIG_FILE
+    require_finetuned(model_dir)
     with gin_config.isolated():
-        gin_config.parse([os.fspath(config)], [])
-        setup = FinetuneConfig().task_setup
-        bound = gin.get_bindings(setup) if setup is not None else {}
-    if setup is None:
-        raise ValueError(f"{config} sets no FinetuneConfig.task_setup")
-    vocabulary = run_dir.vocabulary(model_dir)
-    return lambda: setup(**{**bound, "vocabulary_path": os.fspath(vocabulary),
-                            "tokens": info.tokens})
+        gin_config.parse([os.fspath(path(model_dir) / run_dir.CONFIG_FILE)], [])
+        cfg = FinetuneConfig()
+        if cfg.task_setup is not None:
+            cfg = dataclasses.replace(cfg, task_setup=functools.partial(
+                cfg.task_setup, **gin.get_bindings(cfg.task_setup)))
+    return cfg

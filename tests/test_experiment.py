@@ -179,14 +179,18 @@ def test_committed_finetuning_table_matches_the_committed_finetuning_results():
     block = readme.split("<!-- results:cpu-finetune -->\n", 1)[1].split(
         "\n<!-- /results:cpu-finetune -->", 1)[0]
     assert block == format_finetuning(paper.Setting("cpu", committed))
-    for path in sorted((committed / "results" / "finetune").glob("*_seed*.json")):
-        result = json.loads(path.read_text())  # one cell, recomputed from per-language scores
-        if len([p for p in path.parent.glob(f"{result['arm']}_seed*.json")]) != 1:
-            continue
-        with_parallel = np.mean([result["test"]["balanced_accuracy"][lang]
-                                 for lang in result["languages"]["parallel"]])
-        assert f"| {result['arm']} | 1 | " in block
-        assert f" {with_parallel:.3f} |" in block.split(f"| {result['arm']} |", 1)[1]
+    by_arm = {}
+    for path in sorted((committed / "results" / "finetune").glob("*_seed*_ft*.json")):
+        result = json.loads(path.read_text())
+        by_arm.setdefault(result["arm"], []).append(result)
+    assert by_arm, "no committed fine-tuning result"
+    for arm, results in by_arm.items():  # one cell, recomputed from per-language scores
+        with_parallel = [np.mean([r["test"]["balanced_accuracy"][lang]
+                                  for lang in r["languages"]["parallel"]]) for r in results]
+        seeds = (len({r["seed"] for r in results}), len({r["finetune_seed"] for r in results}))
+        row = block.split(f"| {arm} | {seeds[0]} × {seeds[1]} | ", 1)[1].split("\n", 1)[0]
+        spread = f" ± {np.std(with_parallel, ddof=1):.3f}" if len(results) > 1 else ""
+        assert f" {np.mean(with_parallel):.3f}{spread} |" in row
 
 
 def _retrieval_cell(result: dict, variant: str, layer: int) -> str:
@@ -277,19 +281,32 @@ def test_finetuning_extension_fine_tunes_arms_and_retrains_a_lost_run(sitting, c
     setting, _, results = sitting
     # The mmlm arm's run is gone (as on a fresh machine): it is trained again, then tuned.
     shutil.rmtree(setting.out / "runs" / "mmlm_seed0")
+    gin_flags = [f"--gin.{b.replace(' = ', '=', 1)}" for b in setting.bindings]
     argv = ["--config", "tiny", "--arms", "mmlm,mmlm_tlm_camlm", "--seeds", "0", "--out",
-            str(setting.out), "--finetune",
-            *(f"--gin.{b.replace(' = ', '=', 1)}" for b in setting.bindings)]
+            str(setting.out), "--finetune", "--finetune_seeds", "0", *gin_flags]
     assert driver.main(argv) == 0
     table = capsys.readouterr().out
-    assert "| mmlm | 1 |" in table and "| mmlm_tlm_camlm | 1 |" in table
+    assert "| mmlm | 1 × 1 |" in table and "| mmlm_tlm_camlm | 1 × 1 |" in table
+    tuned = setting.out / "results" / "finetune"
     for arm in ("mmlm", "mmlm_tlm_camlm"):
-        tuned = json.loads((setting.out / "results" / "finetune" / f"{arm}_seed0.json")
-                           .read_text())
-        assert set(tuned["test"]["accuracy"]) == {"en", "de", "it"}
-        assert tuned["groups"]["parallel"]["accuracy"] == tuned["test"]["accuracy"]["de"]
-        assert tuned["num_steps"] == 4
-    # A rerun finds every result and trains nothing.
-    mtime = (setting.out / "results" / "finetune" / "mmlm_seed0.json").stat().st_mtime
+        result = json.loads((tuned / f"{arm}_seed0_ft0.json").read_text())
+        assert set(result["test"]["accuracy"]) == {"en", "de", "it"}
+        assert result["groups"]["parallel"]["accuracy"] == result["test"]["accuracy"]["de"]
+        assert result["num_steps"] == 4 and result["finetune_seed"] == 0
+    # A rerun finds every result and trains nothing; a second fine-tuning seed of the same
+    # pretraining run adds only its own run, and the row averages both.
+    mtime = (tuned / "mmlm_seed0_ft0.json").stat().st_mtime
+    pretrained = (setting.out / "runs" / "mmlm_seed0" / "metrics.jsonl").stat().st_mtime
     assert driver.main(argv) == 0
-    assert (setting.out / "results" / "finetune" / "mmlm_seed0.json").stat().st_mtime == mtime
+    assert driver.main(["--config", "tiny", "--arms", "mmlm", "--seeds", "0", "--out",
+                        str(setting.out), "--finetune", "--finetune_seeds", "0,1",
+                        *gin_flags]) == 0
+    assert (tuned / "mmlm_seed0_ft0.json").stat().st_mtime == mtime
+    assert (setting.out / "runs" / "mmlm_seed0" / "metrics.jsonl").stat().st_mtime == pretrained
+    seeds = [json.loads((tuned / f"mmlm_seed0_ft{f}.json").read_text()) for f in (0, 1)]
+    assert [s["finetune_seed"] for s in seeds] == [0, 1]
+    losses = [[json.loads(line)["train/loss"] for line in (
+        setting.out / "runs" / f"mmlm_seed0_ft{f}_packages" / "metrics.jsonl").open()
+        if "train/loss" in line] for f in (0, 1)]
+    assert losses[0] and losses[0] != losses[1]  # another head init and example order
+    assert "| mmlm | 1 × 2 |" in capsys.readouterr().out

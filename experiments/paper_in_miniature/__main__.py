@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
                              "knobs (--gin.BTMLMConfig.*) without retraining stage 1")
     parser.add_argument("--finetune", action="store_true",
-                        help="fine-tune each arm (pretraining it first where its run is gone) "
-                             "on the package task, one fine-tuning seed per pretraining seed, "
-                             "and print the table beside the linear probe")
+                        help="fine-tune each arm's run of each --seeds (pretraining it first "
+                             "where its run is gone) on the package task with each "
+                             "--finetune_seeds, and print the table beside the linear probe")
+    parser.add_argument("--finetune_seeds", default="0,1,2",
+                        help="with --finetune: the fine-tuning seeds of each pretraining run")
     parser.add_argument("--update_readme", action="store_true",
                         help="write the tables into experiments/README.md between "
                              "<!-- results:CONFIG --> markers (a probe's, with "
@@ -66,7 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setting = Setting(args.config, out, args.steps, tuple(bindings), args.stage1_from)
     if args.finetune:
         arms = args.arms.split(",") if args.arms else list(ARMS)
-        table, code = _guarded(lambda: run_finetuning(setting, arms, seeds))
+        finetune_seeds = [int(s) for s in args.finetune_seeds.split(",")]
+        table, code = _guarded(lambda: run_finetuning(setting, arms, seeds, finetune_seeds))
         return code if code else _show(table, f"{args.config}-finetune", args.update_readme)
     summary, code = _guarded(lambda: run_experiment(setting, arms, seeds))
     if code:

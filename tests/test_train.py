@@ -152,11 +152,55 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     assert out["restored"]["param_sum"] == pytest.approx(expected_sum, rel=1e-9)
 
 
+@pytest.mark.slow
+def test_stages_in_one_run_add_btmlm_at_its_step_and_resume_across_the_boundary(data_dir,
+                                                                               tmp_path):
+    bindings = tiny_bindings(data_dir, 6, **{"TrainConfig.objective_start_steps":
+                                             "{'btmlm': 3}", "TrainConfig.log_every": 2})
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    summary = run(straight, bindings)
+    assert summary["train_step_compilations"] == 2  # one step per stage, each compiled once
+    records = [r for r in read_metrics(straight) if "train/loss" in r]
+    # Logged every 2 steps and at the boundary (3): no interval mixes the stages.
+    assert [r["step"] for r in records] == [2, 3, 4, 6]
+    for record in records:
+        losses = {o: record.get(f"train/{o}/loss") for o in ("mmlm", "tlm", "camlm", "btmlm")}
+        assert (losses["btmlm"] is None) == (record["step"] <= 3), record
+        # The total is the weighted sum of what ran: nothing of BTMLM's in stage 1.
+        assert record["train/loss"] == pytest.approx(sum(v for v in losses.values() if v),
+                                                     rel=1e-5)
+    # Each stage's throughput counts its own rows: stage 2 adds BTMLM's 8 sentences of 16.
+    assert records[0]["train/tokens_per_second"] / records[0]["train/steps_per_second"] == \
+        pytest.approx(8 * 16 + 8 * 32 + 8 * 32)
+    assert records[-1]["train/tokens_per_second"] / records[-1]["train/steps_per_second"] == \
+        pytest.approx(8 * 16 + 8 * 32 + 8 * 32 + 8 * 16)
+
+    # Stopped in stage 1, resumed: the same params as the run that never stopped.
+    run(interrupted, bindings, stop_after=2)
+    run(interrupted, bindings)
+    _, params_a = _final_params(straight)
+    _, params_b = _final_params(interrupted)
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # Positive control: the same run with BTMLM from step 0 ends elsewhere.
+    all_along = tmp_path / "all_along"
+    run(all_along, tiny_bindings(data_dir, 6, **{"TrainConfig.log_every": 2}))
+    _, params_c = _final_params(all_along)
+    assert max(float(np.max(np.abs(a - c))) for a, c in
+               zip(jax.tree.leaves(params_a), jax.tree.leaves(params_c))) > 1e-4
+
+
 @pytest.mark.parametrize("flag, message", [
     ("--gin.TrainConfig.num_stepz=3", "doesn't have a parameter named 'num_stepz'"),
     ("--gin.NoSuchConfig.value=3", "No configurable matching 'NoSuchConfig'"),
     ("--gin.TrainConfig.objective_weights={'mlm': 1.0}", "unknown objectives ['mlm']"),
     ("--gin.NUM_STEPS=-5", "TrainConfig.num_steps must be positive, got -5"),
+    ("--gin.TrainConfig.objective_start_steps={'btmlm': 800}",
+     "{'btmlm': 800}: an objective must join at a step in [0, num_steps=800)"),
+    ("--gin.TrainConfig.objective_start_steps={'btmlm': 5, 'mlm': 3}",
+     "names ['mlm'], which objective_weights does not enable"),
+    ("--gin.TrainConfig.objective_start_steps={'mmlm': 5, 'tlm': 5, 'camlm': 5, 'btmlm': 5}",
+     "leaves the first step with no objective"),
     ("--gin.MeshConfig.shape=(3, 1, 1)", "has 3 devices, there are 1"),
     ("--gin_file=runs/nope.gin", "gin file not found: runs/nope.gin"),
 ])

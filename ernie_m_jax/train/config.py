@@ -23,6 +23,11 @@ class TrainConfig:
     # btmlm). Their batch sizes are DataConfig.batch_sizes.
     objective_weights: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"mmlm": 1.0, "tlm": 1.0, "camlm": 1.0})
+    # ERNIE-M's stages inside one run: {objective: steps trained before it joins}, e.g.
+    # {'btmlm': 600} trains MMLM+TLM+CAMLM for 600 steps, then all four. Each stage compiles
+    # its own step; params, optimizer state and the learning-rate schedule run on across the
+    # boundary (unlike stage 2 as a new run with `init_from`, which restarts the optimizer).
+    objective_start_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # Microbatches per step: their summed losses are divided by the whole batch's number of
     # predictions, so the update is the whole batch's.
     grad_accum_steps: int = 1
@@ -65,6 +70,19 @@ class TrainConfig:
                      "keep_checkpoints", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        not_enabled = sorted(set(self.objective_start_steps) - set(self.enabled))
+        if not_enabled:
+            raise ValueError(f"TrainConfig.objective_start_steps names {not_enabled}, which "
+                             f"objective_weights does not enable ({list(self.enabled)})")
+        late = {o: s for o, s in self.objective_start_steps.items()
+                if not 0 <= s < self.num_steps}
+        if late:
+            raise ValueError(f"TrainConfig.objective_start_steps {late}: an objective must "
+                             f"join at a step in [0, num_steps={self.num_steps})")
+        if not self.active(0):
+            raise ValueError(f"TrainConfig.objective_start_steps "
+                             f"{dict(self.objective_start_steps)} leaves the first step "
+                             f"with no objective")
 
     @property
     def enabled(self) -> Tuple[str, ...]:
@@ -74,6 +92,15 @@ class TrainConfig:
     def weights(self) -> Mapping[str, float]:
         """The enabled objectives' weights."""
         return {o: self.objective_weights[o] for o in self.enabled}
+
+    def active(self, steps_done: int) -> Tuple[str, ...]:
+        """The objectives of the step that follows `steps_done` finished steps."""
+        return tuple(o for o in self.enabled
+                     if self.objective_start_steps.get(o, 0) <= steps_done)
+
+    def stage_boundaries(self) -> Tuple[int, ...]:
+        """Steps after which another objective joins (where a stage ends), in order."""
+        return tuple(sorted({s for s in self.objective_start_steps.values() if s > 0}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +120,17 @@ class Experiment:
     def from_gin(cls) -> "Experiment":
         return cls(TrainConfig(), ModelConfig(), pipeline.DataConfig(), partitioning.MeshConfig(),
                    OptimizerConfig(), MaskingConfig(), BTMLMConfig(), SpecialTokens())
+
+    def stage(self, steps_done: int) -> "Experiment":
+        """The run as it trains after `steps_done` steps: only the objectives that have
+        joined (itself when every objective has)."""
+        active = self.train.active(steps_done)
+        if active == self.train.enabled:
+            return self
+        train = dataclasses.replace(
+            self.train, objective_start_steps={},
+            objective_weights={o: self.train.objective_weights[o] for o in active})
+        return dataclasses.replace(self, train=train)
 
     def batch_shapes(self) -> Mapping[str, Tuple[int, int]]:
         """objective -> (global rows, length) of its batch."""

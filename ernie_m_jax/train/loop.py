@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import gin
 import jax
@@ -102,36 +102,45 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
         bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
                    disable=not cfg.progress_bar or jax.process_index() != 0)
         cleanup.callback(bar.close)
+        stage_steps = _stage_steps(exp, mesh, train_step)
         with partitioning.activate(mesh, rules):
-            return _loop(model_dir, exp, train_step, state, iterator, mngr, writer, bar, mesh,
+            return _loop(model_dir, exp, stage_steps, state, iterator, mngr, writer, bar, mesh,
                          stop_after, stop_signal)
 
 
-def _loop(model_dir: str, exp: Experiment, train_step: TrainStep, state: State, iterator, mngr,
-          writer: metrics_lib.MetricsWriter, bar: tqdm, mesh, stop_after: Optional[int],
-          stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
-    """Step, then log / checkpoint / evaluate when due; returns the last metrics."""
+def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], TrainStep],
+          state: State, iterator, mngr, writer: metrics_lib.MetricsWriter, bar: tqdm, mesh,
+          stop_after: Optional[int], stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
+    """Step (with the step of the stage it is in), then log / checkpoint / evaluate when
+    due; returns the last metrics."""
     cfg, rules, start = exp.train, exp.mesh.rules, int(state["step"])
+    train_step = stage_steps[cfg.enabled]
     eval_fn = jax.jit(make_eval_step(train_step.model, exp),
                       out_shardings=partitioning.replicated(mesh))
     tasks_to_eval = eval_tasks(exp)
     peak = metrics_lib.peak_flops(jax.devices()[0])
-    tokens_per_step = sum(b * n for b, n in train_step.batch_shapes.values())
-    interval = metrics_lib.IntervalMetrics(
-        tokens_per_step,
-        metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
-        peak and peak * jax.device_count(), start)
+    boundaries = cfg.stage_boundaries()  # log there: an interval never spans two stages
     summary: Dict[str, float] = {}
     checked = None  # the last step whose non-finite counters were read
+    current, interval, tokens = None, None, 0
     began, done = time.perf_counter(), start
     for done in range(start + 1, cfg.num_steps + 1):
-        batch = global_batch(next(iterator), mesh, rules)
-        state, step_metrics = train_step.fn(state, batch)
+        active = cfg.active(done - 1)
+        if stage_steps[active] is not current:
+            if current is not None:
+                joining = [o.upper() for o in active if o not in current.batch_shapes]
+                bar.write(f"after step {done - 1}: {', '.join(joining)} "
+                          f"join{'s' if len(joining) == 1 else ''} the run")
+            current = stage_steps[active]
+            interval = _interval_metrics(exp, current, peak, done - 1)
+        local = {o: b for o, b in next(iterator).items() if o in current.batch_shapes}
+        state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
+        tokens += sum(b * n for b, n in current.batch_shapes.values())
         interval.add(step_metrics)
         if done == start + 1:  # compilation included
             jax.block_until_ready(state["step"])
             summary["session/first_step_seconds"] = time.perf_counter() - began
-        if _due(done, cfg.log_every, cfg.num_steps):
+        if _due(done, cfg.log_every, cfg.num_steps) or done in boundaries:
             scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
             checked = done
             scalars = {f"train/{k}": v for k, v in scalars.items()}
@@ -159,16 +168,38 @@ def _loop(model_dir: str, exp: Experiment, train_step: TrainStep, state: State, 
             if "eval/accuracy" in results:
                 bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
                           f"over {len(tasks_to_eval)} languages")
-    if hasattr(train_step.fn, "_cache_size"):
-        summary["train_step_compilations"] = train_step.fn._cache_size()
+    compiled = [s.fn._cache_size() for s in stage_steps.values() if hasattr(s.fn, "_cache_size")]
+    if compiled:
+        summary["train_step_compilations"] = sum(compiled)
     # This session's totals (compilation, checkpoints and evaluations included).
-    summary.update({"session/steps": done - start, "session/tokens": (done - start) *
-                    tokens_per_step, "session/seconds": time.perf_counter() - began})
+    summary.update({"session/steps": done - start, "session/tokens": tokens,
+                    "session/seconds": time.perf_counter() - began})
     return summary
 
 
+def _stage_steps(exp: Experiment, mesh, full: TrainStep) -> Dict[Tuple[str, ...], TrainStep]:
+    """{objectives: step} of each stage (`TrainConfig.objective_start_steps`), built before
+    the mesh is activated; the last stage, with every objective, is `full`."""
+    steps = {exp.train.enabled: full}
+    for boundary in (0, *exp.train.stage_boundaries()):
+        stage = exp.stage(boundary)
+        if stage.train.enabled not in steps:
+            steps[stage.train.enabled] = build_train_step(stage, mesh, full.btmlm)
+    return steps
+
+
+def _interval_metrics(exp: Experiment, train_step: TrainStep, peak: Optional[float],
+                      since: int) -> metrics_lib.IntervalMetrics:
+    """Throughput and MFU of one stage's step, whose tokens and FLOPs are its own."""
+    return metrics_lib.IntervalMetrics(
+        sum(b * n for b, n in train_step.batch_shapes.values()),
+        metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
+        peak and peak * jax.device_count(), since)
+
+
 def _progress_line(scalars: Dict[str, float], cfg: TrainConfig) -> str:
-    losses = [f"{o}={scalars.get(f'train/{o}/loss', float('nan')):.3f}" for o in cfg.enabled]
+    losses = [f"{o}={scalars[f'train/{o}/loss']:.3f}" for o in cfg.enabled
+              if f"train/{o}/loss" in scalars]
     return "  ".join(losses + [f"tok/s={scalars['train/tokens_per_second']:.0f}"])
 
 

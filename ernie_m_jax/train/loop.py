@@ -76,12 +76,12 @@ def _restore_or_init(exp: Experiment, train_step: TrainStep, mngr, iterator,
 def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
          stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
     cfg = exp.train
+    mesh, rules = partitioning.make_mesh(exp.mesh), exp.mesh.rules  # before any data is read
     if cfg.data_setup is not None:
         cfg.data_setup()
     if input_fn is None:  # the configured mixtures: their ids must be the model's
         pipeline.check_vocabulary(exp.data, cfg.enabled, exp.tokens, exp.model.vocab_size)
     languages.check_fits(exp.model.num_languages)
-    mesh, rules = partitioning.make_mesh(exp.mesh), exp.mesh.rules
     train_step = build_train_step(exp, mesh)
 
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())

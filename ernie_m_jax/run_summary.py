@@ -120,7 +120,7 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
         lines.append(f"  {'mean':<{width}}  {'':>5}  {mean['raw']:>5.3f}  "
                      f"{mean['centred']:>7.3f}  {mean['bag_of_subwords']:>15.3f}")
         verdict = ("beats" if mean["centred"] > mean["bag_of_subwords"] else
-                   "does not beat yet")
+                   "does not yet beat")
         lines.append(f"  centred retrieval {verdict} bag of subwords "
                      f"({mean['centred']:.3f} vs {mean['bag_of_subwords']:.3f})")
     elif note:

@@ -135,7 +135,7 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
             interval = _interval_metrics(exp, current, peak, done - 1)
         local = {o: b for o, b in next(iterator).items() if o in current.batch_shapes}
         state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
-        tokens += sum(b * n for b, n in current.batch_shapes.values())
+        tokens += current.tokens_per_step
         interval.add(step_metrics)
         if done == start + 1:  # compilation included
             jax.block_until_ready(state["step"])
@@ -192,7 +192,7 @@ def _interval_metrics(exp: Experiment, train_step: TrainStep, peak: Optional[flo
                       since: int) -> metrics_lib.IntervalMetrics:
     """Throughput and MFU of one stage's step, whose tokens and FLOPs are its own."""
     return metrics_lib.IntervalMetrics(
-        sum(b * n for b, n in train_step.batch_shapes.values()),
+        train_step.tokens_per_step,
         metrics_lib.step_flops(exp.model, train_step.batch_shapes, exp.masking, train_step.btmlm),
         peak and peak * jax.device_count(), since)
 

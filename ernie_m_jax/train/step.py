@@ -176,6 +176,11 @@ class TrainStep:
     batch_shardings: Dict[str, Dict[str, jax.sharding.NamedSharding]]
     batch_shapes: Mapping[str, Tuple[int, int]]
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Rows x length summed over the objectives' batches (padding included)."""
+        return sum(rows * length for rows, length in self.batch_shapes.values())
+
     def abstract_batches(self) -> Dict[str, Dict[str, jax.ShapeDtypeStruct]]:
         return {o: {k: jax.ShapeDtypeStruct(self.batch_shapes[o], jnp.int32, sharding=s)
                     for k, s in shardings.items()}

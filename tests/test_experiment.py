@@ -124,6 +124,51 @@ def test_a_rerun_skips_finished_results_and_a_probe_reuses_stage1(sitting):
         results["ernie_m"]["final_losses"]["train/btmlm/loss"]
 
 
+@pytest.mark.slow
+def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one(sitting):
+    import flax.linen as nn
+    import jax
+
+    from ernie_m_jax import checkpoints, saved_run
+    from ernie_m_jax.model import init_params
+
+    setting, _, _ = sitting
+    start = setting.out / "runs" / "mmlm_tlm_camlm_seed0"
+    before = {p: p.stat().st_mtime_ns for p in (start / "checkpoints").rglob("*")}
+    arms = list(paper.CONTINUED_ARMS)
+    paper.run_experiment(setting, arms, seeds=[0])
+    # The finished run was continued, not retrained.
+    assert {p: p.stat().st_mtime_ns for p in (start / "checkpoints").rglob("*")} == before
+    results = {a: json.loads((setting.out / "results" / f"{a}_seed0.json").read_text())
+               for a in arms}
+    for arm, result in results.items():
+        assert result["continued_from"] == str(start)
+        assert (result["start_steps"], result["continued_steps"], result["steps"]) == (4, 2, 6)
+        assert result["continuation_seed"] == 1000
+        assert checkpoints.latest_step(setting.out / "runs" / f"{arm}_seed0" / "checkpoints") == 2
+    assert "train/btmlm/loss" in results["ernie_m_full_stage1"]["final_losses"]
+    assert set(results["camlm_continued"]["final_losses"]) == {
+        "train/loss", "train/mmlm/loss", "train/tlm/loss", "train/camlm/loss"}
+    # Two steps from the finished run stay near it; a fresh init (positive control) does not.
+    start_params = saved_run.load(str(start)).params
+    continued = saved_run.load(str(setting.out / "runs" / "camlm_continued_seed0")).params
+
+    def distance(a, b):
+        return sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    fresh = nn.unbox(init_params(saved_run.load(str(start)).model, jax.random.key(1000)))
+    assert distance(continued, start_params) < 0.1 * distance(fresh["params"], start_params)
+    assert "ernie_m_full_stage1" in paper.format_summary(paper.summarise(setting.out))
+
+    # Seed 1 has no finished camlm run: it is trained first, then continued.
+    paper.run_experiment(setting, ["camlm_continued"], seeds=[1])
+    assert checkpoints.latest_step(
+        setting.out / "runs" / "mmlm_tlm_camlm_seed1" / "checkpoints") == 4
+    assert json.loads((setting.out / "results" / "camlm_continued_seed1.json").read_text())[
+        "continuation_seed"] == 1001
+
+
 def test_stage_split_comes_from_the_config_and_must_leave_both_stages_steps(tmp_path):
     setting = paper.Setting("tiny", tmp_path)
     assert paper.total_steps(setting) == 4 and paper.stage1_steps(setting) == 2

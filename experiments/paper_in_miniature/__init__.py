@@ -51,6 +51,8 @@ from experiments.paper_in_miniature.setting import (
                                                        ARMS,
                                                        BAG_OF_SUBWORDS,
                                                        CONFIGS,
+                                                       CONTINUED_ARMS,
+                                                       CONTINUED_FROM,
                                                        GIN_DIR,
                                                        MONO_MIXTURE,
                                                        PARA_MIXTURE,
@@ -63,8 +65,9 @@ from experiments.paper_in_miniature.setting import (
                                                        result_path,
 )
 
-__all__ = ["ARMS", "BAG_OF_SUBWORDS", "CONFIGS", "GIN_DIR", "MONO_MIXTURE", "PARA_MIXTURE",
-           "RANDOM_INIT", "README", "SOURCE", "RunStopped", "Setting", "evaluate_run",
+__all__ = ["ARMS", "BAG_OF_SUBWORDS", "CONFIGS", "CONTINUED_ARMS", "CONTINUED_FROM", "GIN_DIR",
+           "MONO_MIXTURE", "PARA_MIXTURE", "RANDOM_INIT", "README", "SOURCE", "RunStopped",
+           "Setting", "evaluate_run",
            "experiment_languages", "format_probes", "format_summary", "headline_layer",
            "pair_sets", "plot", "register_experiment_data", "result_path", "run_arm",
            "run_experiment", "run_metrics", "run_random_init", "stage1_steps", "summarise",

@@ -20,6 +20,9 @@ from experiments.paper_in_miniature import report
 from experiments.paper_in_miniature.evaluation import evaluate_run
 from experiments.paper_in_miniature.setting import (
     ARMS,
+    CONTINUATION_SEED_OFFSET,
+    CONTINUED_ARMS,
+    CONTINUED_FROM,
     GIN_DIR,
     RANDOM_INIT,
     RunStopped,
@@ -92,12 +95,31 @@ def _finished_stage1(setting: Setting, seed: int, steps: int) -> str:
     return directory
 
 
+def _continue_arm(setting: Setting, arm: str, seed: int, model_dir: Path
+                  ) -> Tuple[Path, Dict[str, float], dict]:
+    """One of `CONTINUED_ARMS`: the `CONTINUED_FROM` run of this seed, trained (or resumed)
+    to the config's steps where its final checkpoint is gone, continued for the stage-2 share
+    of the steps with the arm's objectives."""
+    steps = total_steps(setting)
+    start = setting.out / "runs" / f"{CONTINUED_FROM}_seed{seed}"
+    if checkpoints.latest_step(start / "checkpoints") != steps:
+        _train(setting, start, [f"{CONTINUED_FROM}.gin"], seed, steps)
+    more = steps - stage1_steps(setting)
+    summary = _train(setting, model_dir, [CONTINUED_ARMS[arm]], seed + CONTINUATION_SEED_OFFSET,
+                     more, [f"TrainConfig.init_from = {str(start)!r}"])
+    return model_dir, summary, {"continued_from": str(start), "start_steps": steps,
+                                "continued_steps": more,
+                                "continuation_seed": seed + CONTINUATION_SEED_OFFSET}
+
+
 def train_arm(setting: Setting, arm: str, seed: int) -> Tuple[Path, Dict[str, float], dict]:
     """Train (or resume) one arm with one seed: (its final run, the last summary, extras).
     A finished run is only read back, so this also brings back an arm whose run was lost."""
     steps = total_steps(setting)
     model_dir = setting.out / "runs" / f"{arm}_seed{seed}"
     extra: Dict[str, object] = {}
+    if arm in CONTINUED_ARMS:
+        return _continue_arm(setting, arm, seed, model_dir)
     if arm == "ernie_m":
         first = extra["stage1_steps"] = stage1_steps(setting)
         if setting.stage1_from:
@@ -121,7 +143,8 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     result = evaluate_run(run, data.corpus_dir)
     # Seconds of this sitting (a resumed run counts only what was left to train).
     extra["seconds"] = {"train": round(trained - started), "evaluate": round(time.time() - trained)}
-    result.update(arm=arm, seed=seed, steps=total_steps(setting),
+    steps = extra.get("start_steps", 0) + extra.get("continued_steps", total_steps(setting))
+    result.update(arm=arm, seed=seed, steps=steps,
                   mlm_accuracy=_mlm_accuracy(summary),
                   final_losses={k: v for k, v in summary.items()
                                 if k.startswith("train/") and k.endswith("loss")}, **extra)
@@ -161,9 +184,10 @@ def missing(arms: Sequence[str], seeds: Sequence[int], path_of: Callable[[str, i
 
 def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) -> dict:
     """Every missing arm x seed (random_init included), then the summary and the plot."""
-    unknown = set(arms) - set(ARMS) - {RANDOM_INIT}
+    known = (RANDOM_INIT, *ARMS, *CONTINUED_ARMS)
+    unknown = set(arms) - set(known)
     if unknown:
-        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {(RANDOM_INIT, *ARMS)}")
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {known}")
     for arm, seed, path in missing(arms, seeds, lambda a, k: result_path(setting, a, k)):
         result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
             run_arm(setting, arm, seed)

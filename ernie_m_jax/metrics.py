@@ -160,9 +160,12 @@ class IntervalMetrics:
             lambda a, b: a + b, self._sums, dict(step_metrics))
 
     def report(self, step: int) -> Dict[str, float]:
-        """Means and rates since the last report (or the start), then start a new interval."""
-        steps, elapsed = step - self._since_step, max(time.time() - self._since_time, 1e-9)
+        """Means and rates since the last report (or the start), then start a new interval.
+        The clock is read after the sums reach the host, that is after the interval's last
+        step has run: steps still queued by asynchronous dispatch would otherwise fall into no
+        interval and inflate the rates."""
         sums = as_floats(self._sums or {"finite": 0.0})
+        steps, elapsed = step - self._since_step, max(time.time() - self._since_time, 1e-9)
         finite = sums.pop("finite")
         means = {k: v / finite for k, v in sums.items()} if finite else {}
         means["skipped_steps_in_interval"] = steps - finite

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from ernie_m_jax.metrics import MetricsWriter, read_metrics
+from ernie_m_jax.metrics import IntervalMetrics, MetricsWriter, read_metrics
 
 
 def _tensorboard_scalars(model_dir, tag):
@@ -49,3 +49,30 @@ def test_without_the_restart_marker_tensorboard_would_show_stale_steps(tmp_path)
         time.sleep(1.1)
     shown = _tensorboard_scalars(tmp_path, "train/loss")
     assert (4, 4.0) in shown and (4, 40.0) in shown  # step 4 twice
+
+
+class _StillRunning:
+    """A step result that is ready only after `seconds`, as an asynchronously dispatched
+    step's is when the host asks for it."""
+
+    def __init__(self, value: float, seconds: float):
+        self.value, self.seconds = value, seconds
+
+    def __array__(self, dtype=None, copy=None):
+        time.sleep(self.seconds)
+        return np.asarray(self.value, dtype=dtype)
+
+
+def test_interval_rates_count_the_time_the_last_steps_still_ran():
+    interval = IntervalMetrics(tokens_per_step=100, flops_per_step=1.0, peak_flops_total=None,
+                               start_step=0)
+    interval.add({"finite": 4.0, "loss": _StillRunning(8.0, 0.5)})
+    report = interval.report(4)
+    assert report["loss"] == 2.0  # means over the finite steps
+    # 4 steps took at least the 0.5 s the host waited for them (a clock read before the
+    # wait would report thousands of steps a second).
+    assert report["steps_per_second"] <= 4 / 0.5
+    assert report["tokens_per_second"] == report["steps_per_second"] * 100
+    # The next interval starts after the wait: a quick one is not charged for it.
+    interval.add({"finite": 1.0, "loss": 1.0})
+    assert interval.report(5)["steps_per_second"] > 1 / 0.5

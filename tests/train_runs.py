@@ -14,7 +14,7 @@ def tiny_bindings(data_dir: str, steps: int, **extra) -> List[str]:
     bindings = {
         "register_demo.data_dir": repr(str(data_dir)),
         "register_demo.languages": LANGUAGES,
-        "NUM_STEPS": steps,
+        "NUM_STEPS": steps, "BTMLM_START": 0,  # all four objectives from the first step
         "ModelConfig.hidden_size": 32, "ModelConfig.num_layers": 2, "ModelConfig.num_heads": 4,
         "ModelConfig.mlp_dim": 64, "ModelConfig.num_languages": 8,
         "MONO_LENGTH": 16, "PAIR_LENGTH": 32, "BATCH_SIZE": 8, "MMLM_BATCH": 8,

@@ -78,7 +78,8 @@ class TrainConfig:
                 if not 0 <= s < self.num_steps}
         if late:
             raise ValueError(f"TrainConfig.objective_start_steps {late}: an objective must "
-                             f"join at a step in [0, num_steps={self.num_steps})")
+                             f"join at a step in [0, num_steps={self.num_steps}); lower its "
+                             f"start along with num_steps")
         if not self.active(0):
             raise ValueError(f"TrainConfig.objective_start_steps "
                              f"{dict(self.objective_start_steps)} leaves the first step "

@@ -6,7 +6,11 @@ all for languages without parallel data?
 
 Arms share the model, the steps and the tokens per step (`gin/arms/*.gin`); `ernie_m` runs
 stage 1 (MMLM+TLM+CAMLM) for `STAGE1_FRACTION` of the steps (half), then stage 2 (all four,
-BTMLM included) from it for the rest. Each finished arm x seed writes
+BTMLM included) from it for the rest. Two more arms, run only when named, test BTMLM on a
+stage 1 as long as every other arm (#23): `ernie_m_full_stage1` continues the finished
+`mmlm_tlm_camlm` run of the same seed with all four objectives for the stage-2 share of the
+steps, `camlm_continued` continues it as long without BTMLM (both restart the optimizer). Each
+finished arm x seed writes
 `results/<arm>_seed<k>.json` and is skipped on a rerun, so the experiment can be completed over
 several sittings (training itself resumes from its checkpoints too). `summary.json` (mean and
 spread over seeds) and `plot.png` are rewritten from whatever results exist; `--update_readme`

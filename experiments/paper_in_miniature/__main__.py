@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"example: {PROG} --config=tiny --seeds=0 --out=/tmp/smoke")
     parser.add_argument("--config", choices=tuple(CONFIGS), default="cpu")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--arms", help="comma-separated (default: random_init and all four)")
+    parser.add_argument("--arms", help="comma-separated (default: random_init and all four); "
+                                       "also camlm_continued and ernie_m_full_stage1, which "
+                                       "continue the finished mmlm_tlm_camlm run of each seed "
+                                       "without and with BTMLM")
     parser.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
     parser.add_argument("--out", help="default experiments/results/paper_in_miniature/"
                                       "<config>; finished arm x seed results are kept")

@@ -141,6 +141,7 @@ def test_pretraining_continues_from_an_imported_checkpoint(trained, exports, dem
     imported = hf_import.import_hf(str(exports["ernie_m"]), str(tmp_path / "imported"))
     bindings = tiny_bindings(demo_data_dir, 2, **{
         "ModelConfig.num_languages": 0, "OBJECTIVE_WEIGHTS": "{'mmlm': 1.0}",
+        "TrainConfig.objective_start_steps": "{}",
         "LEARNING_RATE": 1e-12, "TrainConfig.init_from": repr(str(imported))})
     run(tmp_path / "continued", bindings, files=("runs/demo_cpu.gin", f"{imported}/config.gin"))
     start = saved_run.load(str(imported))

@@ -73,7 +73,9 @@ class TrainConfig:
         not_enabled = sorted(set(self.objective_start_steps) - set(self.enabled))
         if not_enabled:
             raise ValueError(f"TrainConfig.objective_start_steps names {not_enabled}, which "
-                             f"objective_weights does not enable ({list(self.enabled)})")
+                             f"objective_weights does not enable ({list(self.enabled)}); drop "
+                             f"them from it (--gin.TrainConfig.objective_start_steps={{}} for "
+                             f"no stages)")
         late = {o: s for o, s in self.objective_start_steps.items()
                 if not 0 <= s < self.num_steps}
         if late:

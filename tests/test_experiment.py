@@ -150,15 +150,16 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
     assert set(results["camlm_continued"]["final_losses"]) == {
         "train/loss", "train/mmlm/loss", "train/tlm/loss", "train/camlm/loss"}
     # Two steps from the finished run stay near it; a fresh init (positive control) does not.
-    start_params = saved_run.load(str(start)).params
+    start_run = saved_run.load(str(start))
     continued = saved_run.load(str(setting.out / "runs" / "camlm_continued_seed0")).params
 
     def distance(a, b):
         return sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
-    fresh = nn.unbox(init_params(saved_run.load(str(start)).model, jax.random.key(1000)))
-    assert distance(continued, start_params) < 0.1 * distance(fresh["params"], start_params)
+    fresh = nn.unbox(init_params(start_run.model, jax.random.key(1000)))
+    assert distance(continued, start_run.params) < \
+        0.1 * distance(fresh["params"], start_run.params)
     assert "ernie_m_full_stage1" in paper.format_summary(paper.summarise(setting.out))
 
     # Seed 1 has no finished camlm run: it is trained first, then continued.

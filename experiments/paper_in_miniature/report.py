@@ -13,10 +13,8 @@ import numpy as np
 
 from ernie_m_jax import files
 from experiments.paper_in_miniature.setting import (
-    ARMS,
     BAG_OF_SUBWORDS,
-    CONTINUED_ARMS,
-    RANDOM_INIT,
+    KNOWN_ARMS,
     SOURCE,
     Setting,
     result_path,
@@ -120,7 +118,7 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
                         "no plot")
         return None
     layer = summary["headline_layer"]
-    arms = [a for a in (RANDOM_INIT, *ARMS, *CONTINUED_ARMS) if a in summary["arms"]]
+    arms = [a for a in KNOWN_ARMS if a in summary["arms"]]
     if layer is None or not arms:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
@@ -152,7 +150,7 @@ def _table(summary: dict, columns: Sequence[Tuple[str, str]],
             return "–"
         return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
 
-    arms = [a for a in (RANDOM_INIT, *ARMS, *CONTINUED_ARMS) if a in summary["arms"]]
+    arms = [a for a in KNOWN_ARMS if a in summary["arms"]]
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(cell(summary["arms"][arm].get(k))
                                                 for _, k in columns) + " |")

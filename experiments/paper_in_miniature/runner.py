@@ -19,11 +19,11 @@ from ernie_m_jax.model import init_params
 from experiments.paper_in_miniature import report
 from experiments.paper_in_miniature.evaluation import evaluate_run
 from experiments.paper_in_miniature.setting import (
-    ARMS,
     CONTINUATION_SEED_OFFSET,
     CONTINUED_ARMS,
     CONTINUED_FROM,
     GIN_DIR,
+    KNOWN_ARMS,
     RANDOM_INIT,
     RunStopped,
     Setting,
@@ -104,12 +104,11 @@ def _continue_arm(setting: Setting, arm: str, seed: int, model_dir: Path
     start = setting.out / "runs" / f"{CONTINUED_FROM}_seed{seed}"
     if checkpoints.latest_step(start / "checkpoints") != steps:
         _train(setting, start, [f"{CONTINUED_FROM}.gin"], seed, steps)
-    more = steps - stage1_steps(setting)
-    summary = _train(setting, model_dir, [CONTINUED_ARMS[arm]], seed + CONTINUATION_SEED_OFFSET,
-                     more, [f"TrainConfig.init_from = {str(start)!r}"])
+    more, continuation_seed = steps - stage1_steps(setting), seed + CONTINUATION_SEED_OFFSET
+    summary = _train(setting, model_dir, [CONTINUED_ARMS[arm]], continuation_seed, more,
+                     [f"TrainConfig.init_from = {str(start)!r}"])
     return model_dir, summary, {"continued_from": str(start), "start_steps": steps,
-                                "continued_steps": more,
-                                "continuation_seed": seed + CONTINUATION_SEED_OFFSET}
+                                "continued_steps": more, "continuation_seed": continuation_seed}
 
 
 def train_arm(setting: Setting, arm: str, seed: int) -> Tuple[Path, Dict[str, float], dict]:
@@ -184,10 +183,9 @@ def missing(arms: Sequence[str], seeds: Sequence[int], path_of: Callable[[str, i
 
 def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) -> dict:
     """Every missing arm x seed (random_init included), then the summary and the plot."""
-    known = (RANDOM_INIT, *ARMS, *CONTINUED_ARMS)
-    unknown = set(arms) - set(known)
+    unknown = set(arms) - set(KNOWN_ARMS)
     if unknown:
-        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {known}")
+        raise ValueError(f"unknown arms {sorted(unknown)}; choose from {KNOWN_ARMS}")
     for arm, seed, path in missing(arms, seeds, lambda a, k: result_path(setting, a, k)):
         result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
             run_arm(setting, arm, seed)

@@ -28,6 +28,8 @@ CONTINUED_ARMS = {"ernie_m_full_stage1": "ernie_m_stage2.gin",
 # and masks its starting run saw first; both continued arms share it (a paired comparison).
 CONTINUATION_SEED_OFFSET = 1000
 RANDOM_INIT, BAG_OF_SUBWORDS = "random_init", "bag_of_subwords"
+# Every arm the driver runs, in the order the tables and the plot show them.
+KNOWN_ARMS = (RANDOM_INIT, *ARMS, *CONTINUED_ARMS)
 SOURCE = "en"
 MONO_MIXTURE, PARA_MIXTURE = "paper.mono", "paper.para"
 

@@ -40,11 +40,11 @@ def cross_attention_mask(segment_ids: Array, masked: Array, restore: int, contex
     return _rows(in_restore, restore_keys, in_context)
 
 
-def generation_mask(segment_ids: Array, source: int = SOURCE, placeholders: int = TARGET) -> Array:
+def generation_mask(segment_ids: Array, placeholders: Array) -> Array:
     """BTMLM stage 1: placeholders see the source and each other; the source sees only itself.
 
-    The generated tokens therefore depend on the source sentence and the placeholders alone.
+    This is CAMLM's rule for restoring a target whose every content token is masked, so the
+    generated tokens depend on the source and the placeholders alone (not on the target's
+    separators), exactly as CAMLM's restored targets did in stage 1.
     """
-    in_source = segment_ids == source
-    in_placeholders = segment_ids == placeholders
-    return _rows(in_placeholders, in_source | in_placeholders, in_source)
+    return cross_attention_mask(segment_ids, placeholders, restore=TARGET, context=SOURCE)

@@ -206,6 +206,14 @@ class BTMLMConfig:
     top_k: int = 0
     # Language ids the pseudo sentence may be generated in; the source's own is never drawn.
     target_languages: Tuple[int, ...] = ()
+    # Where `target_languages` is unset, the run fills it from its mixtures: every language
+    # of the monolingual one, or with this, only those the pair mixture holds too (the ones
+    # CAMLM taught the model to write). Ignored where `target_languages` is set.
+    parallel_targets_only: bool = False
+    # Frame the pseudo sentence as the second sentence of a pair, `[SEP] y [SEP]`, so that
+    # placeholders sit at the positions CAMLM's targets held in stage 1 (one after the opening
+    # [SEP]) and stage 2 reads the same layout as a parallel pair. Off: `[CLS] x [SEP] y`.
+    pair_separators: bool = False
 
     def __post_init__(self):
         if self.placeholder_ratio <= 0:

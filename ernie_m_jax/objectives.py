@@ -182,54 +182,64 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     """BTMLM stage 1: fill k appended placeholders in one non-autoregressive forward pass.
 
     Placeholders are [MASK] tokens tagged with a drawn target language and the positions that
-    follow the source; they see the source and each other, the source sees only itself
-    (`attention_masks.generation_mask`). Special ids are never emitted and no gradient flows.
+    follow the source (after an opening [SEP] with `pair_separators`, closed by another, as
+    the second sentence of a CAMLM pair). They see the source and each other, never the
+    separators, and the source sees only itself: CAMLM's rule for restoring a target whose
+    every token is masked. Special ids are never emitted and no gradient flows.
     Returns the pseudo-parallel pair `source + generated` (segments 1 and 2).
     """
     cfg = model.config
     ids, segments = batch["input_ids"], batch["segment_ids"]
     batch_size, source_length = ids.shape
     slots = btmlm.max_placeholders or source_length
-    if source_length + slots > cfg.max_length:
+    frame = 1 if btmlm.pair_separators else 0  # separators on each side of the placeholders
+    block = slots + 2 * frame
+    if source_length + block > cfg.max_length:
         raise ValueError(
-            f"BTMLM needs {source_length} source + {slots} placeholder positions, more than the "
-            f"model's {cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
+            f"BTMLM needs {source_length} source + {block} placeholder"
+            f"{' and separator' if frame else ''} positions, more than the model's "
+            f"{cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
     language_rng, sample_rng = jax.random.split(rng)
 
     words = maskable_tokens(ids, segments, tokens).sum(-1)
     count = jnp.clip(jnp.round(btmlm.placeholder_ratio * words), 1, slots).astype(jnp.int32)
-    active = jnp.arange(slots)[None, :] < count[:, None]
+    column = jnp.arange(block)[None, :]
+    placeholder = (column >= frame) & (column < frame + count[:, None])
+    separator = ((column == 0) | (column == frame + count[:, None])) if frame else \
+        jnp.zeros_like(placeholder)
+    in_pseudo = placeholder | separator
 
     source_positions = _positions(batch, cfg.position_offset)
     last_position = jnp.max(jnp.where(segments > 0, source_positions, 0), axis=-1)
-    # Inactive placeholders are padding; keep their positions inside the table.
-    placeholder_positions = jnp.minimum(
-        last_position[:, None] + 1 + jnp.arange(slots)[None, :], cfg.max_position_embeddings - 1)
+    # Unused slots are padding; keep their positions inside the table.
+    block_positions = jnp.minimum(last_position[:, None] + 1 + column,
+                                  cfg.max_position_embeddings - 1)
 
     source_languages = batch["language_ids"][:, 0]
     if btmlm.target_languages:
         target = _draw_target_languages(language_rng, source_languages, btmlm.target_languages)
     else:
         target = source_languages
-    placeholder_languages = jnp.broadcast_to(target[:, None], (batch_size, slots))
+    block_languages = jnp.broadcast_to(target[:, None], (batch_size, block))
 
+    block_ids = jnp.where(placeholder, tokens.mask_id,
+                          jnp.where(separator, tokens.sep_id, tokens.pad_id))
     pair = {
-        "input_ids": jnp.concatenate(
-            [ids, jnp.where(active, tokens.mask_id, tokens.pad_id).astype(ids.dtype)], axis=1),
+        "input_ids": jnp.concatenate([ids, block_ids.astype(ids.dtype)], axis=1),
         "segment_ids": jnp.concatenate(
-            [segments, jnp.where(active, attention_masks.TARGET, 0).astype(segments.dtype)],
+            [segments, jnp.where(in_pseudo, attention_masks.TARGET, 0).astype(segments.dtype)],
             axis=1),
         "language_ids": jnp.concatenate(
-            [batch["language_ids"], placeholder_languages.astype(batch["language_ids"].dtype)],
-            axis=1),
+            [batch["language_ids"], block_languages.astype(batch["language_ids"].dtype)], axis=1),
         "position_ids": jnp.concatenate(
-            [source_positions, placeholder_positions.astype(source_positions.dtype)], axis=1),
+            [source_positions, block_positions.astype(source_positions.dtype)], axis=1),
     }
-    placeholder_index = source_length + jnp.arange(slots, dtype=jnp.int32)
+    is_placeholder = jnp.concatenate([jnp.zeros_like(segments, bool), placeholder], axis=1)
+    placeholder_index = source_length + frame + jnp.arange(slots, dtype=jnp.int32)
     outputs = model.apply(
         {"params": jax.lax.stop_gradient(params)},
         pair["input_ids"],
-        attention_mask=attention_masks.generation_mask(pair["segment_ids"]),
+        attention_mask=attention_masks.generation_mask(pair["segment_ids"], is_placeholder),
         position_ids=pair["position_ids"],
         language_ids=pair["language_ids"],
         mlm_positions=jnp.broadcast_to(placeholder_index, (batch_size, slots)),
@@ -239,8 +249,9 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     special = jnp.asarray([s for s in tokens.all_ids if s < cfg.vocab_size], jnp.int32)
     logits = logits.at[..., special].set(-jnp.inf)
     generated = _sample(sample_rng, logits, btmlm.temperature, btmlm.top_k)
-    generated = jnp.where(active, generated, tokens.pad_id).astype(ids.dtype)
-    pair["input_ids"] = jnp.concatenate([ids, generated], axis=1)
+    generated = jnp.pad(generated, ((0, 0), (frame, frame)))  # back onto the block's columns
+    pair["input_ids"] = jnp.concatenate(
+        [ids, jnp.where(placeholder, generated, block_ids).astype(ids.dtype)], axis=1)
     return jax.lax.stop_gradient(pair)
 
 

@@ -1,8 +1,11 @@
-"""What BTMLM's stage 1 writes: a run's pseudo translations of English test messages, scored
-against the reference translations. It says whether back-translation has anything to learn
-from at the model's current quality (issue #8).
+"""What BTMLM's stage 1 writes: a run's pseudo translations of held-out English messages,
+scored against the reference translations. It says whether back-translation has anything to
+learn from at the model's current quality (issue #8), and which generation settings give it
+more (#23: choose them on `--split=validation`).
 
     python -m experiments.btmlm_generation MODEL_DIR --temperatures=1.0,0.0 --out=FILE.json
+    python -m experiments.btmlm_generation MODEL_DIR --split=validation --top_k=20 \
+        --pair_separators --placeholder_ratio=1.2
 """
 
 import argparse
@@ -19,7 +22,8 @@ def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Seque
                      references: Sequence[Sequence[int]]) -> Dict[str, float]:
     """Means over rows: the share of generated pieces found in the reference translation
     (`reference_precision`) and in the English source (`copied`), the share of distinct
-    pieces (`distinct`), and `source_precision`, what copying the source would score."""
+    pieces (`distinct`), `source_precision`, what copying the source would score, and
+    `length_ratio`, generated pieces per reference piece (mean over rows, then divided)."""
     if not (len(generated) == len(sources) == len(references)) or not generated:
         raise ValueError(f"need as many generated rows as sources and references, at least "
                          f"one; got {len(generated)}, {len(sources)}, {len(references)}")
@@ -33,14 +37,18 @@ def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Seque
         "copied": float(np.mean([share(g, s) for g, s, _ in rows])),
         "distinct": float(np.mean([len(set(g)) / len(g) for g, _, _ in rows])),
         "source_precision": float(np.mean([share(s, r) for _, s, r in rows if len(s)])),
+        "length_ratio": float(np.mean([len(g) for g, _, _ in rows])
+                              / max(np.mean([len(r) for _, _, r in rows]), 1e-9)),
         "messages": len(rows),
     }
 
 
 def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_language: int,
-             temperature: float, seed: int = 0, batch_size: int = 64) -> List[List[int]]:
-    """The run's BTMLM stage 1 (`objectives.btmlm_generate`, its placeholder ratio) on each
-    row, into `target_language`; returns the generated pieces without padding."""
+             temperature: float, seed: int = 0, batch_size: int = 64,
+             **knobs) -> List[List[int]]:
+    """The run's BTMLM stage 1 (`objectives.btmlm_generate`, its `BTMLMConfig` with `knobs`
+    replaced, e.g. `top_k=20`) on each row, into `target_language`; returns the generated
+    pieces without padding or separators."""
     import jax
     import jax.numpy as jnp
 
@@ -50,12 +58,14 @@ def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_la
 
     tokens, cfg = run.tokens, run.model
     btmlm = dataclasses.replace(run.experiment.btmlm, temperature=temperature,
-                                target_languages=(target_language,), max_placeholders=None)
+                                target_languages=(target_language,), max_placeholders=None,
+                                **knobs)
     model = ErnieM(cfg)
-    length = cfg.max_length // 2  # source + as many placeholders
+    length = (cfg.max_length - (2 if btmlm.pair_separators else 0)) // 2  # source + as many
     fill = jax.jit(lambda params, batch, rng: btmlm_generate(
         params, batch, rng, model=model, tokens=tokens, btmlm=btmlm)["input_ids"][:, length:])
     params = jax.device_put(run.params)
+    specials = set(tokens.all_ids)
     out: List[List[int]] = []
     rng = jax.random.key(seed)
     for start in range(0, len(rows), batch_size):
@@ -66,13 +76,15 @@ def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_la
                  "language_ids": jnp.full(ids.shape, source_language, jnp.int32)}
         rng, step_rng = jax.random.split(rng)
         filled = np.asarray(fill(params, batch, step_rng))[:len(chunk)]
-        out += [[int(t) for t in row if t != tokens.pad_id] for row in filled]
+        out += [[int(t) for t in row if t not in specials] for row in filled]
     return out
 
 
 def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
-             seed: int = 0, languages: Optional[Sequence[str]] = None) -> dict:
-    """Piece statistics per temperature and language, English test messages as sources."""
+             seed: int = 0, languages: Optional[Sequence[str]] = None,
+             split: str = "test", **knobs) -> dict:
+    """Piece statistics per temperature and language, English `split` messages as sources,
+    with the run's generation settings except `knobs` (BTMLMConfig fields)."""
     from ernie_m_jax import saved_run
     from ernie_m_jax.evaluation.embedding import SentenceEncoder
     from experiments import paper_in_miniature as paper
@@ -82,16 +94,17 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
     groups = paper.experiment_languages()
     languages = list(languages or [*groups["parallel"], *groups["monolingual_only"]])
     sets = {p.name.split("-", 1)[1]: p
-            for p in paper.pair_sets(run, data.corpus_dir, languages, SentenceEncoder(run))}
+            for p in paper.pair_sets(run, data.corpus_dir, languages, SentenceEncoder(run),
+                                     split)}
     result = {"model_dir": str(model_dir), "step": run.step, "limit": limit, "seed": seed,
-              "languages": groups, "temperatures": {}}
+              "split": split, "knobs": knobs, "languages": groups, "temperatures": {}}
     for temperature in temperatures:
         per_language = result["temperatures"][str(temperature)] = {}
         for lang in languages:
             pairs = sets[lang]
             sources, references = pairs.source[:limit], pairs.target[:limit]
             generated = generate(run, sources, pairs.source_language, pairs.target_language,
-                                 temperature, seed)
+                                 temperature, seed, **knobs)
             per_language[lang] = piece_statistics(generated, sources, references)
     return result
 
@@ -100,12 +113,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a paper-in-miniature run, e.g. its ERNIE-M stage 1")
     parser.add_argument("--temperatures", default="1.0,0.0")
-    parser.add_argument("--limit", type=int, default=128, help="test messages per language")
+    parser.add_argument("--limit", type=int, default=128, help="held-out messages per language")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="the English messages to translate (choose settings on validation)")
+    parser.add_argument("--top_k", type=int, help="override the run's BTMLMConfig.top_k")
+    parser.add_argument("--placeholder_ratio", type=float,
+                        help="override the run's BTMLMConfig.placeholder_ratio")
+    parser.add_argument("--pair_separators", action=argparse.BooleanOptionalAction,
+                        help="override the run's BTMLMConfig.pair_separators")
     parser.add_argument("--out", help="also write the printed JSON to this file")
     args = parser.parse_args(argv)
+    knobs = {k: getattr(args, k) for k in ("top_k", "placeholder_ratio", "pair_separators")
+             if getattr(args, k) is not None}
     result = diagnose(args.model_dir, [float(t) for t in args.temperatures.split(",")],
-                      args.limit, args.seed)
+                      args.limit, args.seed, split=args.split, **knobs)
     text = json.dumps(result, indent=1, sort_keys=True)
     if args.out:
         from ernie_m_jax import files

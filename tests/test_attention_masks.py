@@ -29,6 +29,15 @@ def test_cross_attention_mask_is_symmetric_under_swapping_segments():
 
 
 def test_generation_mask_lets_placeholders_read_source_and_placeholders():
-    mask = np.asarray(am.generation_mask(SEGMENTS))[0]
+    placeholders = SEGMENTS == 2
+    mask = np.asarray(am.generation_mask(SEGMENTS, placeholders))[0]
     np.testing.assert_array_equal(mask[:3], np.array([[1, 1, 1, 0, 0, 0, 0]] * 3, bool))
     np.testing.assert_array_equal(mask[3:6], np.array([[1, 1, 1, 1, 1, 1, 0]] * 3, bool))
+
+
+def test_generation_mask_hides_the_pseudo_sentences_separators():
+    # Positions 3 and 5 are the [SEP]s framing one placeholder at 4.
+    placeholders = jnp.asarray([[False, False, False, False, True, False, False]])
+    mask = np.asarray(am.generation_mask(SEGMENTS, placeholders))[0]
+    np.testing.assert_array_equal(mask[4], np.array([1, 1, 1, 0, 1, 0, 0], bool))
+    np.testing.assert_array_equal(mask[:3], np.array([[1, 1, 1, 0, 0, 0, 0]] * 3, bool))

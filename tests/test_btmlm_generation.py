@@ -16,6 +16,7 @@ def test_piece_statistics_score_against_the_reference_and_the_source():
     assert stats["copied"] == pytest.approx((1 / 4 + 1) / 2)
     assert stats["distinct"] == pytest.approx((3 / 4 + 1) / 2)
     assert stats["source_precision"] == pytest.approx(0.0)
+    assert stats["length_ratio"] == pytest.approx(((4 + 1) / 2) / ((2 + 1) / 2))
     assert stats["messages"] == 2
     with pytest.raises(ValueError, match="as many generated rows"):
         diag.piece_statistics([[1]], [[1], [2]], [[1]])
@@ -39,3 +40,7 @@ def test_generation_fills_one_placeholder_per_source_piece_in_the_target_languag
     sampled = diag.generate(run, rows, 1, 2, temperature=1.0, seed=3)
     assert [len(s) for s in sampled] == [3, 1, 2] and sampled != greedy
     assert np.all([0 <= t < tiny_config.vocab_size for s in sampled for t in s])
+    # Framed as a pair's second sentence, the separators are not reported as generated.
+    framed = diag.generate(run, rows, 1, 2, temperature=0.0, pair_separators=True)
+    assert [len(f) for f in framed] == [3, 1, 2]
+    assert not specials & {t for f in framed for t in f}

@@ -135,7 +135,7 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
     setting, _, _ = sitting
     start = setting.out / "runs" / "mmlm_tlm_camlm_seed0"
     before = {p: p.stat().st_mtime_ns for p in (start / "checkpoints").rglob("*")}
-    arms = list(paper.CONTINUED_ARMS)
+    arms = ["ernie_m_full_stage1", "camlm_continued"]
     paper.run_experiment(setting, arms, seeds=[0])
     # The finished run was continued, not retrained.
     assert {p: p.stat().st_mtime_ns for p in (start / "checkpoints").rglob("*")} == before
@@ -146,6 +146,14 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
         assert (result["start_steps"], result["continued_steps"], result["steps"]) == (4, 2, 6)
         assert result["continuation_seed"] == 1000
         assert checkpoints.latest_step(setting.out / "runs" / f"{arm}_seed0" / "checkpoints") == 2
+        assert result["bindings"] == []
+        # Scored on the validation split too (to choose among variants by), not a copy of test.
+        assert (result["split"], result["validation"]["split"]) == ("test", "validation")
+        metrics = paper.run_metrics(result)
+        headline = "retrieval/messages/centered/layer2/parallel"
+        assert 0 <= metrics[f"validation/{headline}"] <= 1
+        assert result["validation"]["pairs"] != result["pairs"] or \
+            metrics[f"validation/{headline}"] != metrics[headline]
     assert "train/btmlm/loss" in results["ernie_m_full_stage1"]["final_losses"]
     assert set(results["camlm_continued"]["final_losses"]) == {
         "train/loss", "train/mmlm/loss", "train/tlm/loss", "train/camlm/loss"}

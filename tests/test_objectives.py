@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -112,6 +113,36 @@ def test_btmlm_pair_layout_positions_and_languages():
     target_languages = lang[:, 16][placeholders[:, 0]]
     assert set(target_languages.tolist()) == {0, 2}  # never the source's own language 1
     assert (ids[:, 16:][~placeholders] == TOKENS.pad_id).all()
+
+
+def test_btmlm_pair_separators_frame_the_pseudo_sentence_like_a_camlm_target():
+    model, params = _three_layer_model()
+    batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)
+    framed_config = dataclasses.replace(GREEDY, pair_separators=True)
+    framed = {k: np.asarray(v) for k, v in
+              _generate(model, params, batch, jax.random.key(9), framed_config).items()}
+    plain = np.asarray(_generate(model, params, batch, jax.random.key(9))["input_ids"])
+    words = np.isin(np.asarray(batch["input_ids"]), TOKENS.all_ids, invert=True).sum(-1)
+    source_length = (np.asarray(batch["segment_ids"]) > 0).sum(-1)
+    assert framed["input_ids"].shape[1] == 16 + 8 + 2
+    moved = 0
+    for row in range(64):
+        k = min(max(words[row], 1), 8)
+        block = framed["input_ids"][row, 16:]
+        # `[SEP] y [SEP]` then padding, as `features.pair_row` lays out a parallel target.
+        assert block[0] == block[k + 1] == TOKENS.sep_id
+        assert not np.isin(block[1:k + 1], TOKENS.all_ids).any()
+        assert (block[k + 2:] == TOKENS.pad_id).all()
+        np.testing.assert_array_equal(framed["segment_ids"][row, 16:],  # 2, then padding
+                                      np.where(np.arange(10) < k + 2, 2, 0))
+        # Contiguous positions: the first pseudo token one after the opening [SEP].
+        np.testing.assert_array_equal(framed["position_ids"][row, 16:16 + k + 2],
+                                      source_length[row] + 2 + np.arange(k + 2))
+        assert len(set(framed["language_ids"][row, 16:].tolist())) == 1
+        moved += not np.array_equal(block[1:k + 1], plain[row, 16:16 + k])
+    # The placeholders' positions shifted by one, so greedy generation reads differently:
+    # the framing is not a relabelling of the same outputs.
+    assert moved > 0
 
 
 def test_btmlm_generation_never_emits_special_ids():

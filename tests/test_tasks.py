@@ -245,3 +245,40 @@ def test_over_long_pairs_keep_both_sentences_and_trim_the_longer_first():
     mono = features.monolingual_row({"text": tf.range(5, 100), "language": tf.constant(7)}, 12)
     assert mono["input_ids"].numpy()[-1] == TOKENS.sep_id
     assert (mono["language_ids"].numpy() == 7).all()
+
+
+def test_btmlm_targets_come_from_the_mixtures_and_can_be_limited_to_parallel_languages(
+        demo_data):
+    import types
+
+    from ernie_m_jax.configs import BTMLMConfig
+    from ernie_m_jax.data import languages
+    from ernie_m_jax.train.step import pair_mixture_languages, resolved_btmlm
+
+    registry.add_mixture("test.para.two", ["ernie_m.para.en_de", "ernie_m.para.en_zh_hans"])
+    assert pair_mixture_languages("test.para.two") == {"en", "de", "zh_hans"}
+    registry.add_mixture("test.mono.all", registry.task_names(kind="mono"))
+
+    def targets(btmlm, pair_mixture="test.para.two"):
+        exp = types.SimpleNamespace(
+            btmlm=btmlm, train=types.SimpleNamespace(enabled=("mmlm", "btmlm")),
+            data=types.SimpleNamespace(mono_mixture="test.mono.all", pair_mixture=pair_mixture),
+            model=types.SimpleNamespace(num_languages=0))
+        return {code for code, i in languages.registered_languages().items()
+                if i in resolved_btmlm(exp).target_languages}
+
+    assert targets(BTMLMConfig()) == {"de", "en", "fr", "zh_hans"}  # every monolingual one
+    # fr has monolingual data only: no longer a target.
+    assert targets(BTMLMConfig(parallel_targets_only=True)) == {"de", "en", "zh_hans"}
+    registry.add_mixture("test.para.one", ["ernie_m.para.en_de"])
+    registry.add_mixture("test.mono.one", ["ernie_m.mono.de", "ernie_m.mono.fr"])
+    with pytest.raises(ValueError, match=r"leaves \['de'\]"):
+        exp = types.SimpleNamespace(
+            btmlm=BTMLMConfig(parallel_targets_only=True),
+            train=types.SimpleNamespace(enabled=("btmlm",)),
+            data=types.SimpleNamespace(mono_mixture="test.mono.one", pair_mixture="test.para.one"),
+            model=types.SimpleNamespace(num_languages=0))
+        resolved_btmlm(exp)
+    # Languages given explicitly win.
+    assert targets(BTMLMConfig(parallel_targets_only=True, target_languages=(
+        languages.language_id("fr"),))) == {"fr"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -151,12 +151,34 @@ def mixture_languages(mixture: str) -> Dict[str, str]:
     return {t.name.rsplit(".", 1)[-1]: t.name for t in pipeline.tasks_of(mixture)}
 
 
+def pair_mixture_languages(mixture: str) -> Set[str]:
+    """The languages of a pair mixture's `<collection>.para.<source>_<target>` tasks."""
+    known = languages.registered_languages()
+    found: Set[str] = set()
+    for task in pipeline.tasks_of(mixture):
+        suffix = task.name.rsplit(".", 1)[-1]
+        pairs = [(a, b) for a in known for b in known if f"{a}_{b}" == suffix]
+        if len(pairs) != 1:
+            raise ValueError(f"pair task {task.name}: its suffix {suffix!r} does not name one "
+                             f"pair of registered languages {sorted(known)}")
+        found.update(pairs[0])
+    return found
+
+
 def resolved_btmlm(exp: Experiment) -> BTMLMConfig:
-    """BTMLM generates into the languages of the monolingual mixture, unless configured."""
+    """BTMLM generates into the languages of the monolingual mixture (those of the pair
+    mixture too, with `parallel_targets_only`), unless configured."""
     if exp.btmlm.target_languages or "btmlm" not in exp.train.enabled:
         return exp.btmlm
-    ids = tuple(sorted({languages.language_id(lang)
-                        for lang in mixture_languages(exp.data.mono_mixture)}))
+    codes = set(mixture_languages(exp.data.mono_mixture))
+    if exp.btmlm.parallel_targets_only:
+        codes &= pair_mixture_languages(exp.data.pair_mixture)
+        if len(codes) < 2:
+            raise ValueError(
+                f"BTMLMConfig.parallel_targets_only leaves {sorted(codes)} as target languages "
+                f"(the languages of both {exp.data.mono_mixture} and {exp.data.pair_mixture}); "
+                f"BTMLM needs at least two to translate between")
+    ids = tuple(sorted(languages.language_id(lang) for lang in codes))
     if exp.model.num_languages:
         ids = tuple(i for i in ids if i < exp.model.num_languages)
     return dataclasses.replace(exp.btmlm, target_languages=ids)

@@ -30,14 +30,15 @@ def experiment_languages() -> Dict[str, Tuple[str, ...]]:
                                    if lang != SOURCE and lang not in parallel)}
 
 
-def pair_sets(run: SavedRun, corpus_dir: Path, languages: Sequence[str], encoder) -> List:
-    """Test-split en<->X pairs as token ids. The demo corpus drops format placeholders and
+def pair_sets(run: SavedRun, corpus_dir: Path, languages: Sequence[str], encoder,
+              split: str = "test") -> List:
+    """en<->X pairs of one split as token ids. The demo corpus drops format placeholders and
     markup when it is built (`CorpusConfig.strip_placeholders`), so shared `%(name)s`, tags
     and the like cannot make retrieval easy here."""
-    english = corpus.read_split(corpus_dir, "test", SOURCE)
+    english = corpus.read_split(corpus_dir, split, SOURCE)
     sets = []
     for lang in languages:
-        other = corpus.read_split(corpus_dir, "test", lang)
+        other = corpus.read_split(corpus_dir, split, lang)
         pairs = [(english[k], other[k]) for k in sorted(other) if k in english]
         src, tgt = zip(*pairs)
         sets.append(PairSet(f"{SOURCE}-{lang}", encoder.tokenize(src), encoder.tokenize(tgt),
@@ -74,10 +75,12 @@ class TransferSets:
     tests: Dict[str, Tuple[List[List[int]], np.ndarray]]
 
 
-def transfer_sets(corpus_dir: Path, languages: Sequence[str], encoder) -> TransferSets:
+def transfer_sets(corpus_dir: Path, languages: Sequence[str], encoder,
+                  split: str = "test") -> TransferSets:
     """Messages of exactly one package (Django, Wagtail or Sphinx), labelled with it; a
-    translation shares its message's key and so its label. No test message is trained on,
-    in any language (the corpus splits by message)."""
+    translation shares its message's key and so its label. The probe fits on English train
+    messages and is scored on `split`; no held-out message is trained on, in any language
+    (the corpus splits by message)."""
     packages = {k: p[0] for k, p in corpus.read_packages(corpus_dir).items() if len(p) == 1}
     classes = tuple(sorted(set(packages.values())))
 
@@ -89,7 +92,7 @@ def transfer_sets(corpus_dir: Path, languages: Sequence[str], encoder) -> Transf
 
     train_ids, train_labels = labelled("train", SOURCE)
     return TransferSets(classes, train_ids, train_labels,
-                        {lang: labelled("test", lang) for lang in (SOURCE, *languages)})
+                        {lang: labelled(split, lang) for lang in (SOURCE, *languages)})
 
 
 def _transfer_results(encoder, sets: TransferSets, num_layers: int, run) -> Dict[str, dict]:
@@ -115,19 +118,21 @@ def _bag_transfer(sets: TransferSets, vocab_size: int) -> Dict[str, dict]:
                               tests, len(sets.classes))
 
 
-def evaluate_run(run: SavedRun, corpus_dir: Path) -> dict:
+def evaluate_run(run: SavedRun, corpus_dir: Path, split: str = "test") -> dict:
     """Retrieval at every layer, raw and centred, with bag-of-subwords on the same pairs, and
-    zero-shot package classification from English, on the held-out messages of the demo
-    corpus in `corpus_dir`; the run's tasks must be registered."""
+    zero-shot package classification from English, on the held-out messages (`split`:
+    "test", or "validation" to choose settings by) of the demo corpus in `corpus_dir`; the
+    run's tasks must be registered."""
     languages = experiment_languages()
     encoder = SentenceEncoder(run, pooling="mean", layer=None, batch_size=64)
     every = [*languages["parallel"], *languages["monolingual_only"]]
-    result = {"languages": languages, "retrieval": {}, "bag_of_subwords": {}, "pairs": {}}
-    sets = pair_sets(run, corpus_dir, every, encoder)
+    result = {"languages": languages, "split": split, "retrieval": {}, "bag_of_subwords": {},
+              "pairs": {}}
+    sets = pair_sets(run, corpus_dir, every, encoder, split)
     result["retrieval"]["messages"] = _layer_results(encoder, sets, run.model.num_layers)
     result["bag_of_subwords"]["messages"] = _bag_results(sets, run.model.vocab_size)
     result["pairs"]["messages"] = {p.name: len(p.source) for p in sets}
-    labelled = transfer_sets(corpus_dir, every, encoder)
+    labelled = transfer_sets(corpus_dir, every, encoder, split)
     result["transfer"] = {
         "classes": list(labelled.classes),
         "train_examples": len(labelled.train_ids),

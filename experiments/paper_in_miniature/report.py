@@ -65,6 +65,9 @@ def run_metrics(result: dict) -> Dict[str, float]:
         accs = [result["mlm_accuracy"][lang] for lang in langs if lang in result["mlm_accuracy"]]
         if accs:
             out[f"mlm_accuracy/{group}"] = float(np.mean(accs))
+    if "validation" in result:  # the same figures on the split settings are chosen by
+        held_out = run_metrics({**result["validation"], "mlm_accuracy": {}})
+        out.update({f"validation/{k}": v for k, v in held_out.items()})
     return out
 
 

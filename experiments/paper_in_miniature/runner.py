@@ -105,10 +105,12 @@ def _continue_arm(setting: Setting, arm: str, seed: int, model_dir: Path
     if checkpoints.latest_step(start / "checkpoints") != steps:
         _train(setting, start, [f"{CONTINUED_FROM}.gin"], seed, steps)
     more, continuation_seed = steps - stage1_steps(setting), seed + CONTINUATION_SEED_OFFSET
-    summary = _train(setting, model_dir, [CONTINUED_ARMS[arm]], continuation_seed, more,
-                     [f"TrainConfig.init_from = {str(start)!r}"])
+    continuation = CONTINUED_ARMS[arm]
+    summary = _train(setting, model_dir, [continuation.arm_file], continuation_seed, more,
+                     [f"TrainConfig.init_from = {str(start)!r}", *continuation.bindings])
     return model_dir, summary, {"continued_from": str(start), "start_steps": steps,
-                                "continued_steps": more, "continuation_seed": continuation_seed}
+                                "continued_steps": more, "continuation_seed": continuation_seed,
+                                "bindings": list(continuation.bindings)}
 
 
 def train_arm(setting: Setting, arm: str, seed: int) -> Tuple[Path, Dict[str, float], dict]:
@@ -140,6 +142,8 @@ def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     run = saved_run.load(str(final_dir))
     data = run.experiment.train.data_setup()  # the run's tasks, and the corpus to score on
     result = evaluate_run(run, data.corpus_dir)
+    if arm in CONTINUED_ARMS:  # #23 chooses among these on validation, reports test
+        result["validation"] = evaluate_run(run, data.corpus_dir, "validation")
     # Seconds of this sitting (a resumed run counts only what was left to train).
     extra["seconds"] = {"train": round(trained - started), "evaluate": round(time.time() - trained)}
     steps = extra.get("start_steps", 0) + extra.get("continued_steps", total_steps(setting))

@@ -19,11 +19,23 @@ CONFIGS = {"cpu": "paper_cpu.gin", "tiny": "paper_tiny.gin"}
 ARMS = ("mmlm", "mmlm_tlm", "mmlm_tlm_camlm", "ernie_m")
 # Arms that continue the finished `CONTINUED_FROM` run of the same seed for ERNIE-M's stage-2
 # share of the steps, the optimizer restarted (#23): ERNIE-M's stage 2 from a stage 1 trained as
-# long as every other arm, and its control, the same continuation without BTMLM. Each maps to
-# the arm file it continues with; neither runs unless asked for (`--arms`).
+# long as every other arm, its control (the same continuation without BTMLM), and variants of
+# BTMLM's generation, chosen on the validation split. None runs unless asked for (`--arms`).
 CONTINUED_FROM = "mmlm_tlm_camlm"
-CONTINUED_ARMS = {"ernie_m_full_stage1": "ernie_m_stage2.gin",
-                  "camlm_continued": "mmlm_tlm_camlm.gin"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """How a continued arm trains on: the arm file, and gin bindings on top of it."""
+
+    arm_file: str
+    bindings: Tuple[str, ...] = ()
+
+
+CONTINUED_ARMS = {
+    "ernie_m_full_stage1": Continuation("ernie_m_stage2.gin"),
+    "camlm_continued": Continuation("mmlm_tlm_camlm.gin"),
+}
 # A continuation's seed is its arm's seed plus this, so that it does not replay the batches
 # and masks its starting run saw first; both continued arms share it (a paired comparison).
 CONTINUATION_SEED_OFFSET = 1000

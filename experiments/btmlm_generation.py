@@ -9,6 +9,7 @@ more (#23: choose them on `--split=validation`).
 """
 
 import argparse
+import collections
 import dataclasses
 import json
 import sys
@@ -21,9 +22,12 @@ import numpy as np
 def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Sequence[int]],
                      references: Sequence[Sequence[int]]) -> Dict[str, float]:
     """Means over rows: the share of generated pieces found in the reference translation
-    (`reference_precision`) and in the English source (`copied`), the share of distinct
-    pieces (`distinct`), `source_precision`, what copying the source would score, and
-    `length_ratio`, generated pieces per reference piece (mean over rows, then divided)."""
+    (`reference_precision`), the same with each reference piece matched at most as often as
+    it occurs there (`clipped_precision`, BLEU's unigram precision: repeating one frequent
+    piece does not score), the share found in the English source (`copied`), the share of
+    distinct pieces (`distinct`), what copying the source would score (`source_precision`,
+    `source_clipped_precision`), and `length_ratio`, generated pieces per reference piece
+    (mean over rows, then divided)."""
     if not (len(generated) == len(sources) == len(references)) or not generated:
         raise ValueError(f"need as many generated rows as sources and references, at least "
                          f"one; got {len(generated)}, {len(sources)}, {len(references)}")
@@ -31,9 +35,20 @@ def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Seque
     def share(pieces: Sequence[int], within: Sequence[int]) -> float:
         return float(np.isin(pieces, list(within)).mean()) if len(pieces) else 0.0
 
+    def clipped(pieces: Sequence[int], within: Sequence[int]) -> float:
+        if not len(pieces):
+            return 0.0
+        available = collections.Counter(within)
+        matched = sum(min(n, available[piece])
+                      for piece, n in collections.Counter(pieces).items())
+        return matched / len(pieces)
+
     rows = [(g, s, r) for g, s, r in zip(generated, sources, references) if len(g)]
     return {
         "reference_precision": float(np.mean([share(g, r) for g, _, r in rows])),
+        "clipped_precision": float(np.mean([clipped(g, r) for g, _, r in rows])),
+        "source_clipped_precision": float(np.mean([clipped(s, r) for _, s, r in rows
+                                                   if len(s)])),
         "copied": float(np.mean([share(g, s) for g, s, _ in rows])),
         "distinct": float(np.mean([len(set(g)) / len(g) for g, _, _ in rows])),
         "source_precision": float(np.mean([share(s, r) for _, s, r in rows if len(s)])),

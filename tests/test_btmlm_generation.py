@@ -13,6 +13,9 @@ def test_piece_statistics_score_against_the_reference_and_the_source():
         generated=[[5, 6, 6, 9], [7]], sources=[[5, 8], [7, 1]], references=[[6, 9], [3]])
     # Row 1: 3 of 4 pieces in the reference, 1 copied, 3 distinct; row 2: 0, 1, 1.
     assert stats["reference_precision"] == pytest.approx((3 / 4 + 0) / 2)
+    # Clipped: the reference holds one 6, so the second 6 of row 1 does not count.
+    assert stats["clipped_precision"] == pytest.approx((2 / 4 + 0) / 2)
+    assert stats["source_clipped_precision"] == pytest.approx(0.0)
     assert stats["copied"] == pytest.approx((1 / 4 + 1) / 2)
     assert stats["distinct"] == pytest.approx((3 / 4 + 1) / 2)
     assert stats["source_precision"] == pytest.approx(0.0)

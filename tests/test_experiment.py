@@ -189,6 +189,23 @@ def test_stage_split_comes_from_the_config_and_must_leave_both_stages_steps(tmp_
                                              bindings=(f"STAGE1_FRACTION = {fraction}",)))
 
 
+@pytest.mark.parametrize("arm", sorted(paper.CONTINUED_ARMS))
+def test_each_continued_arm_parses_and_sets_what_it_names(arm, tmp_path):
+    import gin
+
+    from experiments.paper_in_miniature import runner
+
+    continuation = paper.CONTINUED_ARMS[arm]
+    runner._parse(paper.Setting("cpu", tmp_path), [continuation.arm_file],
+                  continuation.bindings)
+    try:
+        for binding in continuation.bindings:
+            name, value = (part.strip() for part in binding.split("=", 1))
+            assert gin.query_parameter(name) == eval(value)  # noqa: S307 (our own literals)
+    finally:
+        gin.clear_config()
+
+
 def test_a_probe_needs_a_finished_stage1_of_the_configured_length(tmp_path):
     (tmp_path / "empty_seed0").mkdir()
     probe = paper.Setting("tiny", tmp_path / "probe",

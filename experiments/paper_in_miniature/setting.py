@@ -35,6 +35,14 @@ class Continuation:
 CONTINUED_ARMS = {
     "ernie_m_full_stage1": Continuation("ernie_m_stage2.gin"),
     "camlm_continued": Continuation("mmlm_tlm_camlm.gin"),
+    # Pseudo sentences worth more, by the generation diagnostic on validation messages
+    # (`generation/knobs/`): top-10 sampling, and only into languages CAMLM taught.
+    "ernie_m_full_stage1_top10_parallel": Continuation("ernie_m_stage2.gin", (
+        "BTMLMConfig.top_k = 10", "BTMLMConfig.parallel_targets_only = True")),
+    # BTMLM at half weight: on the short stage 1 it cost mostly what it displaced.
+    "ernie_m_full_stage1_half_btmlm": Continuation("ernie_m_stage2.gin", (
+        "TrainConfig.objective_weights = {'mmlm': 1.0, 'tlm': 1.0, 'camlm': 1.0, "
+        "'btmlm': 0.5}",)),
 }
 # A continuation's seed is its arm's seed plus this, so that it does not replay the batches
 # and masks its starting run saw first; both continued arms share it (a paired comparison).

@@ -124,9 +124,43 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
     return result
 
 
+def format_table(directory: Path) -> str:
+    """Markdown, one row per diagnostic JSON in `directory` (by name) and temperature:
+    clipped precision, plain share in the reference, copied and distinct pieces, with /
+    without parallel data (means over each group's languages), beside copying the source."""
+    lines = ["| setting | T | clipped precision, with / without | in reference | copied | "
+             "distinct | length vs reference |", "|---|---|---|---|---|---|---|"]
+    copying = None
+    for path in sorted(Path(directory).glob("*.json")):
+        result = json.loads(path.read_text())
+        groups = result["languages"]
+
+        def both(per_language: dict, key: str) -> str:
+            return " / ".join(f"{np.mean([per_language[lang][key] for lang in groups[g]]):.3f}"
+                              for g in ("parallel", "monolingual_only"))
+
+        knobs = ", ".join(f"`{k}={v}`" for k, v in sorted(result.get("knobs", {}).items()))
+        for temperature, per_language in result["temperatures"].items():
+            lines.append(f"| {path.stem}{': ' + knobs if knobs else ''} | {temperature} | "
+                         f"{both(per_language, 'clipped_precision')} | "
+                         f"{both(per_language, 'reference_precision')} | "
+                         f"{both(per_language, 'copied')} | {both(per_language, 'distinct')} | "
+                         f"{both(per_language, 'length_ratio')} |")
+            copying = copying or (f"| copying the English source | – | "
+                                  f"{both(per_language, 'source_clipped_precision')} | "
+                                  f"{both(per_language, 'source_precision')} | 1 | – | – |")
+    return "\n".join(lines + [copying] if copying else ["(no diagnostics yet)"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", help="a paper-in-miniature run, e.g. its ERNIE-M stage 1")
+    parser.add_argument("model_dir", nargs="?",
+                        help="a paper-in-miniature run, e.g. its ERNIE-M stage 1")
+    parser.add_argument("--table", metavar="DIR",
+                        help="instead: print the table of the diagnostics (JSON) in DIR")
+    parser.add_argument("--update_readme", metavar="BLOCK",
+                        help="with --table: also write it into experiments/README.md between "
+                             "<!-- results:BLOCK --> markers")
     parser.add_argument("--temperatures", default="1.0,0.0")
     parser.add_argument("--limit", type=int, default=128, help="held-out messages per language")
     parser.add_argument("--seed", type=int, default=0)
@@ -139,6 +173,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override the run's BTMLMConfig.pair_separators")
     parser.add_argument("--out", help="also write the printed JSON to this file")
     args = parser.parse_args(argv)
+    if args.table:
+        table = format_table(Path(args.table))
+        if args.update_readme:
+            from ernie_m_jax import files
+            from experiments.paper_in_miniature import README
+
+            print(f"updated {files.replace_marked_block(README, args.update_readme, table)}")
+        print(table)
+        return 0
+    if not args.model_dir:
+        parser.error("give a MODEL_DIR to diagnose, or --table DIR")
     knobs = {k: getattr(args, k) for k in ("top_k", "placeholder_ratio", "pair_separators")
              if getattr(args, k) is not None}
     result = diagnose(args.model_dir, [float(t) for t in args.temperatures.split(",")],

@@ -47,3 +47,26 @@ def test_generation_fills_one_placeholder_per_source_piece_in_the_target_languag
     framed = diag.generate(run, rows, 1, 2, temperature=0.0, pair_separators=True)
     assert [len(f) for f in framed] == [3, 1, 2]
     assert not specials & {t for f in framed for t in f}
+
+
+def test_committed_generation_table_matches_the_committed_diagnostics():
+    from experiments.paper_in_miniature import README
+
+    knobs = README.parent / "results" / "paper_in_miniature" / "generation" / "knobs"
+    table = diag.format_table(knobs)
+    block = README.read_text(encoding="utf-8").split(
+        "<!-- results:generation-knobs -->\n", 1)[1].split(
+        "\n<!-- /results:generation-knobs -->", 1)[0]
+    assert block == table
+    # A row is its JSON's mean over the languages with parallel data.
+    import json
+
+    plain = json.loads((knobs / "plain.json").read_text())
+    per_language = plain["temperatures"]["1.0"]
+    clipped = np.mean([per_language[lang]["clipped_precision"]
+                       for lang in plain["languages"]["parallel"]])
+    assert f"| plain | 1.0 | {clipped:.3f} / " in table
+
+
+def test_format_table_without_diagnostics_says_so(tmp_path):
+    assert diag.format_table(tmp_path) == "(no diagnostics yet)"

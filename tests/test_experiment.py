@@ -168,7 +168,11 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
     fresh = nn.unbox(init_params(start_run.model, jax.random.key(1000)))
     assert distance(continued, start_run.params) < \
         0.1 * distance(fresh["params"], start_run.params)
-    assert "ernie_m_full_stage1" in paper.format_summary(paper.summarise(setting.out))
+    tables = paper.format_summary(paper.summarise(setting.out))
+    assert "ernie_m_full_stage1" in tables
+    # The validation table lists the continued arms only (the others were not scored on it).
+    validation = tables.split("validation: retrieval", 1)[1]
+    assert "| camlm_continued |" in validation and "| mmlm |" not in validation
 
     # Seed 1 has no finished camlm run: it is trained first, then continued.
     paper.run_experiment(setting, ["camlm_continued"], seeds=[1])

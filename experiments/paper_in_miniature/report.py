@@ -143,8 +143,9 @@ def plot(summary: dict, path: Path) -> Optional[Path]:
 
 
 def _table(summary: dict, columns: Sequence[Tuple[str, str]],
-           baseline: Sequence[Optional[str]]) -> List[str]:
-    """Markdown rows, one per arm, and a bag-of-subwords row with `baseline`'s keys."""
+           baseline: Sequence[Optional[str]], only_with: Optional[str] = None) -> List[str]:
+    """Markdown rows, one per arm (those with metric `only_with`, if given), and a
+    bag-of-subwords row with `baseline`'s keys."""
     lines = ["| arm | " + " | ".join(c for c, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
 
@@ -153,7 +154,8 @@ def _table(summary: dict, columns: Sequence[Tuple[str, str]],
             return "–"
         return f"{stats['mean']:.3f} ± {stats['std']:.3f} ({stats['n']})"
 
-    arms = [a for a in KNOWN_ARMS if a in summary["arms"]]
+    arms = [a for a in KNOWN_ARMS if a in summary["arms"]
+            and (only_with is None or only_with in summary["arms"][a])]
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(cell(summary["arms"][arm].get(k))
                                                 for _, k in columns) + " |")
@@ -234,4 +236,12 @@ def format_summary(summary: dict) -> str:
         lines += ["", *_table(summary, transfer, [
             f"transfer/bag_of_subwords/{g}" for g in (SOURCE, "parallel", "monolingual_only")]
             + [None] * 2)]
+    chosen_by = f"validation/retrieval/messages/centered/layer{layer}/parallel"
+    if any(chosen_by in arm for arm in summary["arms"].values()):
+        validation = [(f"validation: {name}", f"validation/{key}")
+                      for name, key in retrieval[:2] + transfer[1:3]]
+        lines += ["", *_table(summary, validation, [
+            f"validation/bag_of_subwords/messages/{g}" for g in ("parallel", "monolingual_only")]
+            + [f"validation/transfer/bag_of_subwords/{g}"
+               for g in ("parallel", "monolingual_only")], only_with=chosen_by)]
     return "\n".join(lines)

@@ -168,6 +168,13 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
     fresh = nn.unbox(init_params(start_run.model, jax.random.key(1000)))
     assert distance(continued, start_run.params) < \
         0.1 * distance(fresh["params"], start_run.params)
+    # A result written before validation scores were kept gets them on the next sitting,
+    # nothing else in it changing.
+    path = setting.out / "results" / "camlm_continued_seed0.json"
+    stripped = {k: v for k, v in results["camlm_continued"].items() if k != "validation"}
+    path.write_text(json.dumps(stripped))
+    paper.run_experiment(setting, ["camlm_continued"], seeds=[0])
+    assert json.loads(path.read_text()) == results["camlm_continued"]
     tables = paper.format_summary(paper.summarise(setting.out))
     assert "ernie_m_full_stage1" in tables
     # The validation table lists the continued arms only (the others were not scored on it).

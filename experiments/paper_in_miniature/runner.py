@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -134,6 +135,29 @@ def train_arm(setting: Setting, arm: str, seed: int) -> Tuple[Path, Dict[str, fl
     return model_dir, _train(setting, model_dir, [f"{arm}.gin"], seed, steps), extra
 
 
+def add_missing_validation(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) -> None:
+    """Score on the validation split the finished continued arms whose result predates it,
+    keeping the rest of the result; a run that is gone is left as it is, with a warning."""
+    for arm in (a for a in arms if a in CONTINUED_ARMS):
+        for seed in seeds:
+            path = result_path(setting, arm, seed)
+            if not path.exists():
+                continue
+            result = json.loads(path.read_text())
+            if "validation" in result:
+                continue
+            final_dir = setting.out / "runs" / f"{arm}_seed{seed}"
+            if checkpoints.latest_step(final_dir / "checkpoints") is None:
+                logging.warning("%s has no validation scores and its run %s is gone: left "
+                                "as it is", path, final_dir)
+                continue
+            run = saved_run.load(str(final_dir))
+            data = run.experiment.train.data_setup()  # the run's tasks, and its corpus
+            result["validation"] = evaluate_run(run, data.corpus_dir, "validation")
+            files.write_json_atomic(path, result)
+            print(f"scored {arm} seed {seed} on the validation split: {path}", flush=True)
+
+
 def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     """Train (or resume) one arm with one seed, evaluate it, write its result file."""
     started = time.time()
@@ -190,12 +214,13 @@ def run_experiment(setting: Setting, arms: Sequence[str], seeds: Sequence[int]) 
     unknown = set(arms) - set(KNOWN_ARMS)
     if unknown:
         raise ValueError(f"unknown arms {sorted(unknown)}; choose from {KNOWN_ARMS}")
+    add_missing_validation(setting, arms, seeds)
     for arm, seed, path in missing(arms, seeds, lambda a, k: result_path(setting, a, k)):
         result = run_random_init(setting, seed) if arm == RANDOM_INIT else \
             run_arm(setting, arm, seed)
         result["config"] = setting.config
         if setting.bindings:  # a probe's knobs, so its result says what it ran
-            result["bindings"] = list(setting.bindings)
+            result["bindings"] = [*setting.bindings, *result.get("bindings", ())]
         files.write_json_atomic(path, result)
         print(f"finished {arm} seed {seed}: {path}", flush=True)
     summary = report.summarise(setting.out)

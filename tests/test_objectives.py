@@ -160,6 +160,21 @@ def test_btmlm_generation_never_emits_special_ids():
     assert np.isin(np.asarray(raw.argmax(-1)), TOKENS.all_ids).all()
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 40])  # 40: past PEEL_TOP_K_UP_TO, lax.top_k itself
+def test_kth_largest_matches_top_k_with_ties(k):
+    from ernie_m_jax.objectives import PEEL_TOP_K_UP_TO, kth_largest
+
+    values = jnp.round(jax.random.normal(jax.random.key(k), (4, 6, 300)) * 4) / 4  # many ties
+    expected = jax.lax.top_k(values, k)[0][..., -1:]
+    np.testing.assert_array_equal(jax.jit(lambda v: kth_largest(v, k))(values), expected)
+    # Positive control: removing every copy of the maximum at once (ignoring ties) differs.
+    if 1 < k <= PEEL_TOP_K_UP_TO:
+        naive = values
+        for _ in range(k - 1):
+            naive = jnp.where(naive >= naive.max(-1, keepdims=True), -jnp.inf, naive)
+        assert not np.array_equal(naive.max(-1, keepdims=True), expected)
+
+
 def test_btmlm_sampling_is_deterministic_per_rng():
     model, params = _three_layer_model()
     batch = monolingual_batch(12, batch=8, vocab_size=VOCAB)

@@ -146,7 +146,7 @@ def test_continued_arms_start_from_the_finished_camlm_run_and_retrain_a_lost_one
         assert (result["start_steps"], result["continued_steps"], result["steps"]) == (4, 2, 6)
         assert result["continuation_seed"] == 1000
         assert checkpoints.latest_step(setting.out / "runs" / f"{arm}_seed0" / "checkpoints") == 2
-        assert result["bindings"] == []
+        assert result["bindings"] == list(setting.bindings)  # the sitting's; the arm adds none
         # Scored on the validation split too (to choose among variants by), not a copy of test.
         assert (result["split"], result["validation"]["split"]) == ("test", "validation")
         metrics = paper.run_metrics(result)

@@ -192,6 +192,12 @@ def _sample(rng: Array, logits: Array, temperature: float, top_k: int) -> Array:
     return jax.random.categorical(rng, logits / temperature).astype(jnp.int32)
 
 
+def pseudo_sentence_columns(btmlm: BTMLMConfig, slots: int) -> int:
+    """Columns BTMLM appends to the source for `slots` placeholders (plus the two framing
+    [SEP]s with `pair_separators`)."""
+    return slots + (2 if btmlm.pair_separators else 0)
+
+
 def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
                    btmlm: BTMLMConfig) -> Dict[str, Array]:
     """BTMLM stage 1: fill k appended placeholders in one non-autoregressive forward pass.
@@ -207,8 +213,8 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     ids, segments = batch["input_ids"], batch["segment_ids"]
     batch_size, source_length = ids.shape
     slots = btmlm.max_placeholders or source_length
-    frame = 1 if btmlm.pair_separators else 0  # separators on each side of the placeholders
-    block = slots + 2 * frame
+    block = pseudo_sentence_columns(btmlm, slots)
+    frame = (block - slots) // 2  # separators on each side of the placeholders
     if source_length + block > cfg.max_length:
         raise ValueError(
             f"BTMLM needs {source_length} source + {block} placeholder"

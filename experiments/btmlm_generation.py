@@ -69,14 +69,15 @@ def generate(run, rows: Sequence[Sequence[int]], source_language: int, target_la
 
     from ernie_m_jax.evaluation.embedding import framed_batch
     from ernie_m_jax.model import ErnieM
-    from ernie_m_jax.objectives import btmlm_generate
+    from ernie_m_jax.objectives import btmlm_generate, pseudo_sentence_columns
 
     tokens, cfg = run.tokens, run.model
     btmlm = dataclasses.replace(run.experiment.btmlm, temperature=temperature,
                                 target_languages=(target_language,), max_placeholders=None,
                                 **knobs)
     model = ErnieM(cfg)
-    length = (cfg.max_length - (2 if btmlm.pair_separators else 0)) // 2  # source + as many
+    # The source, then as many placeholders (and the pseudo sentence's separators, if any).
+    length = (cfg.max_length - pseudo_sentence_columns(btmlm, 0)) // 2
     fill = jax.jit(lambda params, batch, rng: btmlm_generate(
         params, batch, rng, model=model, tokens=tokens, btmlm=btmlm)["input_ids"][:, length:])
     params = jax.device_put(run.params)

@@ -43,9 +43,32 @@ class DemoData:
     para_mixture: str = PARA_MIXTURE
 
 
+def demo_corpus(data_dir: Path, packages: Sequence[str] = (),
+                config: corpus.CorpusConfig = corpus.CorpusConfig(),
+                name: Optional[str] = None) -> Tuple[Path, dict]:
+    """(folder, manifest) of the demo corpus built from the catalogs of `packages` only
+    (`CatalogSource.package` names; default: all of `config.sources`), cached under
+    `data_dir / name`. The default name is `demo_corpus`, or `demo_corpus_<packages>` for a
+    subset, so that a corpus holding a package out of pretraining never overwrites the full
+    one; give another `name` for another `config`."""
+    known = {s.package: s for s in config.sources}
+    unknown = sorted(set(packages) - set(known))
+    if unknown:
+        raise ValueError(f"unknown demo packages {unknown}; the demo corpus is built from "
+                         f"{sorted(known)}")
+    chosen = tuple(sorted(set(packages) or known))
+    if len(chosen) < len(known):
+        config = dataclasses.replace(config, sources=tuple(known[p] for p in chosen))
+        name = name or "demo_corpus_" + "_".join(chosen)
+    name = name or "demo_corpus"
+    return data_dir / name, corpus.load_or_build(data_dir / name, config)
+
+
 def demo_vocabulary(corpus_dir: Path, manifest: dict, vocab_size: int) -> Path:
-    """The cached vocabulary for this corpus content and size, trained if missing or stale."""
-    path = corpus_dir.parent / f"demo_spm_{vocab_size}.model"
+    """The cached vocabulary for this corpus content and size, trained if missing or stale;
+    one per corpus folder."""
+    stem = "demo_spm" if corpus_dir.name == "demo_corpus" else f"{corpus_dir.name}_spm"
+    path = corpus_dir.parent / f"{stem}_{vocab_size}.model"
     stamp = path.with_suffix(".json")
     expected = {"corpus_sha256": manifest["content_sha256"], "vocab_size": vocab_size}
     if path.is_file() and stamp.is_file():
@@ -74,14 +97,16 @@ def _check_same_vocabulary(names, vocabulary) -> None:
 def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
                   languages: Sequence[str] = (), vocabulary_path: Optional[str] = None,
                   alpha: float = registry.DEFAULT_ALPHA,
-                  tokens: Optional[SpecialTokens] = None) -> DemoData:
+                  tokens: Optional[SpecialTokens] = None,
+                  packages: Sequence[str] = ()) -> DemoData:
     """Build/reuse the demo corpus and vocabulary, register its tasks and mixtures.
 
     `vocabulary_path` may be any SentencePiece model in either id layout (e.g. an imported
-    XLM-R `sentencepiece.bpe.model`); `tokens`, when given, must be its special ids."""
+    XLM-R `sentencepiece.bpe.model`); `tokens`, when given, must be its special ids.
+    `packages` builds corpus and vocabulary from those packages' catalogs alone (default:
+    all), e.g. to hold one package's messages out of pretraining entirely."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
-    corpus_dir = data_dir / "demo_corpus"
-    manifest = corpus.load_or_build(corpus_dir)
+    corpus_dir, manifest = demo_corpus(data_dir, packages)
     known = manifest["languages"]
     unknown = sorted(set(languages) - set(known))
     if unknown:

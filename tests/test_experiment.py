@@ -392,3 +392,59 @@ def test_finetuning_extension_fine_tunes_arms_and_retrains_a_lost_run(sitting, c
         if "train/loss" in line] for f in (0, 1)]
     assert losses[0] and losses[0] != losses[1]  # another head init and example order
     assert "| mmlm | 1 × 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_held_out_package_is_out_of_pretraining_and_scored_out_of_domain(demo_data_dir,
+                                                                          tmp_path, capsys):
+    """`--hold_out=Sphinx`: corpus and vocabulary without Sphinx's catalogs, and every arm
+    scored on Sphinx's messages that pretraining never saw, in pools of POOL_SIZE."""
+    from ernie_m_jax.data import corpus
+    from experiments.paper_in_miniature.evaluation import POOL_SIZE
+
+    out = tmp_path / "held_out"
+    assert driver.main(["--config=tiny", "--seeds=0", "--arms=random_init,mmlm",
+                        "--hold_out=Sphinx", f"--out={out}",
+                        f"--gin.register_experiment_data.data_dir={demo_data_dir!r}"]) == 0
+    assert "held-out packages: retrieval L2 centred" in capsys.readouterr().out
+    kept, held = Path(demo_data_dir) / "demo_corpus_Django_wagtail", \
+        Path(demo_data_dir) / "held_out_Sphinx"
+    # Pretraining's corpus has no Sphinx message; the run trained its own vocabulary on it.
+    assert {p for ps in corpus.read_packages(kept).values() for p in ps} == {"Django", "wagtail"}
+    run_dir = out / "runs" / "mmlm_seed0"
+    assert (run_dir / "ernie_m_jax_vocab.model").read_bytes() == (
+        Path(demo_data_dir) / "demo_corpus_Django_wagtail_spm_8000.model").read_bytes()
+    # Sphinx shares some messages with Django/Wagtail (positive control): those are left out.
+    seen = {k for s in corpus.SPLITS for k in corpus.read_split(kept, s, "en")}
+    sphinx = {lang: {k for s in corpus.SPLITS for k in corpus.read_split(held, s, lang)}
+              for lang in ("en", "de", "it")}
+    assert sphinx["de"] & seen
+    results = {arm: json.loads((out / "results" / f"{arm}_seed0.json").read_text())
+               for arm in ("random_init", "mmlm")}
+    for arm, result in results.items():
+        ood = result["out_of_domain"]
+        assert ood["pairs"]["messages"] == {
+            f"en-{lang}": len((sphinx[lang] & sphinx["en"]) - seen) // POOL_SIZE * POOL_SIZE
+            for lang in ("de", "it")}, arm
+        assert ood["languages"] == {"parallel": ["de"], "monolingual_only": ["it"]}
+        assert ood["transfer"]["classes"] == ["Django", "wagtail", "Sphinx"]
+        sphinx_train = (set(corpus.read_split(held, "train", "en")) - seen) & {
+            k for k, p in corpus.read_packages(held).items() if p == ("Sphinx",)}
+        in_domain = result["transfer"]["train_examples"]
+        assert result["transfer"]["classes"] == ["Django", "wagtail"]
+        assert ood["transfer"]["train_examples"] == in_domain + len(sphinx_train) > in_domain
+        for variant in ("raw", "centered"):
+            assert sorted(ood["retrieval"]["messages"][variant]) == ["0", "1", "2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert "out_of_domain/retrieval/messages/centered/layer2/parallel" in summary["arms"]["mmlm"]
+
+
+def test_held_out_packages_must_be_some_of_the_demo_packages(tmp_path):
+    from tasks.demo import demo_corpus
+
+    for packages in (("Sphinx", "Plone"), ("Django", "Sphinx", "wagtail")):
+        with pytest.raises(ValueError, match=r"must be some, not all, of the demo packages"):
+            paper.register_experiment_data(str(tmp_path), held_out_packages=packages)
+    with pytest.raises(ValueError, match=r"unknown demo packages \['Plone'\]"):
+        demo_corpus(tmp_path, ("Plone",))
+    assert not list(tmp_path.iterdir())  # nothing was built

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="override the config's NUM_STEPS")
     parser.add_argument("--out", help="default experiments/results/paper_in_miniature/"
                                       "<config>; finished arm x seed results are kept")
+    parser.add_argument("--hold_out",
+                        help="comma-separated demo packages (e.g. Sphinx) to hold out of "
+                             "pretraining entirely, corpus and vocabulary alike; every arm is "
+                             "then also scored on their messages. Default --out: "
+                             "<config>_without_<packages>")
     parser.add_argument("--stage1_from",
                         help="with --arms=ernie_m: start stage 2 from this finished stage-1 "
                              "run (\"{seed}\" is replaced by the seed), to probe stage-2 "
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--update_readme", action="store_true",
                         help="write the tables into experiments/README.md between "
                              "<!-- results:CONFIG --> markers (a probe's, with "
-                             "--stage1_from, between <!-- results:CONFIG-probes -->)")
+                             "--stage1_from, between <!-- results:CONFIG-probes -->; with "
+                             "--hold_out=P, <!-- results:CONFIG-without-p -->)")
     return parser
 
 
@@ -62,7 +68,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(rest)
     if args.steps is not None and args.steps <= 0:
         parser.error("--steps must be positive")
-    out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / args.config)
+    held_out = sorted(args.hold_out.split(",")) if args.hold_out else []
+    name = args.config + "".join(f"_without_{p.lower()}" for p in held_out)
+    out = Path(args.out or Path("experiments") / "results" / "paper_in_miniature" / name)
+    if held_out:
+        bindings.append(f"register_experiment_data.held_out_packages = {tuple(held_out)!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",") if args.arms else [RANDOM_INIT, *ARMS]
     if args.stage1_from and arms != ["ernie_m"]:
@@ -77,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary, code = _guarded(lambda: run_experiment(setting, arms, seeds))
     if code:
         return code
-    table, block = report.format_summary(summary), args.config
+    table, block = report.format_summary(summary), name.replace("_without_", "-without-")
     if args.stage1_from:  # a probe: every probe beside this one, and the arm itself
         block = f"{args.config}-probes"
         arm_out = Path(args.stage1_from).parents[2]  # <arm out>/runs/ernie_m_seed{seed}/stage1

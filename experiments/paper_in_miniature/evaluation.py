@@ -139,3 +139,104 @@ def evaluate_run(run: SavedRun, corpus_dir: Path, split: str = "test") -> dict:
         "model": _transfer_results(encoder, labelled, run.model.num_layers, run),
         "bag_of_subwords": _bag_transfer(labelled, run.model.vocab_size)}
     return result
+
+
+# Retrieval out of domain is scored within pools of this many pairs, averaged over a language's
+# disjoint pools, so that a language with more held-out messages is not made harder by a larger
+# pool (the in-domain test sets hold about 100-150 pairs per language).
+POOL_SIZE = 100
+
+
+def _unseen_pairs(corpus_dir: Path, held_out_dir: Path, lang: str) -> List[Tuple[str, str]]:
+    """(English, translation) of the held-out packages' messages (all splits) whose message
+    pretraining never saw, in any language, ordered by message key (a hash)."""
+    seen = {k for split in corpus.SPLITS for k in corpus.read_split(corpus_dir, split, SOURCE)}
+    english, other = {}, {}
+    present = corpus.languages(held_out_dir)
+    for split in corpus.SPLITS:
+        english.update(corpus.read_split(held_out_dir, split, SOURCE))
+        if lang in present:
+            other.update(corpus.read_split(held_out_dir, split, lang))
+    return [(english[k], other[k]) for k in sorted(other) if k in english and k not in seen]
+
+
+def _pooled(encoder, run, corpus_dir: Path, held_out_dir: Path, languages: Sequence[str]
+            ) -> Tuple[Dict[str, Dict[str, Dict[str, dict]]], Dict[str, dict], Dict[str, int]]:
+    """Retrieval at every layer and bag of subwords on out-of-domain pairs, each the mean
+    over a language's disjoint pools of `POOL_SIZE`; a language with less than one pool
+    is left out. Also {pair: messages scored}."""
+    per_pool: List[Tuple[str, PairSet]] = []
+    for lang in languages:
+        pairs = _unseen_pairs(corpus_dir, held_out_dir, lang)
+        for start in range(0, len(pairs) - POOL_SIZE + 1, POOL_SIZE):
+            src, tgt = zip(*pairs[start:start + POOL_SIZE])
+            per_pool.append((f"{SOURCE}-{lang}", PairSet(
+                f"{SOURCE}-{lang}/{start // POOL_SIZE}", encoder.tokenize(src),
+                encoder.tokenize(tgt), run.language_id(SOURCE), run.language_id(lang))))
+    layers = _layer_results(encoder, [p for _, p in per_pool], run.model.num_layers)
+    bags = _bag_results([p for _, p in per_pool], run.model.vocab_size)
+
+    def mean_over_pools(per_set: Dict[str, dict]) -> Dict[str, dict]:
+        out: Dict[str, List[dict]] = {}
+        for name, pool in per_pool:
+            out.setdefault(name, []).append(per_set[pool.name])
+        return {name: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+                for name, rows in out.items()}
+
+    retrieval = {variant: {layer: mean_over_pools(per_set) for layer, per_set in by_layer.items()}
+                 for variant, by_layer in layers.items()}
+    counts: Dict[str, int] = {}
+    for name, pool in per_pool:
+        counts[name] = counts.get(name, 0) + len(pool.source)
+    return retrieval, mean_over_pools(bags), counts
+
+
+def out_of_domain_transfer_sets(corpus_dir: Path, held_out_dir: Path,
+                                languages: Sequence[str], encoder) -> TransferSets:
+    """Package classification with the held-out packages as classes too: the pretraining
+    packages' messages as in `transfer_sets`, the held-out packages' unseen messages from
+    their own corpus (split in halves, `HELD_OUT_CORPUS`). Fitted on English train
+    messages, scored on every language's test messages."""
+    in_domain = transfer_sets(corpus_dir, languages, encoder)
+    seen = {k for split in corpus.SPLITS for k in corpus.read_split(corpus_dir, split, SOURCE)}
+    held_out = {k: p[0] for k, p in corpus.read_packages(held_out_dir).items()
+                if len(p) == 1 and k not in seen}
+    classes = (*in_domain.classes, *sorted(set(held_out.values())))
+
+    present = corpus.languages(held_out_dir)
+
+    def labelled(split: str, lang: str):
+        rows = corpus.read_split(held_out_dir, split, lang) if lang in present else {}
+        keys = [k for k in sorted(rows) if k in held_out]
+        return (encoder.tokenize([rows[k] for k in keys]),
+                np.array([classes.index(held_out[k]) for k in keys], np.int32))
+
+    def joined(a, b):
+        return a[0] + b[0], np.concatenate([a[1], b[1]])
+
+    train_ids, train_labels = joined((in_domain.train_ids, in_domain.train_labels),
+                                     labelled("train", SOURCE))
+    return TransferSets(classes, train_ids, train_labels,
+                        {lang: joined(in_domain.tests[lang], labelled("test", lang))
+                         for lang in in_domain.tests})
+
+
+def evaluate_out_of_domain(run: SavedRun, corpus_dir: Path, held_out_dir: Path) -> dict:
+    """`evaluate_run`'s scores on the messages of packages held out of pretraining entirely:
+    retrieval (in pools of `POOL_SIZE`) and bag of subwords on the same pairs, and package
+    classification with the held-out packages as further classes."""
+    groups = experiment_languages()
+    encoder = SentenceEncoder(run, pooling="mean", layer=None, batch_size=64)
+    every = [*groups["parallel"], *groups["monolingual_only"]]
+    retrieval, bags, counts = _pooled(encoder, run, corpus_dir, held_out_dir, every)
+    scored = {group: tuple(lang for lang in langs if f"{SOURCE}-{lang}" in counts)
+              for group, langs in groups.items()}
+    labelled = out_of_domain_transfer_sets(corpus_dir, held_out_dir, every, encoder)
+    return {"languages": scored, "pool_size": POOL_SIZE,
+            "retrieval": {"messages": retrieval}, "bag_of_subwords": {"messages": bags},
+            "pairs": {"messages": counts},
+            "transfer": {
+                "classes": list(labelled.classes),
+                "train_examples": len(labelled.train_ids),
+                "model": _transfer_results(encoder, labelled, run.model.num_layers, run),
+                "bag_of_subwords": _bag_transfer(labelled, run.model.vocab_size)}}

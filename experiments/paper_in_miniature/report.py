@@ -65,9 +65,12 @@ def run_metrics(result: dict) -> Dict[str, float]:
         accs = [result["mlm_accuracy"][lang] for lang in langs if lang in result["mlm_accuracy"]]
         if accs:
             out[f"mlm_accuracy/{group}"] = float(np.mean(accs))
-    if "validation" in result:  # the same figures on the split settings are chosen by
-        held_out = run_metrics({**result["validation"], "mlm_accuracy": {}})
-        out.update({f"validation/{k}": v for k, v in held_out.items()})
+    # The same figures on the split settings are chosen by, and on packages pretraining
+    # never saw.
+    for part in ("validation", "out_of_domain"):
+        if part in result:
+            scores = run_metrics({**result[part], "mlm_accuracy": {}})
+            out.update({f"{part}/{k}": v for k, v in scores.items()})
     return out
 
 
@@ -244,4 +247,12 @@ def format_summary(summary: dict) -> str:
             f"validation/bag_of_subwords/messages/{g}" for g in ("parallel", "monolingual_only")]
             + [f"validation/transfer/bag_of_subwords/{g}"
                for g in ("parallel", "monolingual_only")], only_with=chosen_by)]
+    out_of_domain = f"out_of_domain/retrieval/messages/centered/layer{layer}/parallel"
+    if any(out_of_domain in arm for arm in summary["arms"].values()):
+        ood = [(f"held-out packages: {name}", f"out_of_domain/{key}")
+               for name, key in retrieval[:4] + transfer[1:3]]
+        lines += ["", *_table(summary, ood, [
+            f"out_of_domain/bag_of_subwords/messages/{g}" for g in ("parallel", "monolingual_only")]
+            + [None] * 2 + [f"out_of_domain/transfer/bag_of_subwords/{g}"
+                            for g in ("parallel", "monolingual_only")], only_with=out_of_domain)]
     return "\n".join(lines)

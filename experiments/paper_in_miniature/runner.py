@@ -18,7 +18,7 @@ from ernie_m_jax import checkpoints, files, gin_config, saved_run, train
 from ernie_m_jax.data import languages
 from ernie_m_jax.model import init_params
 from experiments.paper_in_miniature import report
-from experiments.paper_in_miniature.evaluation import evaluate_run
+from experiments.paper_in_miniature.evaluation import evaluate_out_of_domain, evaluate_run
 from experiments.paper_in_miniature.setting import (
     CONTINUATION_SEED_OFFSET,
     CONTINUED_ARMS,
@@ -158,16 +158,26 @@ def add_missing_validation(setting: Setting, arms: Sequence[str], seeds: Sequenc
             print(f"scored {arm} seed {seed} on the validation split: {path}", flush=True)
 
 
+def _scores(run: saved_run.SavedRun, data, arm: str) -> dict:
+    """Test-split scores on the corpus the run's data setup registered (`data`); continued
+    arms also on validation (#23 chooses among them there, reports test); and, where the
+    sitting held packages out of pretraining, on those packages' messages."""
+    result = evaluate_run(run, data.corpus_dir)
+    if arm in CONTINUED_ARMS:
+        result["validation"] = evaluate_run(run, data.corpus_dir, "validation")
+    if getattr(data, "held_out_corpus_dir", None):
+        result["out_of_domain"] = evaluate_out_of_domain(run, data.corpus_dir,
+                                                         data.held_out_corpus_dir)
+    return result
+
+
 def run_arm(setting: Setting, arm: str, seed: int) -> dict:
     """Train (or resume) one arm with one seed, evaluate it, write its result file."""
     started = time.time()
     final_dir, summary, extra = train_arm(setting, arm, seed)
     trained = time.time()
     run = saved_run.load(str(final_dir))
-    data = run.experiment.train.data_setup()  # the run's tasks, and the corpus to score on
-    result = evaluate_run(run, data.corpus_dir)
-    if arm in CONTINUED_ARMS:  # #23 chooses among these on validation, reports test
-        result["validation"] = evaluate_run(run, data.corpus_dir, "validation")
+    result = _scores(run, run.experiment.train.data_setup(), arm)
     # Seconds of this sitting (a resumed run counts only what was left to train).
     extra["seconds"] = {"train": round(trained - started), "evaluate": round(time.time() - trained)}
     steps = extra.get("start_steps", 0) + extra.get("continued_steps", total_steps(setting))
@@ -189,7 +199,7 @@ def run_random_init(setting: Setting, seed: int) -> dict:
             model_dir="", step=0, model=exp.model, tokens=exp.tokens,
             params=jax.tree.map(np.asarray, params), vocabulary_path=data.vocabulary_path,
             languages=languages.registered_languages(), experiment=exp)
-        result = evaluate_run(run, data.corpus_dir)
+        result = _scores(run, data, RANDOM_INIT)
     finally:
         gin.clear_config()
     result.update(arm=RANDOM_INIT, seed=seed, steps=0, mlm_accuracy={})

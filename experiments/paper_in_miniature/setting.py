@@ -9,8 +9,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import gin
 
+from ernie_m_jax.data import corpus
 from tasks import registry
-from tasks.demo import DemoData, register_demo
+from tasks.demo import DemoData, default_data_dir, demo_corpus, register_demo
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 GIN_DIR = PACKAGE_DIR.parent / "gin"
@@ -54,25 +55,56 @@ SOURCE = "en"
 MONO_MIXTURE, PARA_MIXTURE = "paper.mono", "paper.para"
 
 
+# Out-of-domain scoring (#23): the held-out packages' messages, none in pretraining. Half
+# of them (by message) fit the English probe of the transfer task, the other half test it;
+# retrieval reads them all. A language with fewer messages than one retrieval pool is left
+# out of the out-of-domain scores, not out of the corpus.
+HELD_OUT_CORPUS = corpus.CorpusConfig(validation_fraction=0.0, test_fraction=0.5,
+                                      min_train_messages=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentData(DemoData):
+    """The registered demo data, and the corpus of the packages pretraining never saw."""
+
+    held_out_corpus_dir: Optional[Path] = None
+
+
 @gin.configurable
 def register_experiment_data(data_dir: Optional[str] = None, vocab_size: int = 8000,
                              parallel_languages: Sequence[str] = ("de", "fr", "es", "ru",
                                                                   "zh_hans"),
                              monolingual_only_languages: Sequence[str] = (
-                                 "it", "pt", "nl", "pl", "tr", "ar", "ja")) -> DemoData:
+                                 "it", "pt", "nl", "pl", "tr", "ar", "ja"),
+                             held_out_packages: Sequence[str] = ()) -> ExperimentData:
     """The demo corpus's tasks for these languages, and mixtures in which only
-    `parallel_languages` have parallel data."""
+    `parallel_languages` have parallel data. `held_out_packages` (e.g. `('Sphinx',)`) builds
+    the corpus and the vocabulary without those packages' catalogs, and a corpus of theirs
+    alone to score out of domain on."""
     overlap = set(parallel_languages) & set(monolingual_only_languages)
     if overlap:
         raise ValueError(f"languages {sorted(overlap)} are both parallel and monolingual-only")
-    demo = register_demo(data_dir, vocab_size,
-                         languages=(SOURCE, *parallel_languages, *monolingual_only_languages))
+    every = {s.package for s in corpus.DEFAULT_SOURCES}
+    unknown = sorted(set(held_out_packages) - every)
+    if unknown or set(held_out_packages) == every:
+        raise ValueError(f"held_out_packages {sorted(held_out_packages)} must be some, not all, "
+                         f"of the demo packages {sorted(every)}")
+    root = Path(data_dir) if data_dir else default_data_dir()
+    kept = tuple(sorted(every - set(held_out_packages))) if held_out_packages else ()
+    demo = register_demo(str(root), vocab_size,
+                         languages=(SOURCE, *parallel_languages, *monolingual_only_languages),
+                         packages=kept)
+    held_out_dir = None
+    if held_out_packages:
+        held_out_dir, _ = demo_corpus(root, held_out_packages, HELD_OUT_CORPUS,
+                                      name="held_out_" + "_".join(sorted(held_out_packages)))
     mono = [registry.mono_task_name(lang)
             for lang in (SOURCE, *parallel_languages, *monolingual_only_languages)]
     registry.add_mixture(MONO_MIXTURE, mono)
     registry.add_mixture(PARA_MIXTURE, [registry.para_task_name(SOURCE, lang)
                                         for lang in parallel_languages])
-    return demo
+    return ExperimentData(**{f.name: getattr(demo, f.name) for f in dataclasses.fields(demo)},
+                          held_out_corpus_dir=held_out_dir)
 
 
 class RunStopped(RuntimeError):

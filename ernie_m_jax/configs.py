@@ -214,8 +214,19 @@ class BTMLMConfig:
     # placeholders sit at the positions CAMLM's targets held in stage 1 (one after the opening
     # [SEP]) and stage 2 reads the same layout as a parallel pair. Off: `[CLS] x [SEP] y`.
     pair_separators: bool = False
+    # Pieces per source piece differ by language (de/ru/pl ~1.3 per English piece, zh ~1):
+    # entry i is language id i's length relative to a common pivot, and a pseudo sentence
+    # from language s into t gets `placeholder_ratio * f[t] / f[s]` placeholders per source
+    # token (ids past the end count 1). Empty: every pair gets `placeholder_ratio`.
+    length_factors: Tuple[float, ...] = ()
+    # Where `length_factors` is empty, the run measures them on its pair mixture's training
+    # data (`train.step.pair_length_factors`); languages without parallel data keep 1.
+    fit_length_factors: bool = False
 
     def __post_init__(self):
+        if any(not f > 0 for f in self.length_factors):
+            raise ValueError(f"BTMLMConfig.length_factors must be positive, got "
+                             f"{self.length_factors}")
         if self.placeholder_ratio <= 0:
             raise ValueError(
                 f"BTMLMConfig.placeholder_ratio must be positive, got {self.placeholder_ratio}")

@@ -192,6 +192,18 @@ def _sample(rng: Array, logits: Array, temperature: float, top_k: int) -> Array:
     return jax.random.categorical(rng, logits / temperature).astype(jnp.int32)
 
 
+def placeholder_ratios(btmlm: BTMLMConfig, source_languages: Array,
+                       target_languages: Array) -> Array:
+    """Placeholders per source token of each row: `placeholder_ratio`, scaled by the target
+    language's `length_factors` over the source's."""
+    if not btmlm.length_factors:
+        return jnp.full(source_languages.shape, btmlm.placeholder_ratio, jnp.float32)
+    factors = jnp.asarray((*btmlm.length_factors, 1.0), jnp.float32)  # past the end: 1
+    last = len(btmlm.length_factors)
+    return btmlm.placeholder_ratio * factors[jnp.minimum(target_languages, last)] / \
+        factors[jnp.minimum(source_languages, last)]
+
+
 def pseudo_sentence_columns(btmlm: BTMLMConfig, slots: int) -> int:
     """Columns BTMLM appends to the source for `slots` placeholders (plus the two framing
     [SEP]s with `pair_separators`)."""
@@ -222,8 +234,14 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
             f"{cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
     language_rng, sample_rng = jax.random.split(rng)
 
+    source_languages = batch["language_ids"][:, 0]
+    if btmlm.target_languages:
+        target = _draw_target_languages(language_rng, source_languages, btmlm.target_languages)
+    else:
+        target = source_languages
     words = maskable_tokens(ids, segments, tokens).sum(-1)
-    count = jnp.clip(jnp.round(btmlm.placeholder_ratio * words), 1, slots).astype(jnp.int32)
+    count = jnp.clip(jnp.round(placeholder_ratios(btmlm, source_languages, target) * words),
+                     1, slots).astype(jnp.int32)
     column = jnp.arange(block)[None, :]
     placeholder = (column >= frame) & (column < frame + count[:, None])
     separator = ((column == 0) | (column == frame + count[:, None])) if frame else \
@@ -236,11 +254,6 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     block_positions = jnp.minimum(last_position[:, None] + 1 + column,
                                   cfg.max_position_embeddings - 1)
 
-    source_languages = batch["language_ids"][:, 0]
-    if btmlm.target_languages:
-        target = _draw_target_languages(language_rng, source_languages, btmlm.target_languages)
-    else:
-        target = source_languages
     block_languages = jnp.broadcast_to(target[:, None], (batch_size, block))
 
     block_ids = jnp.where(placeholder, tokens.mask_id,

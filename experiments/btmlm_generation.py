@@ -24,7 +24,9 @@ def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Seque
     """Means over rows: the share of generated pieces found in the reference translation
     (`reference_precision`), the same with each reference piece matched at most as often as
     it occurs there (`clipped_precision`, BLEU's unigram precision: repeating one frequent
-    piece does not score), the share found in the English source (`copied`), the share of
+    piece does not score), the reference pieces so matched over the reference's length
+    (`clipped_recall`: a pseudo sentence too short to hold the translation scores less),
+    the share found in the English source (`copied`), the share of
     distinct pieces (`distinct`), what copying the source would score (`source_precision`,
     `source_clipped_precision`), and `length_ratio`, generated pieces per reference piece
     (mean over rows, then divided)."""
@@ -35,18 +37,19 @@ def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Seque
     def share(pieces: Sequence[int], within: Sequence[int]) -> float:
         return float(np.isin(pieces, list(within)).mean()) if len(pieces) else 0.0
 
-    def clipped(pieces: Sequence[int], within: Sequence[int]) -> float:
-        if not len(pieces):
-            return 0.0
+    def matched(pieces: Sequence[int], within: Sequence[int]) -> int:
         available = collections.Counter(within)
-        matched = sum(min(n, available[piece])
-                      for piece, n in collections.Counter(pieces).items())
-        return matched / len(pieces)
+        return sum(min(n, available[piece]) for piece, n in collections.Counter(pieces).items())
+
+    def clipped(pieces: Sequence[int], within: Sequence[int]) -> float:
+        return matched(pieces, within) / len(pieces) if len(pieces) else 0.0
 
     rows = [(g, s, r) for g, s, r in zip(generated, sources, references) if len(g)]
     return {
         "reference_precision": float(np.mean([share(g, r) for g, _, r in rows])),
         "clipped_precision": float(np.mean([clipped(g, r) for g, _, r in rows])),
+        "clipped_recall": float(np.mean([matched(g, r) / len(r) for g, _, r in rows
+                                         if len(r)])),
         "source_clipped_precision": float(np.mean([clipped(s, r) for _, s, r in rows
                                                    if len(s)])),
         "copied": float(np.mean([share(g, s) for g, s, _ in rows])),
@@ -107,13 +110,25 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
 
     run = saved_run.load(model_dir)
     data = run.experiment.train.data_setup()  # the run's own tasks, and its corpus
+    factors = {}
+    if knobs.get("fit_length_factors"):  # measured on the run's own pair mixture
+        from ernie_m_jax.data import languages as language_ids
+        from ernie_m_jax.train.step import pair_length_factors
+
+        factors = pair_length_factors(run.experiment.data.pair_mixture)
+        measured = {language_ids.language_id(lang): f for lang, f in factors.items()}
+        knobs = {**knobs, "length_factors": tuple(
+            measured.get(i, 1.0) for i in range(max(measured) + 1))}
     groups = paper.experiment_languages()
     languages = list(languages or [*groups["parallel"], *groups["monolingual_only"]])
     sets = {p.name.split("-", 1)[1]: p
             for p in paper.pair_sets(run, data.corpus_dir, languages, SentenceEncoder(run),
                                      split)}
     result = {"model_dir": str(model_dir), "step": run.step, "limit": limit, "seed": seed,
-              "split": split, "knobs": knobs, "languages": groups, "temperatures": {}}
+              "split": split, "languages": groups, "temperatures": {},
+              "knobs": {k: v for k, v in knobs.items() if k != "length_factors"}}
+    if factors:
+        result["length_factors"] = factors
     for temperature in temperatures:
         per_language = result["temperatures"][str(temperature)] = {}
         for lang in languages:
@@ -129,14 +144,17 @@ def format_table(directory: Path) -> str:
     """Markdown, one row per diagnostic JSON in `directory` (by name) and temperature:
     clipped precision, plain share in the reference, copied and distinct pieces, with /
     without parallel data (means over each group's languages), beside copying the source."""
-    lines = ["| setting | T | clipped precision, with / without | in reference | copied | "
-             "distinct | length vs reference |", "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | T | clipped precision, with / without | clipped recall | "
+             "in reference | copied | distinct | length vs reference |",
+             "|---|---|---|---|---|---|---|---|"]
     copying = None
     for path in sorted(Path(directory).glob("*.json")):
         result = json.loads(path.read_text())
         groups = result["languages"]
 
         def both(per_language: dict, key: str) -> str:
+            if any(key not in per_language[lang] for g in groups for lang in groups[g]):
+                return "–"  # a statistic added after this diagnostic ran
             return " / ".join(f"{np.mean([per_language[lang][key] for lang in groups[g]]):.3f}"
                               for g in ("parallel", "monolingual_only"))
 
@@ -144,11 +162,12 @@ def format_table(directory: Path) -> str:
         for temperature, per_language in result["temperatures"].items():
             lines.append(f"| {path.stem}{': ' + knobs if knobs else ''} | {temperature} | "
                          f"{both(per_language, 'clipped_precision')} | "
+                         f"{both(per_language, 'clipped_recall')} | "
                          f"{both(per_language, 'reference_precision')} | "
                          f"{both(per_language, 'copied')} | {both(per_language, 'distinct')} | "
                          f"{both(per_language, 'length_ratio')} |")
             copying = copying or (f"| copying the English source | – | "
-                                  f"{both(per_language, 'source_clipped_precision')} | "
+                                  f"{both(per_language, 'source_clipped_precision')} | – | "
                                   f"{both(per_language, 'source_precision')} | 1 | – | – |")
     return "\n".join(lines + [copying] if copying else ["(no diagnostics yet)"])
 
@@ -172,6 +191,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override the run's BTMLMConfig.placeholder_ratio")
     parser.add_argument("--pair_separators", action=argparse.BooleanOptionalAction,
                         help="override the run's BTMLMConfig.pair_separators")
+    parser.add_argument("--fit_length_factors", action=argparse.BooleanOptionalAction,
+                        help="placeholders per source piece scaled by the language pair's "
+                             "length ratio in the run's parallel data "
+                             "(BTMLMConfig.fit_length_factors)")
     parser.add_argument("--out", help="also write the printed JSON to this file")
     args = parser.parse_args(argv)
     if args.table:
@@ -185,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.model_dir:
         parser.error("give a MODEL_DIR to diagnose, or --table DIR")
-    knobs = {k: getattr(args, k) for k in ("top_k", "placeholder_ratio", "pair_separators")
+    knobs = {k: getattr(args, k) for k in ("top_k", "placeholder_ratio", "pair_separators",
+                                            "fit_length_factors")
              if getattr(args, k) is not None}
     result = diagnose(args.model_dir, [float(t) for t in args.temperatures.split(",")],
                       args.limit, args.seed, split=args.split, **knobs)

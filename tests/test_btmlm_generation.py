@@ -16,6 +16,8 @@ def test_piece_statistics_score_against_the_reference_and_the_source():
     # Clipped: the reference holds one 6, so the second 6 of row 1 does not count.
     assert stats["clipped_precision"] == pytest.approx((2 / 4 + 0) / 2)
     assert stats["source_clipped_precision"] == pytest.approx(0.0)
+    # Recall: row 1 matches both reference pieces (6 once, 9), row 2 none of its one.
+    assert stats["clipped_recall"] == pytest.approx((2 / 2 + 0 / 1) / 2)
     assert stats["copied"] == pytest.approx((1 / 4 + 1) / 2)
     assert stats["distinct"] == pytest.approx((3 / 4 + 1) / 2)
     assert stats["source_precision"] == pytest.approx(0.0)
@@ -43,6 +45,10 @@ def test_generation_fills_one_placeholder_per_source_piece_in_the_target_languag
     sampled = diag.generate(run, rows, 1, 2, temperature=1.0, seed=3)
     assert [len(s) for s in sampled] == [3, 1, 2] and sampled != greedy
     assert np.all([0 <= t < tiny_config.vocab_size for s in sampled for t in s])
+    # Length factors: from language 1 (2 pieces per pivot piece) into 2 (1), half as many.
+    halved = diag.generate(run, [[10, 11, 12, 13]], 1, 2, temperature=0.0,
+                           length_factors=(1.0, 2.0, 1.0))
+    assert [len(h) for h in halved] == [2]
     # Framed as a pair's second sentence, the separators are not reported as generated.
     framed = diag.generate(run, rows, 1, 2, temperature=0.0, pair_separators=True)
     assert [len(f) for f in framed] == [3, 1, 2]

@@ -51,7 +51,8 @@ def test_special_tokens_must_fit_and_differ():
 @pytest.mark.parametrize("kwargs,match", [(dict(placeholder_ratio=0), "placeholder_ratio"),
                                           (dict(temperature=-1), "temperature"),
                                           (dict(top_k=-2), "top_k"),
-                                          (dict(target_languages=(-1,)), "target_languages")])
+                                          (dict(target_languages=(-1,)), "target_languages"),
+                                          (dict(length_factors=(1.0, 0.0)), "length_factors")])
 def test_bad_btmlm_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BTMLMConfig(**kwargs)

@@ -115,6 +115,29 @@ def test_btmlm_pair_layout_positions_and_languages():
     assert (ids[:, 16:][~placeholders] == TOKENS.pad_id).all()
 
 
+def test_btmlm_length_factors_scale_placeholders_by_target_over_source_language():
+    model, params = _three_layer_model()
+    batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)
+    words = np.isin(np.asarray(batch["input_ids"]), TOKENS.all_ids, invert=True).sum(-1)
+    # Language 1 writes 2 pieces per pivot piece, 0 writes 0.5, 2 has no factor (1); binary
+    # fractions, so that float32 rounds exactly as numpy does.
+    config = dataclasses.replace(GREEDY, max_placeholders=16, placeholder_ratio=1.5,
+                                 length_factors=(0.5, 2.0))
+    pair = {k: np.asarray(v) for k, v in
+            _generate(model, params, batch, jax.random.key(9), config).items()}
+    counts = (pair["segment_ids"][:, 16:] == attention_masks.TARGET).sum(-1)
+    target = pair["language_ids"][:, 16]
+    ratio = np.where(target == 0, 1.5 * 0.5 / 2.0, 1.5 * 1.0 / 2.0)
+    np.testing.assert_array_equal(counts, np.clip(np.round(ratio * words), 1, 16))
+    assert {0, 2} <= set(target.tolist())  # both branches were drawn
+    # Positive control: without factors every row gets the plain ratio.
+    plain = _generate(model, params, batch, jax.random.key(9),
+                      dataclasses.replace(config, length_factors=()))
+    plain_counts = (np.asarray(plain["segment_ids"])[:, 16:] == attention_masks.TARGET).sum(-1)
+    np.testing.assert_array_equal(plain_counts, np.clip(np.round(1.5 * words), 1, 16))
+    assert not np.array_equal(counts, plain_counts)
+
+
 def test_btmlm_pair_separators_frame_the_pseudo_sentence_like_a_camlm_target():
     model, params = _three_layer_model()
     batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)

@@ -282,3 +282,52 @@ def test_btmlm_targets_come_from_the_mixtures_and_can_be_limited_to_parallel_lan
     # Languages given explicitly win.
     assert targets(BTMLMConfig(parallel_targets_only=True, target_languages=(
         languages.language_id("fr"),))) == {"fr"}
+
+
+def test_btmlm_length_factors_are_measured_on_the_pair_mixture(demo_data, vocabulary):
+    import types
+
+    from ernie_m_jax.configs import BTMLMConfig
+    from ernie_m_jax.data import corpus, languages
+    from ernie_m_jax.train.step import pair_length_factors, resolved_btmlm
+
+    registry.add_mixture("test.para.lengths", ["ernie_m.para.en_de", "ernie_m.para.en_zh_hans"])
+    factors = pair_length_factors("test.para.lengths", max_examples=100_000)
+    english = corpus.read_split(demo_data.corpus_dir, "train", "en")
+
+    def pieces_per_english_piece(lang):  # independently: the training pairs, tokenized
+        other = corpus.read_split(demo_data.corpus_dir, "train", lang)
+        keys = [k for k in other if k in english]
+        return sum(len(vocabulary.encode(other[k])) for k in keys) / sum(
+            len(vocabulary.encode(english[k])) for k in keys)
+
+    assert factors["en"] == 1.0 and set(factors) == {"en", "de", "zh_hans"}
+    for lang in ("de", "zh_hans"):
+        assert factors[lang] == pytest.approx(pieces_per_english_piece(lang), rel=0.02), lang
+    assert factors["de"] > 1.1 > factors["zh_hans"]  # German runs longer than Chinese
+    # A pair without English joins through the language it shares; one sharing none fails.
+    registry.add_parallel("de", "fr", {"train": [("eins zwei drei vier", "un deux")]},
+                          vocabulary)
+    registry.add_mixture("test.para.chain", ["ernie_m.para.en_de", "ernie_m.para.de_fr"])
+    chained = pair_length_factors("test.para.chain", max_examples=100_000)
+    assert chained["fr"] == pytest.approx(chained["de"] * len(vocabulary.encode("un deux")) /
+                                          len(vocabulary.encode("eins zwei drei vier")))
+    registry.add_parallel("fr", "zh_hans", {"train": [("un deux", "一二")]}, vocabulary)
+    registry.add_mixture("test.para.apart", ["ernie_m.para.en_de", "ernie_m.para.fr_zh_hans"])
+    with pytest.raises(ValueError, match=r"share no language with the others"):
+        pair_length_factors("test.para.apart")
+
+    def resolved(read_data=True):
+        exp = types.SimpleNamespace(
+            btmlm=BTMLMConfig(fit_length_factors=True, target_languages=(0, 1)),
+            train=types.SimpleNamespace(enabled=("btmlm",)),
+            data=types.SimpleNamespace(mono_mixture="ernie_m.demo.mono",
+                                       pair_mixture="test.para.lengths"),
+            model=types.SimpleNamespace(num_languages=0))
+        return resolved_btmlm(exp, read_data=read_data).length_factors
+
+    fitted = resolved()
+    for lang, factor in pair_length_factors("test.para.lengths").items():  # 2,000 pairs
+        assert fitted[languages.language_id(lang)] == pytest.approx(factor)
+    assert fitted[languages.language_id("fr")] == 1.0  # no parallel data: no scaling
+    assert resolved(read_data=False) == ()  # ahead-of-time compilation reads no data

@@ -134,9 +134,10 @@ def _mesh_config(exp: Experiment, num_slices: int, notes: List[str]):
 
 def _btmlm(exp: Experiment, notes: List[str]) -> BTMLMConfig:
     """The languages BTMLM generates into come from the registered mixture; where it is not
-    registered here, two placeholder ids (the compiled program does not depend on them)."""
+    registered here, two placeholder ids (the compiled program does not depend on them).
+    No data is read: fitted length factors are constants, not the program's shape."""
     try:
-        return resolved_btmlm(exp)
+        return resolved_btmlm(exp, read_data=False)
     except (ValueError, KeyError):
         if "btmlm" in exp.train.enabled:
             notes.append(f"{exp.data.mono_mixture} is not registered here: BTMLM target "

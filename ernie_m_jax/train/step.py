@@ -165,23 +165,72 @@ def pair_mixture_languages(mixture: str) -> Set[str]:
     return found
 
 
-def resolved_btmlm(exp: Experiment) -> BTMLMConfig:
+def pair_length_factors(mixture: str, max_examples: int = 2000) -> Dict[str, float]:
+    """{language: pieces per piece of the mixture's pivot language}, from the first
+    `max_examples` training pairs of each of the pair mixture's tasks: target pieces over
+    source pieces (ratio of the sums). The pivot, with factor 1, is the language most tasks
+    share (English in English-centred data); a pair whose languages both lack a factor yet
+    is measured after the others, and one joined to no other is an error."""
+    ratios: Dict[Tuple[str, str], float] = {}
+    known = pair_mixture_languages(mixture)
+    for task in pipeline.tasks_of(mixture):
+        suffix = task.name.rsplit(".", 1)[-1]
+        source, target = next((a, b) for a in known for b in known if f"{a}_{b}" == suffix)
+        totals = [0, 0]
+        for example in task.get_dataset(None, split="train", shuffle=False).take(max_examples):
+            totals[0] += int(example["source"].shape[0])
+            totals[1] += int(example["target"].shape[0])
+        if not all(totals):
+            raise ValueError(f"pair task {task.name} has no training pieces to measure "
+                             f"lengths on")
+        ratios[(source, target)] = totals[1] / totals[0]
+    counts: Dict[str, int] = {}
+    for pair in ratios:
+        for lang in pair:
+            counts[lang] = counts.get(lang, 0) + 1
+    factors = {max(sorted(counts), key=counts.get): 1.0}
+    pending = dict(ratios)
+    while pending:
+        joined = [(pair, r) for pair, r in pending.items() if set(pair) & set(factors)]
+        if not joined:
+            raise ValueError(f"pair tasks {sorted(pending)} share no language with the others "
+                             f"of {mixture}: their lengths cannot be put on one scale")
+        for (source, target), ratio in joined:
+            del pending[(source, target)]
+            if source in factors:
+                factors.setdefault(target, factors[source] * ratio)
+            else:
+                factors[source] = factors[target] / ratio
+    return factors
+
+
+def resolved_btmlm(exp: Experiment, read_data: bool = True) -> BTMLMConfig:
     """BTMLM generates into the languages of the monolingual mixture (those of the pair
-    mixture too, with `parallel_targets_only`), unless configured."""
-    if exp.btmlm.target_languages or "btmlm" not in exp.train.enabled:
+    mixture too, with `parallel_targets_only`), unless configured; with
+    `fit_length_factors`, the pair mixture's length ratios (`pair_length_factors`, read
+    only where `read_data`: they are constants of the program, not its shape)."""
+    if "btmlm" not in exp.train.enabled:
         return exp.btmlm
-    codes = set(mixture_languages(exp.data.mono_mixture))
-    if exp.btmlm.parallel_targets_only:
-        codes &= pair_mixture_languages(exp.data.pair_mixture)
-        if len(codes) < 2:
-            raise ValueError(
-                f"BTMLMConfig.parallel_targets_only leaves {sorted(codes)} as target languages "
-                f"(the languages of both {exp.data.mono_mixture} and {exp.data.pair_mixture}); "
-                f"BTMLM needs at least two to translate between")
-    ids = tuple(sorted(languages.language_id(lang) for lang in codes))
-    if exp.model.num_languages:
-        ids = tuple(i for i in ids if i < exp.model.num_languages)
-    return dataclasses.replace(exp.btmlm, target_languages=ids)
+    btmlm = exp.btmlm
+    if not btmlm.target_languages:
+        codes = set(mixture_languages(exp.data.mono_mixture))
+        if btmlm.parallel_targets_only:
+            codes &= pair_mixture_languages(exp.data.pair_mixture)
+            if len(codes) < 2:
+                raise ValueError(
+                    f"BTMLMConfig.parallel_targets_only leaves {sorted(codes)} as target "
+                    f"languages (the languages of both {exp.data.mono_mixture} and "
+                    f"{exp.data.pair_mixture}); BTMLM needs at least two to translate between")
+        ids = tuple(sorted(languages.language_id(lang) for lang in codes))
+        if exp.model.num_languages:
+            ids = tuple(i for i in ids if i < exp.model.num_languages)
+        btmlm = dataclasses.replace(btmlm, target_languages=ids)
+    if btmlm.fit_length_factors and not btmlm.length_factors and read_data:
+        measured = {languages.language_id(lang): f
+                    for lang, f in pair_length_factors(exp.data.pair_mixture).items()}
+        btmlm = dataclasses.replace(btmlm, length_factors=tuple(
+            measured.get(i, 1.0) for i in range(max(measured) + 1)))
+    return btmlm
 
 
 @dataclasses.dataclass(frozen=True)

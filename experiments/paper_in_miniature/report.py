@@ -206,6 +206,17 @@ def format_probes(arm_out: Path, probes_out: Path, arm: str = "ernie_m") -> str:
     return "\n".join(lines)
 
 
+def _part_table(summary: dict, part: str, label: str, columns: Sequence[Tuple[str, str]],
+                baseline: Sequence[Optional[str]]) -> List[str]:
+    """A table of `columns` as scored on one part of the results (`validation`,
+    `out_of_domain`), for the arms that have it; none where no arm does."""
+    first = f"{part}/{columns[0][1]}"
+    if not any(first in arm for arm in summary["arms"].values()):
+        return []
+    return ["", *_table(summary, [(f"{label}: {name}", f"{part}/{key}") for name, key in columns],
+                        [f"{part}/{key}" if key else None for key in baseline], only_with=first)]
+
+
 def format_summary(summary: dict) -> str:
     """Markdown tables, mean ± sample standard deviation over seeds (n): headline-layer
     retrieval (centred and raw; mean of both directions) with MMLM accuracy, and zero-shot
@@ -239,20 +250,12 @@ def format_summary(summary: dict) -> str:
         lines += ["", *_table(summary, transfer, [
             f"transfer/bag_of_subwords/{g}" for g in (SOURCE, "parallel", "monolingual_only")]
             + [None] * 2)]
-    chosen_by = f"validation/retrieval/messages/centered/layer{layer}/parallel"
-    if any(chosen_by in arm for arm in summary["arms"].values()):
-        validation = [(f"validation: {name}", f"validation/{key}")
-                      for name, key in retrieval[:2] + transfer[1:3]]
-        lines += ["", *_table(summary, validation, [
-            f"validation/bag_of_subwords/messages/{g}" for g in ("parallel", "monolingual_only")]
-            + [f"validation/transfer/bag_of_subwords/{g}"
-               for g in ("parallel", "monolingual_only")], only_with=chosen_by)]
-    out_of_domain = f"out_of_domain/retrieval/messages/centered/layer{layer}/parallel"
-    if any(out_of_domain in arm for arm in summary["arms"].values()):
-        ood = [(f"held-out packages: {name}", f"out_of_domain/{key}")
-               for name, key in retrieval[:4] + transfer[1:3]]
-        lines += ["", *_table(summary, ood, [
-            f"out_of_domain/bag_of_subwords/messages/{g}" for g in ("parallel", "monolingual_only")]
-            + [None] * 2 + [f"out_of_domain/transfer/bag_of_subwords/{g}"
-                            for g in ("parallel", "monolingual_only")], only_with=out_of_domain)]
+    groups = ("parallel", "monolingual_only")
+    bags = [f"bag_of_subwords/messages/{g}" for g in groups]
+    transfer_bags = [f"transfer/bag_of_subwords/{g}" for g in groups]
+    # The split settings are chosen by, then packages pretraining never saw.
+    lines += _part_table(summary, "validation", "validation", retrieval[:2] + transfer[1:3],
+                         bags + transfer_bags)
+    lines += _part_table(summary, "out_of_domain", "held-out packages",
+                         retrieval[:4] + transfer[1:3], bags + [None] * 2 + transfer_bags)
     return "\n".join(lines)

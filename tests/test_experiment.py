@@ -239,18 +239,21 @@ def test_a_run_stopped_by_a_signal_writes_no_result(tmp_path, monkeypatch):
     assert not (tmp_path / "results" / "mmlm_seed0.json").exists()
 
 
-def test_committed_cpu_tables_and_summary_match_the_committed_results(tmp_path):
+@pytest.mark.parametrize("sitting,block", [("cpu", "cpu"),
+                                           ("cpu_without_sphinx", "cpu-without-sphinx")])
+def test_committed_cpu_tables_and_summary_match_the_committed_results(sitting, block, tmp_path):
     """The README's claim must be the JSON's: its tables and summary.json are regenerated
     from results/*.json, never edited by hand."""
     import shutil
 
-    committed = paper.README.parent / "results" / "paper_in_miniature" / "cpu"
+    committed = paper.README.parent / "results" / "paper_in_miniature" / sitting
     shutil.copytree(committed / "results", tmp_path / "results")
     summary = paper.summarise(tmp_path)
     assert summary == json.loads((committed / "summary.json").read_text())
     readme = paper.README.read_text(encoding="utf-8")
-    block = readme.split("<!-- results:cpu -->\n", 1)[1].split("\n<!-- /results:cpu -->", 1)[0]
-    assert block == paper.format_summary(summary)
+    table = readme.split(f"<!-- results:{block} -->\n", 1)[1].split(
+        f"\n<!-- /results:{block} -->", 1)[0]
+    assert table == paper.format_summary(summary)
 
 
 def test_committed_finetuning_table_matches_the_committed_finetuning_results():

@@ -112,13 +112,10 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
     data = run.experiment.train.data_setup()  # the run's own tasks, and its corpus
     factors = {}
     if knobs.get("fit_length_factors"):  # measured on the run's own pair mixture
-        from ernie_m_jax.data import languages as language_ids
-        from ernie_m_jax.train.step import pair_length_factors
+        from ernie_m_jax.train.step import length_factors_by_id, pair_length_factors
 
         factors = pair_length_factors(run.experiment.data.pair_mixture)
-        measured = {language_ids.language_id(lang): f for lang, f in factors.items()}
-        knobs = {**knobs, "length_factors": tuple(
-            measured.get(i, 1.0) for i in range(max(measured) + 1))}
+        knobs = {**knobs, "length_factors": length_factors_by_id(factors)}
     groups = paper.experiment_languages()
     languages = list(languages or [*groups["parallel"], *groups["monolingual_only"]])
     sets = {p.name.split("-", 1)[1]: p

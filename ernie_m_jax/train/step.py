@@ -10,13 +10,15 @@ exactly what trains.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
-from typing import Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
+import seqio
 
 from ernie_m_jax import partitioning
 from ernie_m_jax.configs import BTMLMConfig
@@ -151,18 +153,24 @@ def mixture_languages(mixture: str) -> Dict[str, str]:
     return {t.name.rsplit(".", 1)[-1]: t.name for t in pipeline.tasks_of(mixture)}
 
 
-def pair_mixture_languages(mixture: str) -> Set[str]:
-    """The languages of a pair mixture's `<collection>.para.<source>_<target>` tasks."""
+def pair_tasks(mixture: str) -> List[Tuple[seqio.Task, str, str]]:
+    """(task, source language, target language) of a pair mixture's
+    `<collection>.para.<source>_<target>` tasks."""
     known = languages.registered_languages()
-    found: Set[str] = set()
+    found = []
     for task in pipeline.tasks_of(mixture):
         suffix = task.name.rsplit(".", 1)[-1]
         pairs = [(a, b) for a in known for b in known if f"{a}_{b}" == suffix]
         if len(pairs) != 1:
             raise ValueError(f"pair task {task.name}: its suffix {suffix!r} does not name one "
                              f"pair of registered languages {sorted(known)}")
-        found.update(pairs[0])
+        found.append((task, *pairs[0]))
     return found
+
+
+def pair_mixture_languages(mixture: str) -> Set[str]:
+    """The languages of a pair mixture's `<collection>.para.<source>_<target>` tasks."""
+    return {lang for _, *pair in pair_tasks(mixture) for lang in pair}
 
 
 def pair_length_factors(mixture: str, max_examples: int = 2000) -> Dict[str, float]:
@@ -172,10 +180,7 @@ def pair_length_factors(mixture: str, max_examples: int = 2000) -> Dict[str, flo
     share (English in English-centred data); a pair whose languages both lack a factor yet
     is measured after the others, and one joined to no other is an error."""
     ratios: Dict[Tuple[str, str], float] = {}
-    known = pair_mixture_languages(mixture)
-    for task in pipeline.tasks_of(mixture):
-        suffix = task.name.rsplit(".", 1)[-1]
-        source, target = next((a, b) for a in known for b in known if f"{a}_{b}" == suffix)
+    for task, source, target in pair_tasks(mixture):
         totals = [0, 0]
         for example in task.get_dataset(None, split="train", shuffle=False).take(max_examples):
             totals[0] += int(example["source"].shape[0])
@@ -184,10 +189,7 @@ def pair_length_factors(mixture: str, max_examples: int = 2000) -> Dict[str, flo
             raise ValueError(f"pair task {task.name} has no training pieces to measure "
                              f"lengths on")
         ratios[(source, target)] = totals[1] / totals[0]
-    counts: Dict[str, int] = {}
-    for pair in ratios:
-        for lang in pair:
-            counts[lang] = counts.get(lang, 0) + 1
+    counts = collections.Counter(lang for pair in ratios for lang in pair)
     factors = {max(sorted(counts), key=counts.get): 1.0}
     pending = dict(ratios)
     while pending:
@@ -202,6 +204,13 @@ def pair_length_factors(mixture: str, max_examples: int = 2000) -> Dict[str, flo
             else:
                 factors[source] = factors[target] / ratio
     return factors
+
+
+def length_factors_by_id(factors: Mapping[str, float]) -> Tuple[float, ...]:
+    """{language: factor} as `BTMLMConfig.length_factors`: indexed by language id, 1 for
+    the ids between that have none."""
+    by_id = {languages.language_id(lang): f for lang, f in factors.items()}
+    return tuple(by_id.get(i, 1.0) for i in range(max(by_id) + 1))
 
 
 def resolved_btmlm(exp: Experiment, read_data: bool = True) -> BTMLMConfig:
@@ -226,10 +235,8 @@ def resolved_btmlm(exp: Experiment, read_data: bool = True) -> BTMLMConfig:
             ids = tuple(i for i in ids if i < exp.model.num_languages)
         btmlm = dataclasses.replace(btmlm, target_languages=ids)
     if btmlm.fit_length_factors and not btmlm.length_factors and read_data:
-        measured = {languages.language_id(lang): f
-                    for lang, f in pair_length_factors(exp.data.pair_mixture).items()}
-        btmlm = dataclasses.replace(btmlm, length_factors=tuple(
-            measured.get(i, 1.0) for i in range(max(measured) + 1)))
+        btmlm = dataclasses.replace(btmlm, length_factors=length_factors_by_id(
+            pair_length_factors(exp.data.pair_mixture)))
     return btmlm
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -147,27 +147,25 @@ def evaluate_run(run: SavedRun, corpus_dir: Path, split: str = "test") -> dict:
 POOL_SIZE = 100
 
 
-def _unseen_pairs(corpus_dir: Path, held_out_dir: Path, lang: str) -> List[Tuple[str, str]]:
-    """(English, translation) of the held-out packages' messages (all splits) whose message
-    pretraining never saw, in any language, ordered by message key (a hash)."""
-    seen = {k for split in corpus.SPLITS for k in corpus.read_split(corpus_dir, split, SOURCE)}
-    english, other = {}, {}
-    present = corpus.languages(held_out_dir)
-    for split in corpus.SPLITS:
-        english.update(corpus.read_split(held_out_dir, split, SOURCE))
-        if lang in present:
-            other.update(corpus.read_split(held_out_dir, split, lang))
-    return [(english[k], other[k]) for k in sorted(other) if k in english and k not in seen]
+def _all_splits(corpus_dir: Path, lang: str) -> Dict[str, str]:
+    """{message key: text} of one language over every split (empty where it is absent)."""
+    if lang not in corpus.languages(corpus_dir):
+        return {}
+    return {k: t for split in corpus.SPLITS
+            for k, t in corpus.read_split(corpus_dir, split, lang).items()}
 
 
-def _pooled(encoder, run, corpus_dir: Path, held_out_dir: Path, languages: Sequence[str]
+def _pooled(encoder, run, seen: Set[str], held_out_dir: Path, languages: Sequence[str]
             ) -> Tuple[Dict[str, Dict[str, Dict[str, dict]]], Dict[str, dict], Dict[str, int]]:
-    """Retrieval at every layer and bag of subwords on out-of-domain pairs, each the mean
-    over a language's disjoint pools of `POOL_SIZE`; a language with less than one pool
-    is left out. Also {pair: messages scored}."""
+    """Retrieval at every layer and bag of subwords on the held-out packages' pairs whose
+    message pretraining never saw (`seen`: its message keys), ordered by key (a hash), each
+    the mean over a language's disjoint pools of `POOL_SIZE`; a language with less than one
+    pool is left out. Also {pair: messages scored}."""
+    english = _all_splits(held_out_dir, SOURCE)
     per_pool: List[Tuple[str, PairSet]] = []
     for lang in languages:
-        pairs = _unseen_pairs(corpus_dir, held_out_dir, lang)
+        other = _all_splits(held_out_dir, lang)
+        pairs = [(english[k], other[k]) for k in sorted(other) if k in english and k not in seen]
         for start in range(0, len(pairs) - POOL_SIZE + 1, POOL_SIZE):
             src, tgt = zip(*pairs[start:start + POOL_SIZE])
             per_pool.append((f"{SOURCE}-{lang}", PairSet(
@@ -191,14 +189,13 @@ def _pooled(encoder, run, corpus_dir: Path, held_out_dir: Path, languages: Seque
     return retrieval, mean_over_pools(bags), counts
 
 
-def out_of_domain_transfer_sets(corpus_dir: Path, held_out_dir: Path,
+def out_of_domain_transfer_sets(corpus_dir: Path, held_out_dir: Path, seen: Set[str],
                                 languages: Sequence[str], encoder) -> TransferSets:
     """Package classification with the held-out packages as classes too: the pretraining
     packages' messages as in `transfer_sets`, the held-out packages' unseen messages from
     their own corpus (split in halves, `HELD_OUT_CORPUS`). Fitted on English train
-    messages, scored on every language's test messages."""
+    messages, scored on every language's test messages; `seen`: pretraining's message keys."""
     in_domain = transfer_sets(corpus_dir, languages, encoder)
-    seen = {k for split in corpus.SPLITS for k in corpus.read_split(corpus_dir, split, SOURCE)}
     held_out = {k: p[0] for k, p in corpus.read_packages(held_out_dir).items()
                 if len(p) == 1 and k not in seen}
     classes = (*in_domain.classes, *sorted(set(held_out.values())))
@@ -228,10 +225,11 @@ def evaluate_out_of_domain(run: SavedRun, corpus_dir: Path, held_out_dir: Path) 
     groups = experiment_languages()
     encoder = SentenceEncoder(run, pooling="mean", layer=None, batch_size=64)
     every = [*groups["parallel"], *groups["monolingual_only"]]
-    retrieval, bags, counts = _pooled(encoder, run, corpus_dir, held_out_dir, every)
+    seen = set(_all_splits(corpus_dir, SOURCE))  # every message has its English original
+    retrieval, bags, counts = _pooled(encoder, run, seen, held_out_dir, every)
     scored = {group: tuple(lang for lang in langs if f"{SOURCE}-{lang}" in counts)
               for group, langs in groups.items()}
-    labelled = out_of_domain_transfer_sets(corpus_dir, held_out_dir, every, encoder)
+    labelled = out_of_domain_transfer_sets(corpus_dir, held_out_dir, seen, every, encoder)
     return {"languages": scored, "pool_size": POOL_SIZE,
             "retrieval": {"messages": retrieval}, "bag_of_subwords": {"messages": bags},
             "pairs": {"messages": counts},

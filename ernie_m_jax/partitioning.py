@@ -85,11 +85,21 @@ def make_mesh(config: MeshConfig = MeshConfig(),
     if slices > 1:  # TPU multislice: only the data axis may cross the slow DCN
         return Mesh(_hybrid_devices(config, shape, devices, slices), config.axes,
                     axis_types=auto)
-    return jax.make_mesh(shape, config.axes, axis_types=auto, devices=devices)
+    try:
+        return jax.make_mesh(shape, config.axes, axis_types=auto, devices=devices)
+    except NotImplementedError:
+        # A mesh axis that is no product of whole torus axes (tensor=2 on v5p's 4x4x4):
+        # jax.make_mesh only splits physical axes on v5e; split them here too, so that
+        # each tensor group is a run of neighbours along one torus axis.
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, config.axes, axis_types=auto)
 
 
 def _hybrid_devices(config: MeshConfig, shape: Tuple[int, ...], devices, slices: int):
-    """Devices laid out so that the data axis spans the slices and the rest stays in one."""
+    """Devices laid out so that the data axis spans the slices and the rest stays in one
+    (physical axes split where a mesh axis is no product of whole ones, as in `make_mesh`)."""
     from jax.experimental import mesh_utils
 
     sizes = dict(zip(config.axes, shape))
@@ -100,7 +110,11 @@ def _hybrid_devices(config: MeshConfig, shape: Tuple[int, ...], devices, slices:
             f"make MeshConfig.shape's data entry a multiple of {slices}")
     dcn = tuple(slices if a == "data" else 1 for a in config.axes)
     ici = tuple(s // d for s, d in zip(shape, dcn))
-    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    try:
+        return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    except NotImplementedError:
+        return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                    allow_split_physical_axes=True)
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):

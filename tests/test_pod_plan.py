@@ -1,0 +1,58 @@
+"""The committed pod plan: every JSON is the compile of the configuration its name says, and the
+README's table is generated from those JSON, never edited by hand."""
+
+import json
+
+import pytest
+
+from benchmarks import pod_plan
+
+RESULTS = sorted(pod_plan.RESULTS.glob("*.json"))
+SIZES = {"base": (12, 768), "large": (24, 1024)}
+
+
+def _readme_block(name: str) -> str:
+    readme = pod_plan.README.read_text(encoding="utf-8")
+    return readme.split(f"<!-- results:{name} -->\n", 1)[1].split(
+        f"\n<!-- /results:{name} -->", 1)[0]
+
+
+def test_the_plan_has_each_configuration_once_under_its_own_key():
+    keys = [pod_plan.key(row) for row in pod_plan.plan()]
+    assert len(keys) == len(set(keys)) == 2 * 5 * 2 * 3 * 2
+    assert keys[0] == "base_stage2_v4-32_fsdp_dots"
+    assert "large_stage1_2xv5e-256_data_parallel_full" in keys
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.stem for p in RESULTS])
+def test_each_committed_compile_is_the_configuration_it_is_named_after(path):
+    result = json.loads(path.read_text())
+    row = result["config"]
+    assert pod_plan.key(row) == path.stem
+    if "error" in result:
+        return
+    layers, hidden = SIZES[row["size"]]
+    assert (result["model"]["layers"], result["model"]["hidden"]) == (layers, hidden)
+    assert result["model"]["remat"] == row["remat"]
+    assert result["num_slices"] == row["slices"]
+    assert result["accelerator"].endswith(row["accelerator"])
+    assert ("btmlm" in result["objectives"]) == (row["stage"] == "stage2")
+    mesh = result["mesh"]
+    assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == result["chips"]
+    assert mesh["tensor"] == (2 if row["mesh"] == "fsdp_tensor" else 1)
+    if row["mesh"] == "data_parallel":
+        assert mesh["fsdp"] == 1
+    else:
+        assert mesh["data"] == row["slices"]
+    # The verdict agrees with the numbers it was drawn from.
+    assert result["fits"] == (result["memory_bytes"]["total"] <= result["hbm_bytes"])
+
+
+def test_the_readme_tables_are_the_committed_json():
+    results = pod_plan.load()
+    assert results, "no committed pod-plan result"
+    assert _readme_block(pod_plan.MARKER) == pod_plan.plan_block(results)
+    assert _readme_block("fsdp_fixes") == pod_plan.fixes_table()
+    done = sum("error" not in r for r in results.values())
+    assert f"{done} of {len(pod_plan.plan())} configurations compiled" in _readme_block(
+        pod_plan.MARKER)

@@ -91,12 +91,15 @@ def load() -> Dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
 
-def _cell(result: dict) -> str:
+def _progress(result: dict) -> str:
+    """One line for the driver's log."""
     if "error" in result:
-        return "error"
-    m = result["memory_bytes"]
-    gib = m["total"] / 2 ** 30
-    return f"{gib:.1f}" if result["fits"] else f"**{gib:.1f} (no)**"
+        return f"error: {result['error']}"
+    if "refused_by_compiler" in result:
+        needed = result["refused_by_compiler"]["temporaries_bytes"] / 2 ** 30
+        return f"does not fit: XLA refused it, temporaries alone {needed:.1f} GiB per chip"
+    gib = result["memory_bytes"]["total"] / 2 ** 30
+    return f"{gib:.1f} GiB per chip" + ("" if result["fits"] else ": does not fit")
 
 
 def _sent_gib(collectives: Dict[str, dict], key: str = "bytes") -> float:
@@ -118,7 +121,16 @@ def table(results: Dict[str, dict]) -> str:
                       else row["accelerator"])
         head = f"| {row['size']} | {row['stage']} | {slice_name} | {row['mesh']} | {row['remat']} |"
         if "error" in result:
-            lines.append(f"{head} error: {result['error'][:80]} | | | | |")
+            lines.append(f"{head} error: {result['error'][:80].strip()} | | | | |")
+            continue
+        if "refused_by_compiler" in result:
+            refused = result["refused_by_compiler"]
+            lines.append(
+                f"{head} > {refused['temporaries_bytes'] / 2 ** 30:.1f} "
+                f"({result['hbm_bytes'] / 2 ** 30:.0f}) | **no**: XLA refused it, its "
+                f"temporaries alone need {refused['temporaries_bytes'] / 2 ** 30:.2f} of "
+                f"{refused['available_bytes'] / 2 ** 30:.2f} GiB usable | | | "
+                f"{result['compile_seconds']:.0f} s |")
             continue
         c = result["collectives"]
         sent = _sent_gib(c)
@@ -206,8 +218,7 @@ def main(argv: Sequence[str] = None) -> int:
             break
         print(f"{name} ...", flush=True)
         result = compile_one(row, 60 * args.timeout_minutes)
-        print(f"  {_cell(result)} GiB per chip" if "error" not in result
-              else f"  error: {result['error']}", flush=True)
+        print(f"  {_progress(result)}", flush=True)
         if args.update_readme:
             update_readme(load())
     if args.update_readme:

@@ -95,6 +95,11 @@ def _compile(args: argparse.Namespace) -> int:
     except ImportError as err:  # libtpu missing: say how to install it
         print(f"ernie-m-jax compile: error: {err}", file=sys.stderr)
         return 2
+    except compile_step.DoesNotFit as err:  # XLA refused it: the plan records that too
+        if args.output and err.report is not None:
+            files.write_json_atomic(args.output, err.report)
+            print(f"wrote {args.output}")
+        raise
     print(compile_step.format_report(report))
     # Atomic: the pod plan takes an existing --output file for a finished compile.
     if args.output:

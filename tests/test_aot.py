@@ -172,3 +172,34 @@ def test_tensor_parallel_meshes_split_torus_axes_where_they_must():
     mesh = partitioning.make_mesh(partitioning.MeshConfig(shape=(2, -1, 2)), two_slices)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 128, "tensor": 2}
     assert all(len({d.slice_index for d in mesh.devices[i].flat}) == 1 for i in range(2))
+
+
+def test_a_step_xla_refuses_for_memory_fails_with_the_numbers(monkeypatch, tmp_path, capsys):
+    """XLA's TPU compiler refuses a step whose temporaries exceed the chip's usable HBM before
+    any memory analysis exists (large stage 2, fsdp_tensor, v4-32): the same not-fits exit,
+    and a JSON that says so, not a traceback."""
+    import jax
+
+    def refuse(self, *args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+            "temporaries (36.26G) exceeds available HBM (30.75G).")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", refuse)
+    out = tmp_path / "refused.json"
+    code = cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16",
+                     f"--output={out}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "does not fit on v4-8" in err and "36.26 GiB per chip" in err and "30.75 GiB" in err
+    assert "remat_policy='full'" in err and "grad_accum_steps" in err
+    report = json.loads(out.read_text())
+    assert report["fits"] is False and report["chips"] == 4
+    assert report["refused_by_compiler"]["temporaries_bytes"] == 36.26 * 2 ** 30
+
+    def fail(self, *args, **kwargs):  # any other compiler error stays itself
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", fail)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16"])

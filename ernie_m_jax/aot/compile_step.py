@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import jax
 import numpy as np
@@ -27,7 +28,66 @@ from ernie_m_jax.train.step import TrainStep, build_train_step, resolved_btmlm
 
 
 class DoesNotFit(ValueError):
-    """The compiled step needs more HBM per chip than the chip has."""
+    """The compiled step needs more HBM per chip than the chip has. `report` is what can be
+    written as the compile's JSON (None where a full report exists elsewhere)."""
+
+    def __init__(self, message: str, report: Optional[dict] = None):
+        super().__init__(message)
+        self.report = report
+
+
+# XLA's TPU compiler refuses a program whose temporaries alone exceed the chip's usable HBM,
+# before `memory_analysis` can be asked: "... HLO temporaries (36.26G) exceeds available HBM
+# (30.75G)." Its G is 2**30 bytes (a 32 GiB v4 chip offers 30.75).
+_HBM_REFUSAL = re.compile(r"RESOURCE_EXHAUSTED.*?temporaries \(([\d.]+)([KMGT])\) exceeds "
+                          r"available HBM \(([\d.]+)([KMGT])\)", re.S)
+_UNIT = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def _what_would_help(exp: Experiment, accelerator: Accelerator, mesh: Dict[str, int]) -> str:
+    rows = {o: r // accelerator.num_chips for o, (r, _) in exp.batch_shapes().items()}
+    helps = []
+    if exp.model.remat_policy != "full":
+        helps.append(f"ModelConfig.remat_policy='full' (now {exp.model.remat_policy!r})")
+    if mesh.get("fsdp", 1) < accelerator.num_chips:
+        helps.append("FSDP over every chip (gin/mesh/fsdp.gin)")
+    helps.append(f"fewer rows per chip (now {rows}): a smaller BATCH_SIZE, or "
+                 f"TrainConfig.grad_accum_steps > {exp.train.grad_accum_steps}")
+    return "; ".join(helps)
+
+
+def _setting(exp: Experiment, accelerator: Accelerator, mesh: Dict[str, int]) -> dict:
+    """What was compiled, for the JSON of a compile that finished or was refused."""
+    return {
+        "accelerator": accelerator.label, "chip": accelerator.chip.name,
+        "topology": accelerator.topology_name,
+        "num_slices": accelerator.num_slices, "chips": accelerator.num_chips,
+        "mesh": mesh, "model": {"layers": exp.model.num_layers,
+                                "hidden": exp.model.hidden_size,
+                                "dtype": exp.model.dtype,
+                                "remat": exp.model.remat_policy},
+        "objectives": list(exp.train.enabled),
+        "batch_shapes": {o: list(s) for o, s in exp.batch_shapes().items()},
+        "grad_accum_steps": exp.train.grad_accum_steps}
+
+
+def refused_for_memory(err: Exception, exp: Experiment, accelerator: Accelerator,
+                       mesh: Dict[str, int], seconds: float) -> Optional[DoesNotFit]:
+    """The not-fits error for XLA's own out-of-HBM refusal, or None for any other error."""
+    found = _HBM_REFUSAL.search(str(err))
+    if found is None:
+        return None
+    needed = float(found.group(1)) * _UNIT[found.group(2)]
+    available = float(found.group(3)) * _UNIT[found.group(4)]
+    report = {**_setting(exp, accelerator, mesh), "compile_seconds": round(seconds, 1),
+              "fits": False, "hbm_bytes": accelerator.chip.hbm_bytes,
+              "refused_by_compiler": {"temporaries_bytes": needed,
+                                      "available_bytes": available, "message": str(err)}}
+    return DoesNotFit(
+        f"does not fit on {accelerator.label}: XLA refused to compile the step, whose "
+        f"temporaries alone need {needed / GiB:.2f} GiB per chip and a "
+        f"{accelerator.chip.name} offers {available / GiB:.2f} GiB to them; what would "
+        f"help: {_what_would_help(exp, accelerator, mesh)}", report)
 
 
 @dataclasses.dataclass
@@ -81,35 +141,17 @@ class CompileReport:
     def check_fits(self) -> None:
         if self.fits:
             return
-        exp, m = self.experiment, self.memory
-        chip = self.accelerator.chip
-        rows = {o: r // self.accelerator.num_chips for o, (r, _) in exp.batch_shapes().items()}
-        helps = []
-        if exp.model.remat_policy != "full":
-            helps.append(f"ModelConfig.remat_policy='full' (now {exp.model.remat_policy!r})")
-        if self.mesh.get("fsdp", 1) < self.accelerator.num_chips:
-            helps.append("FSDP over every chip (gin/mesh/fsdp.gin)")
-        helps.append(f"fewer rows per chip (now {rows}): a smaller BATCH_SIZE, or "
-                     f"TrainConfig.grad_accum_steps > {exp.train.grad_accum_steps}")
+        m = self.memory
         raise DoesNotFit(
             f"does not fit on {self.accelerator.label}: the step needs "
             f"{m['total'] / GiB:.2f} GiB per chip (temporaries {m['temporaries'] / GiB:.2f}, "
-            f"arguments {m['arguments'] / GiB:.2f}) and a {chip.name} has "
-            f"{self.hbm_bytes / GiB:.2f} GiB; what would help: {'; '.join(helps)}")
+            f"arguments {m['arguments'] / GiB:.2f}) and a {self.accelerator.chip.name} has "
+            f"{self.hbm_bytes / GiB:.2f} GiB; what would help: "
+            f"{_what_would_help(self.experiment, self.accelerator, self.mesh)}")
 
     def to_json(self) -> dict:
-        exp = self.experiment
         return {
-            "accelerator": self.accelerator.label, "chip": self.accelerator.chip.name,
-            "topology": self.accelerator.topology_name,
-            "num_slices": self.accelerator.num_slices, "chips": self.accelerator.num_chips,
-            "mesh": self.mesh, "model": {"layers": exp.model.num_layers,
-                                         "hidden": exp.model.hidden_size,
-                                         "dtype": exp.model.dtype,
-                                         "remat": exp.model.remat_policy},
-            "objectives": list(exp.train.enabled),
-            "batch_shapes": {o: list(s) for o, s in exp.batch_shapes().items()},
-            "grad_accum_steps": exp.train.grad_accum_steps,
+            **_setting(self.experiment, self.accelerator, self.mesh),
             "compile_seconds": round(self.compile_seconds, 1),
             "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes, "fits": self.fits,
             "xla_flops_per_chip": self.xla_flops, "model_flops_per_chip": self.model_flops,
@@ -166,7 +208,14 @@ def compile_train_step(exp: Experiment, accelerator: Accelerator,
     built: TrainStep = build_train_step(exp, mesh, btmlm=_btmlm(exp, notes))
     with partitioning.activate(mesh, mesh_config.rules):
         lowered = built.fn.lower(built.abstract_state, built.abstract_batches())
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as err:
+            refusal = refused_for_memory(err, exp, accelerator, dict(mesh.shape),
+                                         time.perf_counter() - started)
+            if refusal is None:
+                raise
+            raise refusal from None
     seconds = time.perf_counter() - started
 
     stats = compiled.memory_analysis()

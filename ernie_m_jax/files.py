@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, AnyStr, List
+from typing import Any, AnyStr, List, Tuple
 
 
 def write_text_atomic(path: os.PathLike, text: str):
@@ -50,15 +50,28 @@ def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1):
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 
-def replace_marked_block(path: os.PathLike, name: str, text: str) -> Path:
-    """Put `text` between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in a markdown
-    file, so that a README's generated tables are regenerated in place, never pasted."""
-    path = Path(path)
+def _split_marked_block(path: Path, name: str) -> Tuple[str, str, str, str, str]:
+    """(head, begin, block, end, tail) of a markdown file's one `results:NAME` block."""
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
     content = path.read_text(encoding="utf-8")
     if content.count(begin) != 1 or content.count(end) != 1 or \
             content.index(begin) > content.index(end):
         raise ValueError(f"{path} needs exactly one {begin} ... {end} block")
     head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
+    block, tail = rest.split(end, 1)
+    return head, begin, block, end, tail
+
+
+def replace_marked_block(path: os.PathLike, name: str, text: str) -> Path:
+    """Put `text` between `<!-- results:NAME -->` and `<!-- /results:NAME -->` in a markdown
+    file, so that a README's generated tables are regenerated in place, never pasted."""
+    path = Path(path)
+    head, begin, _, end, tail = _split_marked_block(path, name)
     return write_text_atomic(path, f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def read_marked_block(path: os.PathLike, name: str) -> str:
+    """The text that `replace_marked_block` put in the `results:NAME` block (to check a
+    committed table against what its results generate)."""
+    _, _, block, _, _ = _split_marked_block(Path(path), name)
+    return block.removeprefix("\n").removesuffix("\n")

@@ -5,6 +5,7 @@ import types
 import numpy as np
 import pytest
 
+from ernie_m_jax import files
 from experiments import btmlm_generation as diag
 
 
@@ -60,9 +61,7 @@ def test_committed_generation_table_matches_the_committed_diagnostics():
 
     knobs = README.parent / "results" / "paper_in_miniature" / "generation" / "knobs"
     table = diag.format_table(knobs)
-    block = README.read_text(encoding="utf-8").split(
-        "<!-- results:generation-knobs -->\n", 1)[1].split(
-        "\n<!-- /results:generation-knobs -->", 1)[0]
+    block = files.read_marked_block(README, "generation-knobs")
     assert block == table
     # A row is its JSON's mean over the languages with parallel data.
     import json

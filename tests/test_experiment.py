@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ernie_m_jax import files
 from experiments import paper_in_miniature as paper
 from experiments.paper_in_miniature import __main__ as driver
 
@@ -250,9 +251,7 @@ def test_committed_cpu_tables_and_summary_match_the_committed_results(sitting, b
     shutil.copytree(committed / "results", tmp_path / "results")
     summary = paper.summarise(tmp_path)
     assert summary == json.loads((committed / "summary.json").read_text())
-    readme = paper.README.read_text(encoding="utf-8")
-    table = readme.split(f"<!-- results:{block} -->\n", 1)[1].split(
-        f"\n<!-- /results:{block} -->", 1)[0]
+    table = files.read_marked_block(paper.README, block)
     assert table == paper.format_summary(summary)
 
 
@@ -260,9 +259,7 @@ def test_committed_finetuning_table_matches_the_committed_finetuning_results():
     from experiments.paper_in_miniature.finetuning import format_finetuning
 
     committed = paper.README.parent / "results" / "paper_in_miniature" / "cpu"
-    readme = paper.README.read_text(encoding="utf-8")
-    block = readme.split("<!-- results:cpu-finetune -->\n", 1)[1].split(
-        "\n<!-- /results:cpu-finetune -->", 1)[0]
+    block = files.read_marked_block(paper.README, "cpu-finetune")
     assert block == format_finetuning(paper.Setting("cpu", committed))
     by_arm = {}
     for path in sorted((committed / "results" / "finetune").glob("*_seed*_ft*.json")):
@@ -293,9 +290,7 @@ def _retrieval_cell(result: dict, variant: str, layer: int) -> str:
 def test_committed_probe_table_matches_the_committed_probe_results(tmp_path):
     results = paper.README.parent / "results" / "paper_in_miniature"
     table = paper.format_probes(results / "cpu", results / "probes")
-    readme = paper.README.read_text(encoding="utf-8")
-    block = readme.split("<!-- results:cpu-probes -->\n", 1)[1].split(
-        "\n<!-- /results:cpu-probes -->", 1)[0]
+    block = files.read_marked_block(paper.README, "cpu-probes")
     assert block == table
     # Each probe is set beside the arm's own result of its seed, labelled by its knobs, with
     # the figures of its own JSON.

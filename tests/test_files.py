@@ -39,6 +39,7 @@ def test_marked_block_is_replaced_and_the_rest_kept(tmp_path):
     files.replace_marked_block(readme, "cpu", "| new |")
     assert readme.read_text() == ("intro\n<!-- results:cpu -->\n| new |\n"
                                   "<!-- /results:cpu -->\nafter\n")
+    assert files.read_marked_block(readme, "cpu") == "| new |"
     with pytest.raises(ValueError, match="needs exactly one <!-- results:gpu -->"):
         files.replace_marked_block(readme, "gpu", "x")
     readme.write_text("<!-- /results:cpu --> <!-- results:cpu -->")

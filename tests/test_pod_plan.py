@@ -6,15 +6,10 @@ import json
 import pytest
 
 from benchmarks import pod_plan
+from ernie_m_jax import files
 
 RESULTS = sorted(pod_plan.RESULTS.glob("*.json"))
 SIZES = {"base": (12, 768), "large": (24, 1024)}
-
-
-def _readme_block(name: str) -> str:
-    readme = pod_plan.README.read_text(encoding="utf-8")
-    return readme.split(f"<!-- results:{name} -->\n", 1)[1].split(
-        f"\n<!-- /results:{name} -->", 1)[0]
 
 
 def test_the_plan_has_each_configuration_once_under_its_own_key():
@@ -56,8 +51,8 @@ def test_each_committed_compile_is_the_configuration_it_is_named_after(path):
 def test_the_readme_tables_are_the_committed_json():
     results = pod_plan.load()
     assert results, "no committed pod-plan result"
-    assert _readme_block(pod_plan.MARKER) == pod_plan.plan_block(results)
-    assert _readme_block("fsdp_fixes") == pod_plan.fixes_table()
+    assert files.read_marked_block(pod_plan.README, pod_plan.MARKER) == pod_plan.plan_block(results)
+    assert files.read_marked_block(pod_plan.README, "fsdp_fixes") == pod_plan.fixes_table()
     done = sum("error" not in r for r in results.values())
-    assert f"{done} of {len(pod_plan.plan())} configurations compiled" in _readme_block(
-        pod_plan.MARKER)
+    assert f"{done} of {len(pod_plan.plan())} configurations compiled" in \
+        files.read_marked_block(pod_plan.README, pod_plan.MARKER)

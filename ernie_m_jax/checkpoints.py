@@ -141,10 +141,11 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
 
 
 class _DropOrphanedTaskErrors(logging.Filter):
-    """asyncio's "Task exception was never retrieved" for an orphaned orbax read only."""
+    """asyncio's "<Task|_GatheringFuture|...> exception was never retrieved" for an orphaned
+    orbax read only: orbax awaits its reads through `asyncio.gather`, whose future logs too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith("Task exception was never retrieved"):
+        if "exception was never retrieved" not in record.getMessage().split("\n")[0]:
             return True
         traceback = record.exc_info[2] if record.exc_info else None
         while traceback is not None:

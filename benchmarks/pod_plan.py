@@ -177,14 +177,20 @@ def fixes_table() -> str:
 
 
 def plan_block(results: Dict[str, dict]) -> str:
-    """The README's pod-plan block: the table and how much of the plan it covers."""
+    """The README's pod-plan block: the table and how much of the plan it covers, per mesh."""
+    mesh_of = {key(row): row["mesh"] for row in plan()}
+    compiled = [mesh_of[name] for name, result in results.items() if "error" not in result]
+    planned = list(mesh_of.values())
+    per_mesh = ", ".join(f"`{mesh}` {compiled.count(mesh)} of {planned.count(mesh)}"
+                         for mesh in MESHES)
     failed = sum("error" in r for r in results.values())
     done, total = len(results) - failed, len(plan())
-    retry = (f"; {failed} failed or timed out, retried with `--retry_errors`" if failed
-             else "")
-    return (f"{table(results)}\n\n{done} of {total} configurations compiled so far "
-            f"(`python -m benchmarks.pod_plan` compiles the rest, resumably{retry}; JSON in "
-            "`benchmarks/results/pod_plan/`).")
+    rest = ("" if done == total else
+            "; `python -m benchmarks.pod_plan` compiles the rest, resumably"
+            + (f", and retries the {failed} that failed or timed out with `--retry_errors`"
+               if failed else ""))
+    return (f"{table(results)}\n\n{done} of {total} configurations compiled ({per_mesh}"
+            f"{rest}; JSON in `benchmarks/results/pod_plan/`).")
 
 
 def update_readme(results: Dict[str, dict]) -> None:

@@ -56,3 +56,14 @@ def test_the_readme_tables_are_the_committed_json():
     done = sum("error" not in r for r in results.values())
     assert f"{done} of {len(pod_plan.plan())} configurations compiled" in \
         files.read_marked_block(pod_plan.README, pod_plan.MARKER)
+
+
+def test_the_coverage_line_counts_each_mesh_and_what_failed():
+    results = pod_plan.load()
+    fsdp = [name for name in results if name.endswith(("_fsdp_dots", "_fsdp_full"))]
+    line = pod_plan.plan_block(results).splitlines()[-1]
+    assert f"`fsdp` {len(fsdp)} of 40" in line and "failed" not in line
+    broken = dict(results, **{fsdp[0]: {"config": results[fsdp[0]]["config"], "error": "x"}})
+    line = pod_plan.plan_block(broken).splitlines()[-1]
+    assert f"`fsdp` {len(fsdp) - 1} of 40" in line
+    assert "retries the 1 that failed" in line and "compiles the rest" in line

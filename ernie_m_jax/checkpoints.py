@@ -141,12 +141,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
 
 
 class _DropOrphanedTaskErrors(logging.Filter):
-    """asyncio's "<Task|_GatheringFuture|...> exception was never retrieved" for an orphaned
-    orbax read only: orbax awaits its reads through `asyncio.gather`, whose future logs too."""
+    """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" for an orphaned
+    read of a checkpoint already reported damaged: one that passed through orbax (its
+    traceback says so) or whose error names that checkpoint (tensorstore's read futures carry
+    no Python traceback). Any other orphaned error is still logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.damaged_paths = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "exception was never retrieved" not in record.getMessage().split("\n")[0]:
+        message = record.getMessage()
+        if "exception was never retrieved" not in message.split("\n")[0]:
             return True
+        if any(path in message for path in self.damaged_paths):
+            return False
         traceback = record.exc_info[2] if record.exc_info else None
         while traceback is not None:
             if "orbax" in traceback.tb_frame.f_code.co_filename:
@@ -200,6 +209,7 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
         except (DamagedCheckpointError, FileNotFoundError) as err:
             logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged), trying an "
                             "older one: %s", mngr.directory, step, step, err)
+            _ORPHAN_FILTER.damaged_paths.add(f"{mngr.directory}/{step}/")
             failures.append(step)
         else:
             _set_aside(mngr, failures)

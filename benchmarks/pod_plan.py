@@ -134,8 +134,7 @@ def table(results: Dict[str, dict]) -> str:
             continue
         c = result["collectives"]
         sent = _sent_gib(c)
-        once = (f"{_sent_gib(c, 'bytes_once'):.2f}"
-                if all("bytes_once" in v for v in c.values()) else "?")
+        once = f"{_sent_gib(c, 'bytes_once'):.2f}"
         counts = ", ".join(f"{k.replace('collective-', 'c-')} {v['executions']}"
                            for k, v in c.items() if v["executions"])
         r = result["roofline_estimate"]
@@ -183,8 +182,8 @@ def plan_block(results: Dict[str, dict]) -> str:
     planned = list(mesh_of.values())
     per_mesh = ", ".join(f"`{mesh}` {compiled.count(mesh)} of {planned.count(mesh)}"
                          for mesh in MESHES)
-    failed = sum("error" in r for r in results.values())
-    done, total = len(results) - failed, len(plan())
+    failed = len(results) - len(compiled)
+    done, total = len(compiled), len(planned)
     rest = ("" if done == total else
             "; `python -m benchmarks.pod_plan` compiles the rest, resumably"
             + (f", and retries the {failed} that failed or timed out with `--retry_errors`"

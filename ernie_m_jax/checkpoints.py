@@ -167,17 +167,18 @@ class _DropOrphanedTaskErrors(logging.Filter):
 _ORPHAN_FILTER = _DropOrphanedTaskErrors()
 
 
-def _collect_orphaned_reads(settle_seconds: float = 1.0) -> None:
+def _collect_orphaned_reads(damaged_path: str, settle_seconds: float = 1.0) -> None:
     """A failed restore leaves orbax's other concurrent array reads running after its event
     loop closed: as they finish, each prints a traceback ("Event loop is closed", "Task
     exception was never retrieved", an unraisable coroutine), dozens for one damaged file.
     Let them finish and collect them here, quietly: the warning already names the damage.
     A read that outlives the wait (a busy machine) still finds asyncio's log filtered: the
-    filter stays, and drops only orbax's orphaned reads."""
+    filter stays, and drops only orphaned reads of `damaged_path` or through orbax."""
     def quiet_excepthook(kind, value, traceback):
         if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
             excepthook(kind, value, traceback)
 
+    _ORPHAN_FILTER.damaged_paths.add(damaged_path)
     logging.getLogger("asyncio").addFilter(_ORPHAN_FILTER)  # a no-op once it is there
     excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
     sys.excepthook, sys.unraisablehook = quiet_excepthook, lambda unraisable: None
@@ -209,12 +210,11 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
         except (DamagedCheckpointError, FileNotFoundError) as err:
             logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged), trying an "
                             "older one: %s", mngr.directory, step, step, err)
-            _ORPHAN_FILTER.damaged_paths.add(f"{mngr.directory}/{step}/")
             failures.append(step)
         else:
             _set_aside(mngr, failures)
             return state
-        _collect_orphaned_reads()  # the failed read is no longer referenced here
+        _collect_orphaned_reads(f"{mngr.directory}/{step}/")  # no longer referenced here
     raise ValueError(f"no checkpoint in {mngr.directory} could be restored (tried steps "
                      f"{failures}; see the warnings above)")
 

@@ -89,7 +89,12 @@ def abstract_like(state, shardings):
 
 
 class DamagedCheckpointError(ValueError):
-    """A checkpoint that cannot be read back whole (truncated, overwritten, missing files)."""
+    """A checkpoint that cannot be read back whole (truncated, overwritten, missing files);
+    `cause` is the innermost error, in one short line."""
+
+    def __init__(self, message: str, cause: str):
+        super().__init__(message)
+        self.cause = cause
 
 
 class ShapeMismatchError(ValueError):
@@ -97,9 +102,14 @@ class ShapeMismatchError(ValueError):
 
 
 def saved_shapes(path: epath.Path):
-    """{"['params']['...']": shape} of a saved state item, read from its metadata only."""
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(path).item_metadata
+    """{"['params']['...']": shape} of a saved state item, read from its metadata only.
+    The item's handler reads it directly: a Checkpointer would also look for step metadata
+    inside the item, where a CheckpointManager never writes it, and warn on every start."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        tree = handler.metadata(epath.Path(path))
+    finally:
+        handler.close()
     tree = getattr(tree, "tree", tree)
     return {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()) or ())
             for k, v in jax.tree_util.tree_leaves_with_path(tree)}
@@ -135,8 +145,9 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
     except ShapeMismatchError:
         raise
     except Exception as err:  # noqa: BLE001 - tensorstore raises a bare Exception on bad bytes
+        cause = _root_cause(err)
         raise DamagedCheckpointError(f"cannot restore checkpoint step {step} from "
-                                     f"{mngr.directory}: {_root_cause(err)}") from err
+                                     f"{mngr.directory}: {cause}", cause) from err
     return restored[STATE]
 
 
@@ -189,34 +200,42 @@ def _collect_orphaned_reads(damaged_path: str, settle_seconds: float = 1.0) -> N
         sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
+MAX_CAUSE_CHARS = 240  # tensorstore's errors can carry kilobytes of JSON spec on one line
+
+
 def _root_cause(err: BaseException) -> str:
-    """The innermost error's first line (orbax wraps a read error in several layers)."""
+    """The innermost error's first line, cut short (orbax wraps a read error in several
+    layers)."""
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__
     lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    line = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return line if len(line) <= MAX_CAUSE_CHARS else line[:MAX_CAUSE_CHARS - 3] + "..."
 
 
 def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=None):
     """Restore the newest checkpoint that reads back whole; damaged ones are skipped with a
     warning naming them. (Unfinished writes are never listed: orbax renames a step into place
     only when every item is complete.)"""
-    failures = []
+    failures = {}  # step -> why it could not be read
     for step in sorted(mngr.all_steps(), reverse=True):
         try:
             state = restore(mngr, step, abstract_state, iterator)
         except ShapeMismatchError:
             raise  # a configuration mistake, not damage: touch nothing
         except (DamagedCheckpointError, FileNotFoundError) as err:
-            logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged), trying an "
-                            "older one: %s", mngr.directory, step, step, err)
-            failures.append(step)
+            failures[step] = getattr(err, "cause", None) or _root_cause(err)
         else:
-            _set_aside(mngr, failures)
+            _set_aside(mngr, list(failures))
+            for failed, cause in failures.items():  # said once renamed, so it is true
+                logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged; resumed "
+                                "from step %d): %s", mngr.directory, failed, failed, step, cause)
             return state
         _collect_orphaned_reads(f"{mngr.directory}/{step}/")  # no longer referenced here
+    for failed, cause in failures.items():  # nothing renamed: every step is left as it was
+        logging.warning("checkpoint %s/%d is damaged: %s", mngr.directory, failed, cause)
     raise ValueError(f"no checkpoint in {mngr.directory} could be restored (tried steps "
-                     f"{failures}; see the warnings above)")
+                     f"{list(failures)}, each named above; they are left in place)")
 
 
 def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
@@ -260,6 +279,7 @@ def restore_params(directory: os.PathLike, abstract_params, step: Optional[int] 
     if not path.exists():
         raise FileNotFoundError(f"checkpoint step {step} in {directory} has no {STATE} item")
     target = {"params": abstract_params}
+    check_shapes(path, target)  # from the metadata, before any array is read
     args = ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import tokenize
@@ -134,9 +135,10 @@ def _finetune(args: argparse.Namespace) -> int:
              if summary.get("stopped_early_at") else "")
           + f"; {(time.perf_counter() - args.started) / 60:.1f} min in all")
     print(evaluate.format_table(summary["test"]))
-    print(f"next:\n  ernie-m-jax evaluate --model_dir={args.model_dir} --split=validation\n"
-          f"  ernie-m-jax export-hf --model_dir={args.model_dir} --out=DIR --format=ernie_m\n"
-          f"  tensorboard --logdir={args.model_dir}")
+    quoted = shlex.quote(args.model_dir)
+    print(f"next:\n  ernie-m-jax evaluate --model_dir={quoted} --split=validation\n"
+          f"  ernie-m-jax export-hf --model_dir={quoted} --out=DIR --format=ernie_m\n"
+          f"  tensorboard --logdir={quoted}")
     return 0
 
 
@@ -159,10 +161,13 @@ def _summary(model_dir: str, exp, summary, command_seconds: float) -> str:
     from ernie_m_jax import run_summary, saved_run
 
     layer = run_summary.middle_layer(exp.model.num_layers)
-    run = saved_run.load(model_dir, setup_data=False)
-    tasks = run_summary.parallel_tasks(exp, run)
-    scores = run_summary.score_retrieval(run, tasks, layer) if tasks else []
-    note = None if tasks else "no registered parallel tasks: retrieval not scored"
+    if "preempted_at_step" in summary:  # inside a preemption's grace period: no evaluation
+        scores, note = [], run_summary.skipped_retrieval_note(model_dir, layer)
+    else:
+        run = saved_run.load(model_dir, setup_data=False)
+        tasks = run_summary.parallel_tasks(exp, run)
+        scores = run_summary.score_retrieval(run, tasks, layer) if tasks else []
+        note = None if tasks else "no registered parallel tasks: retrieval not scored"
     text = run_summary.format_summary(model_dir, exp, summary, scores, layer, note)
     return text + f"\n(the whole command took {command_seconds / 60:.1f} min)"
 
@@ -200,7 +205,8 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     out = hf_import.import_hf(args.hf_dir, args.model_dir, args.overwrite, args.seed)
     print(f"wrote {out}; continue pretraining from it with\n  ernie-m-jax train "
-          f"--gin_file=gin/runs/continue_from_hf.gin --gin_file={out}/config.gin "
+          f"--gin_file=gin/runs/continue_from_hf.gin "
+          f"--gin_file={shlex.quote(str(out / 'config.gin'))} "
           "--gin.MONO_MIXTURE=... --gin.PARA_MIXTURE=... --gin.NUM_STEPS=... "
           "--model_dir=NEW_DIR")
     return 0

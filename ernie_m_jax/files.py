@@ -50,6 +50,26 @@ def write_json_atomic(path: os.PathLike, data: Any, indent: int = 1):
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A file this project wrote (or reads) that no longer parses: named, with what to do."""
+
+
+def read_json(path: os.PathLike, remedy: str, kind: type = dict) -> Any:
+    """A JSON file's value, which must be a `kind`; a damaged one (not UTF-8, not JSON, or
+    another kind of value) is one error naming the file, what is wrong and `remedy`."""
+    from etils import epath
+
+    target = epath.Path(os.fspath(path))
+    try:
+        value = json.loads(target.read_bytes().decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError both are
+        raise DamagedFileError(f"{path} is damaged ({err}); {remedy}") from None
+    if not isinstance(value, kind):
+        raise DamagedFileError(f"{path} is damaged (it holds a JSON {type(value).__name__}, "
+                               f"not a {kind.__name__}); {remedy}")
+    return value
+
+
 def _split_marked_block(path: Path, name: str) -> Tuple[str, str, str, str, str]:
     """(head, begin, block, end, tail) of a markdown file's one `results:NAME` block."""
     begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"

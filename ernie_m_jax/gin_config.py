@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tokenize
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
@@ -48,9 +49,30 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     quiet = _DropMissingPathProbes()
     logging.getLogger().addFilter(quiet)
     try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+        for path in files:  # what gin.parse_config_files_and_bindings does, naming the culprit
+            with _naming(f"gin file {path}"):
+                gin.parse_config_file(path)
+        for binding in bindings:
+            name, _, value = binding.partition(" = ")
+            with _naming(f"the flag {FLAG_PREFIX}{name}={value}" if value else
+                         f"the binding {binding!r}"):
+                gin.parse_config(binding)
     finally:
         logging.getLogger().removeFilter(quiet)
+
+
+# What gin raises for text it cannot parse (a truncated or binary file, a bad flag value).
+_PARSE_ERRORS = (SyntaxError, tokenize.TokenError, UnicodeDecodeError)
+
+
+@contextlib.contextmanager
+def _naming(source: str) -> Iterator[None]:
+    """gin's tokenizer and decoding errors say neither which file nor which flag: say it."""
+    try:
+        yield
+    except _PARSE_ERRORS as err:
+        detail = err.args[0] if isinstance(err, tokenize.TokenError) and err.args else err
+        raise ValueError(f"{source} cannot be parsed: {detail}") from err
 
 
 @contextlib.contextmanager

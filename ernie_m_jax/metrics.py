@@ -4,11 +4,12 @@ the first process only), plus the model-FLOPs estimate behind tokens/s and MFU."
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
 import time
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ from etils import epath
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig
 
 METRICS_FILE = "metrics.jsonl"
+DAMAGED_SUFFIX = ".damaged"  # where a resume moves lines it cannot read
 
 # Dense bf16 peak FLOP/s per device, from the vendors' spec sheets. Unknown kinds (CPUs)
 # report no MFU rather than a made-up one.
@@ -86,13 +88,26 @@ class MetricsWriter:
         self._writer = tf.summary.create_file_writer(os.fspath(model_dir)) if primary else None
 
     def _kept_lines(self, start_step: int) -> list:
-        """The lines logged up to `start_step`; the file is rewritten if any lay past it."""
+        """The lines logged up to `start_step`; the file is rewritten if any lay past it.
+
+        Lines a crash or a full disk damaged (cut mid-record, undecodable) are moved to
+        `metrics.jsonl.damaged`, named in one warning: the run resumes with the good ones."""
         if not self._path.exists():
             return []
-        lines = self._path.read_text().splitlines(True)
-        kept = [line for line in lines
-                if not line.strip() or json.loads(line).get("step", 0) <= start_step]
-        if len(kept) < len(lines):
+        data = self._path.read_bytes()
+        records, damaged = parse_metrics_lines(data)
+        kept = [json.dumps(r, sort_keys=True) + "\n" for _, r in records
+                if r.get("step", 0) <= start_step]
+        if damaged:
+            aside = self._path.parent / (METRICS_FILE + DAMAGED_SUFFIX)
+            previous = aside.read_bytes() if aside.exists() else b""
+            aside.write_bytes(previous + b"".join(line + b"\n" for _, line in damaged))
+            logging.warning("%s: %d damaged line%s (line %s) moved to %s; the %d good lines "
+                            "are kept", self._path, len(damaged), "s" * (len(damaged) > 1),
+                            ", ".join(str(n) for n, _ in damaged[:5])
+                            + (", ..." if len(damaged) > 5 else ""), aside, len(records))
+        unterminated = bool(data) and not data.endswith(b"\n")  # the next line would join it
+        if len(kept) < len(records) or damaged or unterminated:
             tmp = self._path.parent / (METRICS_FILE + ".tmp")
             tmp.write_text("".join(kept))
             tmp.replace(self._path)
@@ -135,9 +150,33 @@ def _write_session_start(tf, model_dir: os.PathLike, step: int) -> None:
         records.write(event.SerializeToString())
 
 
+def parse_metrics_lines(data: bytes) -> Tuple[List[Tuple[int, dict]], List[Tuple[int, bytes]]]:
+    """([(line number, record)], [(line number, damaged bytes)]) of a metrics.jsonl: a line
+    is damaged when it is not UTF-8, not JSON, or not a JSON object. Blank lines are neither."""
+    records, damaged = [], []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+            record = None
+        if isinstance(record, dict):
+            records.append((number, record))
+        else:
+            damaged.append((number, line))
+    return records, damaged
+
+
 def read_metrics(model_dir: os.PathLike) -> list:
-    text = (epath.Path(os.fspath(model_dir)) / METRICS_FILE).read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The records of a run's metrics.jsonl; damaged lines are an error naming the file
+    (a resumed run sets them aside first)."""
+    path = epath.Path(os.fspath(model_dir)) / METRICS_FILE
+    records, damaged = parse_metrics_lines(path.read_bytes())
+    if damaged:
+        raise ValueError(f"{path}: line {damaged[0][0]} is damaged (not a JSON object in "
+                         "UTF-8); resuming the run sets damaged lines aside")
+    return [record for _, record in records]
 
 
 def as_floats(tree: Mapping[str, object]) -> Dict[str, float]:

@@ -64,7 +64,13 @@ def vocabulary(model_dir: os.PathLike) -> Optional[epath.Path]:
 
 def languages(model_dir: os.PathLike) -> Optional[Dict[str, int]]:
     kept = path(model_dir) / LANGUAGES_FILE
-    return json.loads(kept.read_text()) if kept.exists() else None
+    if not kept.exists():
+        return None
+    ids = files.read_json(kept, "delete it to have the run's data setup register its "
+                                "languages again, or rewrite it as {\"code\": id, ...}")
+    if not all(isinstance(i, int) for i in ids.values()):
+        raise files.DamagedFileError(f"{kept} is damaged (its values must be integer ids)")
+    return ids
 
 
 def holding_run(directory: epath.Path, depth: int = 3) -> Optional[epath.Path]:
@@ -113,6 +119,45 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _read_lock(lock: Path) -> Optional[dict]:
+    """The lock's record, or None when it is unreadable (a crash between creating and writing
+    it, a full disk, a hand edit)."""
+    data = lock.read_bytes()  # FileNotFoundError: released meanwhile
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None
+    readable = (isinstance(holder, dict) and isinstance(holder.get("host"), str)
+                and isinstance(holder.get("pid"), int))
+    return holder if readable else None
+
+
+def _since(holder: dict) -> str:
+    since = holder.get("since")
+    return f" (since {time.ctime(since)})" if isinstance(since, (int, float)) else ""
+
+
+def _newest_checkpoint_time(model_dir: Path) -> Optional[float]:
+    steps = [p for p in (model_dir / "checkpoints").glob("*") if p.name.isdigit() and p.is_dir()]
+    return max((p.stat().st_mtime for p in steps), default=None)
+
+
+def _take_over_unreadable_lock(lock: Path) -> None:
+    """An unreadable lock names no process: it is taken over, like a stale one, only when it
+    is older than the run's newest checkpoint (so no job wrote it after its last save);
+    otherwise refused, naming the file."""
+    written = lock.stat().st_mtime
+    newest = _newest_checkpoint_time(lock.parent)
+    if newest is None or written >= newest:
+        raise RunInUseError(
+            f"{lock} is unreadable (not a lock record) and no checkpoint of the run is newer "
+            "than it, so a job may have just started there; if no job trains in "
+            f"{lock.parent}, delete {lock} and rerun")
+    logging.warning("taking over the unreadable lock %s (older than the run's newest "
+                    "checkpoint)", lock)
+    lock.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def locked(model_dir: os.PathLike) -> Iterator[None]:
     """Hold `train.lock` (host and pid) while a job trains in `model_dir`: a second job is
@@ -129,18 +174,20 @@ def locked(model_dir: os.PathLike) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                holder = json.loads(lock.read_text())
-            except (OSError, ValueError):
-                holder = {}
-            same_host = holder.get("host") == mine["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                holder = _read_lock(lock)
+                if holder is None:  # empty, garbage or not a record: no process to ask
+                    _take_over_unreadable_lock(lock)
+                    continue
+            except FileNotFoundError:
+                continue  # released meanwhile: create it again
+            if holder["host"] == mine["host"] and not _alive(holder["pid"]):
                 logging.warning("taking over the stale lock of process %d (gone) in %s",
                                 holder["pid"], model_dir)
                 lock.unlink(missing_ok=True)
                 continue
             raise RunInUseError(
-                f"{model_dir} is in use by process {holder.get('pid', '?')} on host "
-                f"{holder.get('host', '?')} (since {time.ctime(holder.get('since', 0))}): two "
+                f"{model_dir} is in use by process {holder['pid']} on host "
+                f"{holder['host']}{_since(holder)}: two "
                 f"jobs in one run corrupt its checkpoints; if that job is gone, delete {lock}")
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)

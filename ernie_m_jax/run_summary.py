@@ -84,6 +84,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def retrieval_command(model_dir: str, layer: int) -> str:
+    """The command that scores what the summary scores, ready to paste."""
+    return (f"ernie-m-jax eval-retrieval --model_dir={shlex.quote(model_dir)} --split=test "
+            f"--layer={layer} --center")
+
+
+def skipped_retrieval_note(model_dir: str, layer: int) -> str:
+    return ("retrieval not scored: the run was stopped by a signal, whose grace period is "
+            f"for the checkpoint; rerun the same command to resume, or score it now with\n  "
+            f"{retrieval_command(model_dir, layer)}")
+
+
 def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float],
                    scores: Sequence[PairScore], layer: int,
                    note: Optional[str] = None) -> str:
@@ -94,7 +106,11 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
     rest = seconds - first
     speed = (f"{(tokens * (steps - 1) / steps) / rest:,.0f} tokens/s after the first step"
              if steps > 1 and rest > 0 else f"{tokens / max(seconds, 1e-9):,.0f} tokens/s")
-    lines = [f"trained {steps:,} steps (to step {exp.train.num_steps:,}) in "
+    last = int(summary.get("session/last_step", exp.train.num_steps))
+    where = (f"to step {last:,}" if last == exp.train.num_steps else
+             f"to step {last:,} of {exp.train.num_steps:,}"
+             + (", stopped by a signal" if "preempted_at_step" in summary else ""))
+    lines = [f"trained {steps:,} steps ({where}) in "
              f"{_duration(seconds)} ({_duration(first)} of it the first step, with "
              f"compilation); {speed}"]
     losses = [f"{o} {summary[f'train/{o}/loss']:.3f}" for o in exp.train.enabled
@@ -133,8 +149,7 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
               f"  tensorboard --logdir {quoted}",
               f"  ernie-m-jax export-hf --model_dir={quoted} --out={shlex.quote(model_dir + '_hf')}"
               f"{fold}",
-              f"  ernie-m-jax eval-retrieval --model_dir={quoted} --split=test "
-              f"--layer={layer} --center",
+              f"  {retrieval_command(model_dir, layer)}",
               f"  ernie-m-jax finetune --gin_file=gin/finetune/packages.gin "
               f"--init_from={quoted} --model_dir={shlex.quote(model_dir + '_packages')}"]
     return "\n".join(lines)

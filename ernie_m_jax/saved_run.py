@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ernie_m_jax import checkpoints, gin_config, run_dir
+from ernie_m_jax import checkpoints, files, gin_config, run_dir
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.data import languages, pipeline
 from ernie_m_jax.export.layouts import expected_shapes
@@ -51,6 +51,10 @@ class SavedRun:
         return self.languages[code]
 
 
+_CONFIG_REMEDY = (f"the run keeps every start's config in {run_dir.CONFIG_HISTORY}/: copy the "
+                  f"newest over {run_dir.CONFIG_FILE}, or describe the run with --gin_file")
+
+
 def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = (),
          bindings: Sequence[str] = (), setup_data: bool = True) -> SavedRun:
     """Params (on the host, as NumPy) and everything needed to use them.
@@ -65,8 +69,12 @@ def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = 
         raise FileNotFoundError(
             f"{config} not found: pass the run's gin files (--gin_file=...) to describe it")
     with gin_config.isolated():
-        gin_config.parse(([os.fspath(config)] if config.exists() else []) + list(gin_files),
-                         bindings)
+        if config.exists():
+            try:
+                gin_config.parse([os.fspath(config)])
+            except ValueError as err:
+                raise files.DamagedFileError(f"{err}; {_CONFIG_REMEDY}") from err
+        gin_config.parse(gin_files, bindings)
         exp = Experiment.from_gin()
         setup = exp.train.data_setup
         if setup is not None:  # keep the run's bindings once its config is put away
@@ -95,7 +103,14 @@ def load(model_dir: str, step: Optional[int] = None, gin_files: Sequence[str] = 
             node = node.setdefault(key, {})
         node[path[-1]] = jax.ShapeDtypeStruct(shape, jnp.dtype(exp.model.param_dtype),
                                               sharding=device)
-    params = checkpoints.restore_params(directory, abstract, found)
+    try:
+        params = checkpoints.restore_params(directory, abstract, found)
+    except checkpoints.ShapeMismatchError as err:
+        if not config.exists():
+            raise
+        raise checkpoints.ShapeMismatchError(
+            f"{err}; the model is read from {config}: if it was damaged, {_CONFIG_REMEDY}"
+        ) from None
     logging.info("loaded step %d of %s", found, model_dir)
     return SavedRun(model_dir=str(model_dir), step=int(found), model=exp.model,
                     tokens=exp.tokens, params=jax.tree.map(np.asarray, params),

@@ -131,10 +131,28 @@ def finetune(model_dir: str, cfg: Optional[FinetuneConfig] = None,
     the session's figures. `stop_after` ends the job at that step with a checkpoint, as a
     preemption would; the same call again carries on."""
     cfg = cfg or FinetuneConfig()
+    _check_writable(model_dir, cfg.init_from)  # before anything is created or locked
     with preemption.SignalWatcher() as stop_signal:
         checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
         with run_dir.locked(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
             return _run(model_dir, cfg, stop_signal, stop_after)
+
+
+def _check_writable(model_dir: str, init_from: Optional[str]) -> None:
+    """Refuse a --model_dir that would write into the run it starts from (or hold it, or lie
+    inside it), or into any pretraining run: its checkpoints are not a classifier's."""
+    out = checkpoints.absolute(model_dir)
+    if init_from:
+        base = checkpoints.absolute(init_from)
+        if out == base or base in out.parents or out in base.parents:
+            relation = ("is" if out == base else
+                        "lies inside" if base in out.parents else "holds")
+            raise ValueError(f"--model_dir {model_dir} {relation} --init_from {init_from}: "
+                             "fine-tuning never writes into the run it starts from; choose a "
+                             "new directory outside it")
+    if (out / run_lib.CHECKPOINTS).is_dir() and run_lib.read_info(model_dir) is None:
+        raise ValueError(f"--model_dir {model_dir} is a pretraining run (checkpoints/ and no "
+                         f"{run_lib.INFO_FILE}); fine-tune into a new directory")
 
 
 def _run(model_dir: str, cfg: FinetuneConfig, stop_signal, stop_after: Optional[int]) -> dict:

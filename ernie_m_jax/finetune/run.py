@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
+import shlex
 from typing import Dict, List, Optional, Tuple
 
 import flax.linen as nn
@@ -61,7 +61,11 @@ def path(model_dir: os.PathLike):
 
 def read_info(model_dir: os.PathLike) -> Optional[FinetuneInfo]:
     file = path(model_dir) / INFO_FILE
-    return FinetuneInfo.from_json(json.loads(file.read_text())) if file.exists() else None
+    if not file.exists():
+        return None
+    return FinetuneInfo.from_json(files.read_json(
+        file, "it is rewritten from the fine-tuning config only at a fresh start: fine-tune "
+              "into a new --model_dir"))
 
 
 def write_info(model_dir: os.PathLike, info: FinetuneInfo) -> None:
@@ -73,7 +77,9 @@ def read_selection(model_dir: os.PathLike, up_to_step: int) -> List[dict]:
     file = path(model_dir) / SELECTION_FILE
     if not file.exists():
         return []
-    return [e for e in json.loads(file.read_text())["evaluations"] if e["step"] <= up_to_step]
+    record = files.read_json(file, "delete it to choose the best step among the evaluations "
+                                   "still to come only")
+    return [e for e in record.get("evaluations", []) if e["step"] <= up_to_step]
 
 
 def best_of(evaluations: List[dict]) -> Optional[dict]:
@@ -97,7 +103,7 @@ def require_finetuned(model_dir: os.PathLike) -> FinetuneInfo:
     if (path(model_dir) / CHECKPOINTS).is_dir():
         raise ValueError(f"{model_dir} has no classification head: it is a pretraining run, "
                          f"not a fine-tuned one; fine-tune it first (ernie-m-jax finetune "
-                         f"--init_from={model_dir} ...)")
+                         f"--init_from={shlex.quote(os.fspath(model_dir))} ...)")
     raise FileNotFoundError(f"{model_dir} is not a fine-tuning run (no {INFO_FILE})")
 
 

@@ -172,7 +172,8 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
     if compiled:
         summary["train_step_compilations"] = sum(compiled)
     # This session's totals (compilation, checkpoints and evaluations included).
-    summary.update({"session/steps": done - start, "session/tokens": tokens,
+    summary.update({"session/steps": done - start, "session/last_step": done,
+                    "session/tokens": tokens,
                     "session/seconds": time.perf_counter() - began})
     return summary
 

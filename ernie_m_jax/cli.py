@@ -135,11 +135,16 @@ def _finetune(args: argparse.Namespace) -> int:
              if summary.get("stopped_early_at") else "")
           + f"; {(time.perf_counter() - args.started) / 60:.1f} min in all")
     print(evaluate.format_table(summary["test"]))
-    quoted = shlex.quote(args.model_dir)
-    print(f"next:\n  ernie-m-jax evaluate --model_dir={quoted} --split=validation\n"
-          f"  ernie-m-jax export-hf --model_dir={quoted} --out=DIR --format=ernie_m\n"
-          f"  tensorboard --logdir={quoted}")
+    print(finetune_next_steps(args.model_dir))
     return 0
+
+
+def finetune_next_steps(model_dir: str) -> str:
+    """What to run after fine-tuning, ready to paste (paths quoted for the shell)."""
+    quoted = shlex.quote(model_dir)
+    return (f"next:\n  ernie-m-jax evaluate --model_dir={quoted} --split=validation\n"
+            f"  ernie-m-jax export-hf --model_dir={quoted} --out=DIR --format=ernie_m\n"
+            f"  tensorboard --logdir={quoted}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -88,20 +88,26 @@ def holding_run(directory: epath.Path, depth: int = 3) -> Optional[epath.Path]:
     return None
 
 
-def checked_output_dir(out: os.PathLike, overwrite: bool) -> epath.Path:
+def checked_output_dir(out: os.PathLike, overwrite: bool, marker: str) -> epath.Path:
     """The folder a command may write, or a refusal that loses nothing.
 
     Never one that is, holds or lies inside a training run, whatever the flags; a non-empty
-    one only with `overwrite`, which replaces its whole content."""
+    one only with `overwrite`, and only when it holds `marker`, the file the command writes
+    into every folder it makes: `overwrite` replaces an earlier output, never other files."""
     out = path(out)
     run = holding_run(out)
     if run is not None:
         where = "is" if run == out else ("lies inside" if run in out.parents else "holds")
         raise FileExistsError(f"{out} {where} the training run {run}: writing there would "
                               "replace its checkpoints; choose a folder outside any run")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another directory or "
-                              "pass --overwrite (which replaces everything in it)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another directory "
+                                  "or pass --overwrite (which replaces an earlier output there)")
+        if not (out / marker).is_file():
+            raise FileExistsError(f"{out} is not empty and holds no {marker}, so it is not an "
+                                  "earlier output of this command: --overwrite replaces only "
+                                  "those; choose another directory or empty it yourself")
     return out
 
 

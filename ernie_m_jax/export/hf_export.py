@@ -101,7 +101,7 @@ def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
     if run.vocabulary_path is None:
         raise ValueError(f"{run.model_dir}: the run's vocabulary is unknown (its gin config "
                          "registers no tasks); the export needs it for the tokenizer files")
-    out_dir = Path(checked_output_dir(out, overwrite))
+    out_dir = Path(checked_output_dir(out, overwrite, PROVENANCE_FILE))
     params, config = fold_languages(run, fold_language)
     _check_positions(config, fmt)
     if fmt == layouts.ERNIE_M:
@@ -167,7 +167,7 @@ def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
     vocab = vocabulary(model_dir)
     if vocab is None:
         raise ValueError(f"{model_dir}: the run keeps no vocabulary; the export needs it")
-    out_dir = Path(checked_output_dir(out, overwrite))
+    out_dir = Path(checked_output_dir(out, overwrite, PROVENANCE_FILE))
     encoder = SavedRun(model_dir=str(model_dir), step=step, model=info.model,
                        tokens=info.tokens, params=params["ernie_m"],
                        vocabulary_path=Path(os.fspath(vocab)), languages=info.languages,

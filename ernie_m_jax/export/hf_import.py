@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -33,6 +34,8 @@ from ernie_m_jax.export.hf_export import MLM_HEAD_FILE, PROVENANCE_FILE
 from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 
 MODEL_TYPES = {"ernie_m": layouts.ERNIE_M, "xlm-roberta": layouts.XLM_ROBERTA}
+# Written into every import: what `--overwrite` may replace.
+IMPORT_MARKER = "ernie_m_jax_import.json"
 # Tensors initialised fresh when absent.
 OPTIONAL_PREFIXES = ("lm_head.", "pooler.", "roberta.pooler.")
 
@@ -75,29 +78,86 @@ def model_config_from_hf(config: Mapping, fmt: str) -> ModelConfig:
         raise ValueError(f"config.json lacks {err.args[0]!r}") from None
 
 
+def inside(hf_dir: Path, name: str) -> Path:
+    """`hf_dir / name`, refused unless it stays inside `hf_dir` (an index names its shards:
+    `../../etc/passwd` must not be opened). Symbolic links are the folder owner's own (the
+    Hugging Face cache links snapshots to blobs) and are followed."""
+    candidate = Path(os.path.normpath(hf_dir / name))
+    root = Path(os.path.normpath(hf_dir))
+    if Path(name).is_absolute() or (candidate != root and root not in candidate.parents):
+        raise ValueError(f"{hf_dir}: the file {name!r} lies outside the folder; every file a "
+                         "Hugging Face directory names must be inside it")
+    return candidate
+
+
+def safetensors_files(hf_dir: Path) -> Sequence[Path]:
+    """`model.safetensors`, or the shards its index names; [] if the folder has neither."""
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{index} is not a safetensors index ({type(err).__name__}: {err}); "
+                         "it needs a weight_map of tensor name -> shard file") from None
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{index}: weight_map's values must be shard file names")
+    return [inside(hf_dir, name) for name in names]
+
+
+def weight_shapes(files: Sequence[Path]) -> Dict[str, Tuple[int, ...]]:
+    """{tensor name: shape} from the safetensors headers alone: no tensor is read."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="numpy") as f:
+                for name in f.keys():
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except Exception as err:  # OSError, or safetensors' own SafetensorError
+            raise ValueError(f"cannot read the weights in {file}: {err}") from None
+    return shapes
+
+
 def read_weights(hf_dir: Path) -> Dict[str, np.ndarray]:
     """All tensors of `model.safetensors` (or its shards, or `pytorch_model.bin`)."""
     from safetensors.numpy import load_file
 
-    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
-    try:
-        if single.is_file():
-            return load_file(str(single))
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: Dict[str, np.ndarray] = {}
-            for shard in shards:
-                state.update(load_file(str(hf_dir / shard)))
-            return state
-    except Exception as err:  # OSError, bad JSON, or safetensors' own SafetensorError
-        raise ValueError(f"cannot read the weights in {hf_dir}: {err}") from None
+    files = safetensors_files(hf_dir)
+    state: Dict[str, np.ndarray] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:  # OSError, or safetensors' own SafetensorError
+            raise ValueError(f"cannot read the weights in {file}: {err}") from None
+    if files:
+        return state
     bin_file = hf_dir / "pytorch_model.bin"
     if bin_file.is_file():
-        import torch
-
-        state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() for k, v in state.items()}
+        return read_torch_bin(bin_file)
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {hf_dir}")
+
+
+def read_torch_bin(bin_file: Path) -> Dict[str, np.ndarray]:
+    """A PyTorch state dict, read with `weights_only=True`: tensors only, never code."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{bin_file} is a PyTorch pickle and torch is not installed: "
+                         "`pip install torch`, or convert it to model.safetensors") from None
+    try:
+        state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for anything but tensors
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{bin_file} cannot be read as plain tensors ({type(err).__name__}: "
+                         f"{first}); only weights are loaded, never pickled code") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{bin_file} holds a {type(state).__name__}, not a state dict")
+    return {k: v.float().numpy() for k, v in state.items()}
 
 
 def _canonical_names(state: Mapping[str, np.ndarray], fmt: str) -> Dict[str, np.ndarray]:
@@ -117,12 +177,27 @@ def hf_params(hf_dir: Path, seed: int = 0) -> Tuple[dict, ModelConfig, list]:
     """(our params, their ModelConfig, names initialised fresh) for a checkpoint directory."""
     hf_cfg, fmt = read_config(hf_dir)
     config = model_config_from_hf(hf_cfg, fmt)
-    state = _canonical_names(read_weights(hf_dir), fmt)
     layout = layouts.LAYOUTS[fmt]
-    if fmt == layouts.ERNIE_M and (hf_dir / MLM_HEAD_FILE).is_file():
+    head = hf_dir / MLM_HEAD_FILE
+    heads = [head] if fmt == layouts.ERNIE_M and head.is_file() else []
+
+    def check_fits(shapes: Mapping[str, Tuple[int, ...]]) -> None:
+        shapes = {k: v for k, v in _canonical_names(shapes, fmt).items()
+                  if k != layouts.TOKEN_TYPE_EMBEDDINGS}
+        layouts.check_shapes_fit(shapes, config, layout, f"{hf_dir} (config.json and weights)",
+                                 optional=OPTIONAL_PREFIXES)
+
+    safetensors = safetensors_files(hf_dir)
+    if safetensors:  # the config against the headers, before a tensor is read or a model built
+        check_fits(weight_shapes([*safetensors, *heads]))
+    state = read_weights(hf_dir)
+    for file in heads:
         from safetensors.numpy import load_file
 
-        state.update(load_file(str(hf_dir / MLM_HEAD_FILE)))
+        state.update(load_file(str(file)))
+    if not safetensors:  # a PyTorch pickle has no header: checked once read
+        check_fits({k: v.shape for k, v in state.items()})
+    state = _canonical_names(state, fmt)
     if fmt == layouts.XLM_ROBERTA and layouts.TOKEN_TYPE_EMBEDDINGS in state:
         # Every token is type 0 here: its embedding is a constant added before the LayerNorm,
         # exactly like a position embedding.
@@ -269,7 +344,7 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
     else:
         logging.warning("%s has no tokenizer files: bind VOCABULARY and SpecialTokens for the "
                         "vocabulary its checkpoint was trained with", hf_path)
-    out = checked_output_dir(model_dir, overwrite)
+    out = checked_output_dir(model_dir, overwrite, IMPORT_MARKER)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -283,4 +358,6 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
     (out / CONFIG_FILE).write_text(gin_text(config, tokens, hf_path, out, found))
     if filled:
         (out / "initialised_fresh.txt").write_text("\n".join(filled) + "\n")
+    (out / IMPORT_MARKER).write_text(json.dumps(
+        {"hf_dir": str(hf_path.resolve()), "initialised_fresh": filled}, indent=1) + "\n")
     return Path(out)

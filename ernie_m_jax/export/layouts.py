@@ -9,7 +9,7 @@ layers are stacked on a leading axis (the scanned encoder).
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -150,6 +150,58 @@ def expected_shapes(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
+def hf_shape(t: Tensor, ours: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The Hugging Face shape of one of our arrays of shape `ours` (one layer's, for
+    per-layer tensors): what `_to_hf` makes of it, computed without allocating it."""
+    if t.kind == "weight":
+        return (int(np.prod(ours[t.in_axes:])), int(np.prod(ours[:t.in_axes])))
+    if t.kind == "bias":
+        return (int(np.prod(ours)),)
+    return tuple(ours)
+
+
+def hf_shapes(config: ModelConfig, layout: Tuple[Tensor, ...]) -> Dict[str, Tuple[int, ...]]:
+    """{Hugging Face name: shape} of every tensor `layout` holds for `config`."""
+    shapes = expected_shapes(config)
+    out = {}
+    for t in layout:
+        shape = shapes[t.path]
+        if t.per_layer:
+            for i in range(config.num_layers):
+                out[t.hf_name.format(i=i)] = hf_shape(t, shape[1:])
+        else:
+            out[t.hf_name] = hf_shape(t, shape)
+    return out
+
+
+def check_shapes_fit(shapes: Mapping[str, Tuple[int, ...]], config: ModelConfig,
+                     layout: Tuple[Tensor, ...], what: str = "checkpoint",
+                     optional: Tuple[str, ...] = ()) -> None:
+    """One error listing every tensor of `layout` that `shapes` (a checkpoint's, e.g. read
+    from safetensors headers) lacks or holds in another shape; names starting with one of
+    `optional` may be absent. Nothing is allocated: a config.json that does not fit its
+    weights is refused before a model of its size is built."""
+    missing, wrong = [], []
+    for name, want in hf_shapes(config, layout).items():
+        if name not in shapes:
+            if not name.startswith(optional):
+                missing.append(name)
+        elif tuple(shapes[name]) != want:
+            wrong.append(f"{name}: {tuple(shapes[name])}, expected {want}")
+    _raise_misfit(what, missing, wrong)
+
+
+def _raise_misfit(what: str, missing: Sequence[str], wrong: Sequence[str]) -> None:
+    if not (missing or wrong):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {list(missing[:3])})")
+    if wrong:
+        problems.append(f"{len(wrong)} with another shape (e.g. {list(wrong[:3])})")
+    raise ValueError(f"{what} does not fit this model: " + "; ".join(problems))
+
+
 def to_state_dict(params: Mapping, config: ModelConfig, layout: Tuple[Tensor, ...]) -> StateDict:
     """The state dict of `layout` (float32, contiguous) from our `params` collection."""
     if config.num_languages:
@@ -180,7 +232,7 @@ def from_state_dict(state: Mapping[str, np.ndarray], config: ModelConfig,
         names = ([t.hf_name.format(i=i) for i in range(config.num_layers)] if t.per_layer
                  else [t.hf_name])
         one_shape = shape[1:] if t.per_layer else shape
-        want = _to_hf(t, np.zeros(one_shape, np.float32)).shape
+        want = hf_shape(t, one_shape)
         parts = []
         for name in names:
             if name not in state:
@@ -193,13 +245,7 @@ def from_state_dict(state: Mapping[str, np.ndarray], config: ModelConfig,
             parts.append(_from_hf(t, theirs, one_shape))
         if len(parts) == len(names):
             _set(params, t.path, np.stack(parts) if t.per_layer else parts[0])
-    if missing or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} tensors missing (e.g. {missing[:3]})")
-        if wrong:
-            problems.append(f"{len(wrong)} with another shape (e.g. {wrong[:3]})")
-        raise ValueError(f"{what} does not fit this model: " + "; ".join(problems))
+    _raise_misfit(what, missing, wrong)
     return params
 
 

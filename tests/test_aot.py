@@ -123,16 +123,37 @@ def test_a_step_that_does_not_fit_fails_with_the_numbers(capsys):
     assert "remat_policy='full'" in err and "grad_accum_steps" in err
 
 
-def test_bad_topology_mesh_and_batch_fail_before_compiling(capsys):
-    assert cli.main(["compile", *TINY, "--topology=v5e-7"]) == 2
-    assert "v5e-7: v5e slices count chips; known sizes are v5e-1, v5e-4" in \
-        capsys.readouterr().err
-    assert cli.main(["compile", *TINY, "--topology=v5e-8",
-                     "--gin.MeshConfig.shape=(1, 3, 1)"]) == 2
-    assert "has 3 devices, there are 8" in capsys.readouterr().err
-    assert cli.main(["compile", *TINY, "--topology=v5e-8", "--gin.BATCH_SIZE=12"]) == 2
-    assert "global batch size 12 is not divisible by the 8 batch shards" in \
-        capsys.readouterr().err
+HOSTILE_COMPILES = {  # what a user may type wrong -> the start of the one error line
+    "unknown generation": (["--topology=v9-8"], "unknown TPU accelerator 'v9-8'"),
+    "not a TPU name": (["--topology=tpu"], "unknown TPU accelerator 'tpu'"),
+    "no such slice": (["--topology=v5e-7"],
+                      "v5e-7: v5e slices count chips; known sizes are v5e-1, v5e-4"),
+    "no slices": (["--topology=v5e-8", "--num_slices=0"], "--num_slices must be at least 1"),
+    "mesh of other size": (["--topology=v5e-8", "--gin.MeshConfig.shape=(1, 3, 1)"],
+                           "mesh {'data': 1, 'fsdp': 3, 'tensor': 1} has 3 devices, there are 8"),
+    "mesh of other rank": (["--topology=v5e-8", "--gin.MeshConfig.shape=(2, 2, 2, 2)"],
+                           "MeshConfig.axes ('data', 'fsdp', 'tensor') and shape (2, 2, 2, 2) "
+                           "differ in length"),
+    "batch that does not split": (["--topology=v5e-8", "--gin.BATCH_SIZE=12"],
+                                  "global batch size 12 is not divisible by the 8 batch shards"),
+    "batch that does not split over slices": (
+        ["--topology=v5e-8", "--num_slices=2", "--gin.BATCH_SIZE=8"],
+        "global batch size 8 is not divisible by the 16 batch shards"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_COMPILES))
+def test_hostile_compiles_fail_in_one_line_before_compiling(case, capsys, monkeypatch):
+    import jax
+
+    def never(self, *args, **kwargs):
+        raise AssertionError("compiled before the configuration was checked")
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", never)
+    flags, message = HOSTILE_COMPILES[case]
+    assert cli.main(["compile", *TINY, *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"ernie-m-jax compile: error: {message}" in err and len(err.splitlines()) == 1
 
 
 def test_compile_uses_the_step_builder_that_train_uses(monkeypatch):

@@ -67,6 +67,7 @@ def test_a_damaged_metrics_file_is_set_aside_and_the_good_lines_kept(damage, tmp
     assert (tmp_path / (metrics.METRICS_FILE + ".damaged")).read_bytes() == bad + b"\n"
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_left_metrics_half_written(trained, demo_data_dir, tmp_path,
                                                         caplog):
     model_dir = _copy(trained, tmp_path)
@@ -87,6 +88,7 @@ def test_resume_after_a_crash_left_metrics_half_written(trained, demo_data_dir, 
     assert text.startswith("trained 1 steps (to step 7 of 8) in")
 
 
+@pytest.mark.slow
 def test_the_orbax_metadata_warning_control(trained, caplog):
     """What the resume above no longer logs: orbax's Checkpointer looks for step metadata
     inside the item folder, where the CheckpointManager never writes it."""
@@ -110,6 +112,7 @@ def _experiment(num_steps):
 
 
 # 2. Fine-tuning never writes into the run it starts from.
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["is", "inside"])
 def test_finetune_into_its_own_start_run_is_refused(where, trained, tmp_path, capsys):
     base = _copy(trained, tmp_path)
@@ -123,6 +126,7 @@ def test_finetune_into_its_own_start_run_is_refused(where, trained, tmp_path, ca
     assert sorted(str(p.relative_to(base)) for p in base.rglob("*")) == before
 
 
+@pytest.mark.slow
 def test_finetune_into_another_pretraining_run_is_refused(trained, tmp_path, capsys):
     other = _copy(trained, tmp_path, "other")
     assert cli.main(["finetune", "--gin_file=gin/finetune/packages.gin",
@@ -144,6 +148,7 @@ def test_a_preempted_summary_scores_nothing_and_says_how(tmp_path):
 
 
 # 4. Every checkpoint damaged: one short, true line for each, nothing renamed.
+@pytest.mark.slow
 def test_every_checkpoint_damaged_gives_one_true_line_each(trained, demo_data_dir, tmp_path,
                                                           caplog):
     model_dir = _copy(trained, tmp_path)
@@ -169,6 +174,7 @@ def test_a_long_root_cause_is_cut_to_one_short_line():
 
 
 # 5. A PyTorch pickle: one line without torch; with torch, tensors only, never code.
+@pytest.mark.slow
 def test_a_pytorch_bin_without_torch_is_one_line(exported, tmp_path, monkeypatch, capsys):
     hf = tmp_path / "hf"
     shutil.copytree(exported, hf)
@@ -190,6 +196,7 @@ class _RunsCode:
         return open, (self.path, "w")
 
 
+@pytest.mark.slow
 def test_a_pickle_that_runs_code_is_refused(exported, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     hf = tmp_path / "hf"
@@ -205,6 +212,7 @@ def test_a_pickle_that_runs_code_is_refused(exported, tmp_path, capsys):
 
 
 # 6. Every path a Hugging Face folder names stays inside it.
+@pytest.mark.slow
 def test_shard_paths_cannot_escape_the_folder(exported, tmp_path, capsys):
     hf = tmp_path / "hf"
     shutil.copytree(exported, hf)
@@ -228,6 +236,7 @@ def test_shard_paths_cannot_escape_the_folder(exported, tmp_path, capsys):
 
 
 # 7. A config.json that does not fit its weights is refused before anything is built.
+@pytest.mark.slow
 def test_an_oversized_config_is_refused_from_the_headers(exported, tmp_path, monkeypatch,
                                                          capsys):
     from ernie_m_jax.export import hf_import
@@ -279,6 +288,7 @@ def test_an_unreadable_lock_without_checkpoints_is_refused(tmp_path):
 # 9. Damaged metadata: every error names the file and what to do.
 @pytest.mark.parametrize("damage", ["truncated config.gin", "random config.gin",
                                     "truncated languages.json", "languages.json not ids"])
+@pytest.mark.slow
 def test_damaged_run_metadata_is_named(damage, trained, tmp_path, capsys):
     model_dir = _copy(trained, tmp_path)
     name = run_dir.CONFIG_FILE if "config" in damage else run_dir.LANGUAGES_FILE
@@ -333,6 +343,7 @@ def test_next_commands_quote_paths_with_spaces(tmp_path):
 
 
 # 12. export-hf --overwrite replaces only an earlier export.
+@pytest.mark.slow
 def test_overwrite_replaces_only_an_earlier_export(trained, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
@@ -347,6 +358,7 @@ def test_overwrite_replaces_only_an_earlier_export(trained, tmp_path, capsys):
     assert (out / "ernie_m_jax_export.json").is_file()
 
 
+@pytest.mark.slow
 def test_import_overwrite_replaces_only_an_earlier_import(exported, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
@@ -357,6 +369,7 @@ def test_import_overwrite_replaces_only_an_earlier_import(exported, tmp_path, ca
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_saved_run_loads_after_the_damage_is_mended(trained, tmp_path):
     """The remedy the config.gin error names works: the newest configs/ copy restores it."""
     model_dir = _copy(trained, tmp_path)

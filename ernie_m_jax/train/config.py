@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Optional, Tuple
 
 import gin
 
-from ernie_m_jax import partitioning
+from ernie_m_jax import partitioning, profiling
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig, SpecialTokens
 from ernie_m_jax.data import pipeline
 from ernie_m_jax.objectives import OBJECTIVES
@@ -55,6 +55,9 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 10
     # Fault injection for testing the policy: steps whose loss is made NaN.
     inject_nonfinite_steps: Tuple[int, ...] = ()
+    # (first, last): a jax.profiler trace of those steps (counted from 1) in the run's folder,
+    # for TensorBoard's profile plugin; () = none. Skip the first step: it compiles.
+    profile_steps: Tuple[int, ...] = ()
 
     def __post_init__(self):
         unknown = set(self.objective_weights) - set(OBJECTIVES)
@@ -82,6 +85,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.objective_start_steps {late}: an objective must "
                              f"join at a step in [0, num_steps={self.num_steps}); lower its "
                              f"start along with num_steps")
+        profiling.check_window(tuple(self.profile_steps), self.num_steps)
         if not self.active(0):
             raise ValueError(f"TrainConfig.objective_start_steps "
                              f"{dict(self.objective_start_steps)} leaves the first step "

@@ -16,7 +16,7 @@ import jax
 import seqio
 from tqdm import tqdm
 
-from ernie_m_jax import checkpoints, partitioning, preemption, run_dir
+from ernie_m_jax import checkpoints, partitioning, preemption, profiling, run_dir
 from ernie_m_jax import metrics as metrics_lib
 from ernie_m_jax.data import languages, pipeline
 from ernie_m_jax.train.config import Experiment, TrainConfig
@@ -103,14 +103,17 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
                    disable=not cfg.progress_bar or jax.process_index() != 0)
         cleanup.callback(bar.close)
         stage_steps = _stage_steps(exp, mesh, train_step)
+        profile = profiling.ProfileWindow(model_dir, tuple(cfg.profile_steps))
+        cleanup.callback(profile.stop)  # a run stopped inside the window still writes it
         with partitioning.activate(mesh, rules):
             return _loop(model_dir, exp, stage_steps, state, iterator, mngr, writer, bar, mesh,
-                         stop_after, stop_signal)
+                         stop_after, stop_signal, profile)
 
 
 def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], TrainStep],
           state: State, iterator, mngr, writer: metrics_lib.MetricsWriter, bar: tqdm, mesh,
-          stop_after: Optional[int], stop_signal: preemption.SignalWatcher) -> Dict[str, float]:
+          stop_after: Optional[int], stop_signal: preemption.SignalWatcher,
+          profile: profiling.ProfileWindow) -> Dict[str, float]:
     """Step (with the step of the stage it is in), then log / checkpoint / evaluate when
     due; returns the last metrics."""
     cfg, rules, start = exp.train, exp.mesh.rules, int(state["step"])
@@ -134,7 +137,11 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
             current = stage_steps[active]
             interval = _interval_metrics(exp, current, peak, done - 1)
         local = {o: b for o, b in next(iterator).items() if o in current.batch_shapes}
-        state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
+        with profile.step(done):
+            state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
+        traced = profile.after(done, state)
+        if traced:
+            bar.write(traced)
         tokens += current.tokens_per_step
         interval.add(step_metrics)
         if done == start + 1:  # compilation included

@@ -173,6 +173,8 @@ def _summary(model_dir: str, exp, summary, command_seconds: float) -> str:
         tasks = run_summary.parallel_tasks(exp, run)
         scores = run_summary.score_retrieval(run, tasks, layer) if tasks else []
         note = None if tasks else "no registered parallel tasks: retrieval not scored"
+        if scores:
+            run_summary.write_scores(model_dir, run.step, layer, scores)
     text = run_summary.format_summary(model_dir, exp, summary, scores, layer, note)
     return text + f"\n(the whole command took {command_seconds / 60:.1f} min)"
 
@@ -196,11 +198,12 @@ def _export_hf(args: argparse.Namespace) -> int:
 
     if run.read_info(args.model_dir) is not None:  # a fine-tuned classifier
         out = hf_export.export_classifier(args.model_dir, args.out, args.format,
-                                          args.fold_language, args.overwrite)
+                                          args.fold_language, args.overwrite,
+                                          license=args.license)
         print(f"wrote the {args.format} sequence classifier to {out}")
         return 0
     out = hf_export.export(_load_run(args), args.out, args.format, args.fold_language,
-                           args.overwrite)
+                           args.overwrite, license=args.license)
     print(f"wrote the {args.format} checkpoint to {out}")
     return 0
 
@@ -373,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fold_language", help="for models with language embeddings: add "
                         "this language's embedding (or 'mean') to the position embeddings")
     export.add_argument("--overwrite", action="store_true",
-                        help="replace everything in a non-empty --out (never a training run)")
+                        help="replace an earlier export in --out (never a training run)")
+    export.add_argument("--license", default="other",
+                        help="the model card's license (a Hub license id, e.g. apache-2.0); "
+                             "the weights' terms follow the training data's")
     export.set_defaults(run=_export_hf)
 
     imp = subcommand(

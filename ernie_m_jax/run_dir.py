@@ -24,6 +24,8 @@ CONFIG_HISTORY = "configs"  # one config per start: configs/start_step_<N>.gin
 VOCAB_FILE = "ernie_m_jax_vocab.model"  # the SentencePiece model its tasks tokenize with
 LANGUAGES_FILE = "languages.json"  # language code -> the id fed to the language embedding
 LOCK_FILE = "train.lock"  # host and pid of the job training in it now
+# The closing summary's en<->X retrieval figures (the model card of an export shows them).
+RETRIEVAL_FILE = "retrieval_test_step_{step}.json"
 
 
 def write_config(model_dir: os.PathLike, text: str, start_step: int) -> None:

@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ernie_m_jax import files, run_dir
 from ernie_m_jax.data import pipeline
 from ernie_m_jax.evaluation.embedding import SentenceEncoder
 from ernie_m_jax.evaluation.retrieval import bag_of_subwords, retrieval_accuracy, task_pairs
@@ -82,6 +83,18 @@ def score_retrieval(run: SavedRun, tasks: Mapping[str, str], layer: int, split: 
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def write_scores(model_dir: str, step: int, layer: int, scores: Sequence[PairScore]) -> None:
+    """The summary's retrieval figures beside the checkpoints (`retrieval_test_step_<N>.json`),
+    where `export-hf` finds them for the model card."""
+    pairs = {s.pair: {"pairs": s.pairs, "raw": s.raw, "centred": s.centred,
+                      "bag_of_subwords": s.bag_of_subwords} for s in scores}
+    mean = {f: float(np.mean([getattr(s, f) for s in scores]))
+            for f in ("raw", "centred", "bag_of_subwords")}
+    files.write_json_atomic(os.path.join(model_dir, run_dir.RETRIEVAL_FILE.format(step=step)),
+                            {"step": step, "layer": layer, "split": "test", "pooling": "mean",
+                             "pairs": pairs, "mean": mean})
 
 
 def retrieval_command(model_dir: str, layer: int) -> str:

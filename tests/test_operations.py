@@ -62,3 +62,78 @@ def test_a_window_resumed_past_its_start_traces_the_rest(tmp_path, monkeypatch):
         window.after(step, None)
     assert calls == ["start", 5, 6, "stop", 7, 8]
     assert window.stop() is None  # stopped once
+
+
+@pytest.mark.slow
+def test_an_export_carries_a_model_card_hugging_face_can_parse(demo_data_dir, tmp_path,
+                                                              capsys):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from ernie_m_jax import cli, run_dir
+    from ernie_m_jax.export import model_card
+    from tests.train_runs import as_flags
+
+    model_dir = tmp_path / "run"
+    assert cli.main(["train", "--gin_file=runs/demo_cpu.gin", f"--model_dir={model_dir}",
+                     *as_flags(tiny_bindings(demo_data_dir, 3))]) == 0
+    scored = json.loads((model_dir / run_dir.RETRIEVAL_FILE.format(step=3)).read_text())
+    assert list(scored["pairs"]) == ["en-de"] and scored["layer"] == 1
+    out = tmp_path / "hf"
+    assert cli.main(["export-hf", f"--model_dir={model_dir}", f"--out={out}",
+                     "--format=xlm_roberta", "--fold_language=mean",
+                     "--license=apache-2.0"]) == 0
+    card = ModelCard.load(out / "README.md")
+    assert card.data.language == ["de", "en", "fr"] and card.data.license == "apache-2.0"
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "fill-mask")
+    assert card.data.base_model is None  # trained from scratch
+    # tiny_bindings: 8 rows of 16 for the monolingual objectives (MMLM, BTMLM) and 8 of 32
+    # for the pairs (TLM, CAMLM), all from step 0.
+    assert "- steps: 3 of 3 configured" in card.text
+    assert f"- tokens seen: {3 * (2 * 8 * 16 + 2 * 8 * 32):,}" in card.text
+    assert "MMLM, TLM, CAMLM, BTMLM from step 0" in card.text
+    pair = scored["pairs"]["en-de"]
+    assert f"| en-de | {pair['pairs']} | {pair['raw']:.3f} | {pair['centred']:.3f} |" in card.text
+    assert (out / model_card.CONFIG_COPY).read_text() == \
+        (model_dir / run_dir.CONFIG_FILE).read_text()
+    assert "--gin_file=ernie_m_jax_config.gin" in card.text
+
+    # Continued from a Hub checkpoint: import-hf records its id, the card names it.
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(
+        {**config, "_name_or_path": "FacebookAI/xlm-roberta-base"}))
+    imported, again = tmp_path / "imported", tmp_path / "imported_hf"
+    assert cli.main(["import-hf", f"--hf_dir={out}", f"--model_dir={imported}"]) == 0
+    assert cli.main(["export-hf", f"--model_dir={imported}", f"--out={again}",
+                     "--format=xlm_roberta"]) == 0
+    card = ModelCard.load(again / "README.md")
+    assert card.data.base_model == "FacebookAI/xlm-roberta-base"
+    assert card.data.license == "other" and "Not scored for this step" in card.text
+
+
+def test_hub_ids_and_language_codes_for_the_card(tmp_path):
+    from ernie_m_jax.export import model_card
+
+    assert model_card.hub_id(tmp_path, {"_name_or_path": "xlm-roberta-base"}) == \
+        "xlm-roberta-base"
+    assert model_card.hub_id(tmp_path, {"_name_or_path": str(tmp_path)}) is None  # a folder
+    cache = tmp_path / "models--FacebookAI--xlm-roberta-large" / "snapshots" / "abc123"
+    assert model_card.hub_id(cache, {}) == "FacebookAI/xlm-roberta-large"
+    assert model_card.hub_id(tmp_path / "my_model", {}) is None
+    assert model_card.hf_languages(["zh_hans", "zh_hant", "pt_BR", "en"]) == ["en", "pt", "zh"]
+
+
+def test_tokens_seen_count_each_objective_from_the_step_it_joins(demo_data_dir):
+    from ernie_m_jax import gin_config
+    from ernie_m_jax.export import model_card
+    from ernie_m_jax.train.config import Experiment
+
+    gin_config.parse(["runs/demo_cpu.gin"], tiny_bindings(demo_data_dir, 10) + [
+        "BTMLM_START = 4"])
+    exp = Experiment.from_gin()
+    # Steps 1-4: MMLM (8 x 16), TLM and CAMLM (8 x 32 each); steps 5-10 add BTMLM (8 x 16).
+    stage1, stage2 = 8 * 16 + 2 * 8 * 32, 2 * 8 * 16 + 2 * 8 * 32
+    assert model_card.tokens_seen(exp, 3) == 3 * stage1
+    assert model_card.tokens_seen(exp, 10) == 4 * stage1 + 6 * stage2
+    assert model_card.schedule(exp) == "MMLM, TLM, CAMLM from step 0; BTMLM from step 4"

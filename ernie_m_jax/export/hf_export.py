@@ -21,11 +21,16 @@ from typing import Optional
 import numpy as np
 
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
-from ernie_m_jax.export import hf_tokenizer, layouts
-from ernie_m_jax.run_dir import VOCAB_FILE, checked_output_dir
+from ernie_m_jax.export import hf_tokenizer, layouts, model_card
+from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 from ernie_m_jax.saved_run import SavedRun
 
 PROVENANCE_FILE = "ernie_m_jax_export.json"
+# Written into every import (`import-hf`), with the Hub id it came from when known.
+IMPORT_MARKER = "ernie_m_jax_import.json"
+# The model card's license unless `--license` says otherwise: the weights' terms follow the
+# training data's, which this project cannot know.
+DEFAULT_LICENSE = "other"
 MLM_HEAD_FILE = "mlm_head.safetensors"
 MEAN = "mean"
 
@@ -96,7 +101,8 @@ def _state_dict(params, config: ModelConfig, fmt: str, layout) -> dict:
 
 
 def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
-           fold_language: Optional[str] = None, overwrite: bool = False) -> Path:
+           fold_language: Optional[str] = None, overwrite: bool = False,
+           license: str = DEFAULT_LICENSE) -> Path:
     _check_format(fmt)
     if run.vocabulary_path is None:
         raise ValueError(f"{run.model_dir}: the run's vocabulary is unknown (its gin config "
@@ -112,14 +118,37 @@ def export(run: SavedRun, out: str, fmt: str = layouts.ERNIE_M,
     else:
         weights = {"model.safetensors": _state_dict(params, config, fmt,
                                                     layouts.XLM_ROBERTA_TENSORS)}
+    card = model_card.pretraining_card(
+        run.experiment, run.step, list(run.languages), fmt, _export_flags(fmt, fold_language),
+        license, base_model(run), model_card.read_retrieval(run.model_dir, run.step),
+        fold_language)
     return _write(out_dir, run, fmt, weights, hf_config(config, run.tokens, fmt),
                   {"format": fmt, "model_dir": run.model_dir, "step": run.step,
-                   "fold_language": fold_language})
+                   "fold_language": fold_language}, card)
+
+
+def _export_flags(fmt: str, fold_language: Optional[str]) -> str:
+    return f"--format={fmt}" + (f" --fold_language={fold_language}" if fold_language else "")
+
+
+def base_model(run: SavedRun) -> Optional[str]:
+    """The Hub id of the checkpoint a run continued from: recorded by `import-hf` in the
+    folder the run started from (`init_from`), or in the run itself if it is an import."""
+    init_from = run.experiment.train.init_from if run.experiment else None
+    for folder in (run.model_dir, init_from):
+        marker = Path(os.fspath(folder)) / IMPORT_MARKER if folder else None
+        if marker is not None and marker.is_file():
+            try:
+                return json.loads(marker.read_text()).get("base_model")
+            except ValueError:
+                return None
+    return None
 
 
 def _write(out_dir: Path, run: SavedRun, fmt: str, weights: dict, config_json: dict,
-           provenance: dict) -> Path:
-    """Weights, config, tokenizer and provenance under a temporary name, renamed when whole."""
+           provenance: dict, card: model_card.ModelCard) -> Path:
+    """Weights, config, tokenizer, model card, the run's gin config and provenance under a
+    temporary name, renamed when whole."""
     from safetensors.numpy import save_file
 
     tmp = out_dir.parent / (out_dir.name + ".partial")
@@ -135,6 +164,10 @@ def _write(out_dir: Path, run: SavedRun, fmt: str, weights: dict, config_json: d
     shutil.copyfile(run.vocabulary_path, tmp / VOCAB_FILE)
     provenance = {**provenance, "special_tokens": dataclasses.asdict(run.tokens)}
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+    card.save(str(tmp / model_card.CARD_FILE))
+    run_config = Path(os.fspath(run.model_dir)) / CONFIG_FILE
+    if run_config.is_file():
+        shutil.copyfile(run_config, tmp / model_card.CONFIG_COPY)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -155,7 +188,7 @@ def classifier_config(config: ModelConfig, tokens: SpecialTokens, fmt: str, labe
 
 def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
                       fold_language: Optional[str] = None, overwrite: bool = False,
-                      checkpoint: str = "best") -> Path:
+                      checkpoint: str = "best", license: str = DEFAULT_LICENSE) -> Path:
     """A fine-tuned run's classifier (model selection's best step) as
     `ErnieMForSequenceClassification` or `XLMRobertaForSequenceClassification`."""
     from ernie_m_jax.finetune import run as finetune_run
@@ -177,9 +210,14 @@ def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
     tree = {**encoder_params, "classifier": params["classifier"]}
     layout = layouts.ERNIE_M_CLASSIFIER if fmt == layouts.ERNIE_M else \
         layouts.XLM_ROBERTA_CLASSIFIER
+    test = Path(os.fspath(model_dir)) / f"eval_test_step_{step}.json"
+    card = model_card.classifier_card(
+        info.model, info.task, info.labels, info.init_from, step, list(info.languages), fmt,
+        _export_flags(fmt, fold_language), license,
+        json.loads(test.read_text()) if test.is_file() else None)
     return _write(out_dir, dataclasses.replace(encoder, model=config), fmt,
                   {"model.safetensors": _state_dict(tree, config, fmt, layout)},
                   classifier_config(config, info.tokens, fmt, info.labels),
                   {"format": fmt, "model_dir": str(model_dir), "step": step,
                    "checkpoint": checkpoint, "task": info.task, "labels": list(info.labels),
-                   "fold_language": fold_language})
+                   "fold_language": fold_language}, card)

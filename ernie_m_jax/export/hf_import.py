@@ -29,13 +29,11 @@ import orbax.checkpoint as ocp
 from ernie_m_jax import checkpoints
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.data import vocab
-from ernie_m_jax.export import layouts
-from ernie_m_jax.export.hf_export import MLM_HEAD_FILE, PROVENANCE_FILE
+from ernie_m_jax.export import layouts, model_card
+from ernie_m_jax.export.hf_export import IMPORT_MARKER, MLM_HEAD_FILE, PROVENANCE_FILE
 from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 
 MODEL_TYPES = {"ernie_m": layouts.ERNIE_M, "xlm-roberta": layouts.XLM_ROBERTA}
-# Written into every import: what `--overwrite` may replace.
-IMPORT_MARKER = "ernie_m_jax_import.json"
 # Tensors initialised fresh when absent.
 OPTIONAL_PREFIXES = ("lm_head.", "pooler.", "roberta.pooler.")
 
@@ -359,5 +357,6 @@ def import_hf(hf_dir: str, model_dir: str, overwrite: bool = False, seed: int = 
     if filled:
         (out / "initialised_fresh.txt").write_text("\n".join(filled) + "\n")
     (out / IMPORT_MARKER).write_text(json.dumps(
-        {"hf_dir": str(hf_path.resolve()), "initialised_fresh": filled}, indent=1) + "\n")
+        {"hf_dir": str(hf_path.resolve()), "initialised_fresh": filled,
+         "base_model": model_card.hub_id(hf_path, read_config(hf_path)[0])}, indent=1) + "\n")
     return Path(out)

@@ -58,6 +58,19 @@ class MeshConfig:
             raise ValueError(
                 f"MeshConfig.shape {self.shape} must be positive sizes with at most one -1")
 
+    def across_slices(self, num_slices: int) -> "MeshConfig":
+        """On several TPU slices, data parallelism crosses them (over the data-centre
+        network), as in MaxText: a data axis of 1 becomes one replica per slice, the rest of
+        the mesh as configured. So a preset (`fsdp.gin`) runs unchanged on one slice or many,
+        in training and in the ahead-of-time compile alike."""
+        if num_slices == 1 or "data" not in self.axes:
+            return self
+        index = self.axes.index("data")
+        if self.shape[index] != 1:
+            return self
+        return dataclasses.replace(self, shape=tuple(
+            num_slices if i == index else s for i, s in enumerate(self.shape)))
+
     def resolve(self, num_devices: int) -> Tuple[int, ...]:
         """The concrete shape on `num_devices` devices, or a clear error if it cannot fit."""
         known = math.prod(s for s in self.shape if s != -1)
@@ -78,10 +91,11 @@ def make_mesh(config: MeshConfig = MeshConfig(),
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     """A mesh over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
+    slices = len({getattr(d, "slice_index", None) or 0 for d in devices})
+    config = config.across_slices(slices)
     shape = config.resolve(len(devices))
     # Auto axes: XLA's SPMD partitioner propagates the shardings we place (pjit style).
     auto = (jax.sharding.AxisType.Auto,) * len(shape)
-    slices = len({getattr(d, "slice_index", None) or 0 for d in devices})
     if slices > 1:  # TPU multislice: only the data axis may cross the slow DCN
         return Mesh(_hybrid_devices(config, shape, devices, slices), config.axes,
                     axis_types=auto)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM slice: create it, install this repo on every worker, run
 # `ernie-m-jax train` on all workers at once (JAX finds the other workers itself), stream the
-# logs, delete the slice.
+# logs, delete the slice. Several slices, spot capacity and GKE: launch/tpu_multislice.sh.
 #
 #   launch/tpu_vm.sh --name ernie-m --zone us-central2-b --accelerator v4-32 \
 #     --gin_file gin/runs/pretrain_stage1.gin --gin_file gin/mesh/fsdp.gin \
@@ -34,21 +34,13 @@ for required in NAME ZONE ACCELERATOR MODEL_DIR; do
 done
 [[ ${#GIN_FILES[@]} -gt 0 ]] || { echo "missing --gin_file" >&2; exit 2; }
 
-run() {
-  if [[ "$DRY_RUN" == 1 ]]; then printf '%q ' "$@"; printf '\n'; else "$@"; fi
-}
-
+# shellcheck source=launch/common.sh
+. "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-ARCHIVE="/tmp/ernie-m-jax-$NAME.tar.gz"
+ARCHIVE="${TMPDIR:-/tmp}/ernie-m-jax-$NAME.tar.gz"
 TPU=(gcloud compute tpus tpu-vm)
-TRAIN=(ernie-m-jax train --model_dir="$MODEL_DIR")
-for f in "${GIN_FILES[@]}"; do TRAIN+=(--gin_file="$f"); done
-TRAIN+=("${EXTRA[@]}")
-printf -v TRAIN_LINE '%q ' "${TRAIN[@]}"
-TRAIN_LINE="${TRAIN_LINE% }"
-REMOTE="set -e; mkdir -p ernie-m-jax && tar -xzf ernie-m-jax.tar.gz -C ernie-m-jax && cd ernie-m-jax \
-&& python3 -m venv .venv && . .venv/bin/activate && pip install -q -e . 'jax[tpu]' \
-&& $TRAIN_LINE"
+train_argv
+REMOTE="$(worker_command ernie-m-jax.tar.gz "${TRAIN[@]}")"
 
 run git -C "$REPO" archive --format=tar.gz -o "$ARCHIVE" HEAD
 run "${TPU[@]}" create "$NAME" --zone="$ZONE" --accelerator-type="$ACCELERATOR" --version="$VERSION"

@@ -162,15 +162,10 @@ class CompileReport:
 
 def _mesh_config(exp: Experiment, num_slices: int, notes: List[str]):
     """With several slices, data parallelism crosses slices (over DCN), as in MaxText."""
-    config = exp.mesh
-    if num_slices == 1 or "data" not in config.axes:
-        return config
-    index = config.axes.index("data")
-    if config.shape[index] == 1:
-        shape = tuple(num_slices if i == index else s for i, s in enumerate(config.shape))
+    config = exp.mesh.across_slices(num_slices)
+    if config != exp.mesh:
         notes.append(f"{num_slices} slices: the data axis is {num_slices} (one replica per "
                      f"slice, gradients summed over DCN); the rest of the mesh is as configured")
-        return dataclasses.replace(config, shape=shape)
     return config
 
 

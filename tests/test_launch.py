@@ -8,7 +8,6 @@ import subprocess
 from importlib import metadata
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 
 from tests.train_runs import ROOT

@@ -23,6 +23,7 @@ from ernie_m_jax.saved_run import SavedRun
 from ernie_m_jax.train.config import Experiment
 
 MAX_LANGUAGES = 8  # retrieval pairs scored at the end of a run (a few seconds each)
+SPLIT = "test"  # the split they are scored on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ def parallel_tasks(exp: Experiment, run: SavedRun) -> Dict[str, str]:
                                       *seqio.TaskRegistry.names()):
         return {}
     for task in pipeline.tasks_of(mixture):
+        if SPLIT not in task.splits:  # e.g. a TFDS translation set with train/validation only
+            continue
         suffix = task.name.rsplit(".", 1)[-1]
         for language in run.languages:
             if suffix.endswith("_" + language) and suffix != f"{language}_{language}":
@@ -62,12 +65,12 @@ def parallel_tasks(exp: Experiment, run: SavedRun) -> Dict[str, str]:
     return {lang: by_suffix[lang] for lang in wanted}
 
 
-def score_retrieval(run: SavedRun, tasks: Mapping[str, str], layer: int, split: str = "test"
-                    ) -> List[PairScore]:
+def score_retrieval(run: SavedRun, tasks: Mapping[str, str], layer: int, split: str = SPLIT,
+                    use_cached: bool = False) -> List[PairScore]:
     encoder = SentenceEncoder(run, pooling="mean", layer=layer)
     scores = []
     for task in tasks.values():
-        pairs = task_pairs(task, split)
+        pairs = task_pairs(task, split, use_cached=use_cached)
         src = encoder.embed_ids(pairs.source, pairs.source_language)
         tgt = encoder.embed_ids(pairs.target, pairs.target_language)
         bag = retrieval_accuracy(bag_of_subwords(pairs.source, run.model.vocab_size),

@@ -7,6 +7,8 @@ Ids carry no special tokens; `ernie_m_jax.data.features` lays them out per objec
 Names are `<collection>.mono.<lang>` and `<collection>.para.<src>_<tgt>` (collection
 `ernie_m` for the demo corpus), so a mixture can gather every task of a collection at the
 moment it is registered: register languages first, then the mixtures.
+Tokenized, cleaned examples are what seqio's offline cache stores (`ernie-m-jax cache-tasks`,
+Apache Beam); the language ids are added after it, so a cache outlives a renumbering.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ def add_monolingual(language: str, texts: Union[sources.SplitTexts, seqio.DataSo
         name, source=source, output_features=mono_features(vocabulary),
         shuffle_buffer_size=shuffle_buffer_size,
         preprocessors=[*first, functools.partial(_drop_empty_ids, keys=("text",)),
+                       seqio.CacheDatasetPlaceholder(),
                        functools.partial(_add_constants, language=lang_id)])
 
 
@@ -190,6 +193,7 @@ def add_parallel(source_language: str, target_language: str,
         name, source=source, output_features=para_features(vocabulary),
         shuffle_buffer_size=shuffle_buffer_size,
         preprocessors=[*first, functools.partial(_drop_empty_ids, keys=("source", "target")),
+                       seqio.CacheDatasetPlaceholder(),
                        functools.partial(_add_constants, **ids)])
 
 

@@ -53,7 +53,8 @@ def add_translation_pair(source_language: str, target_language: str, tfds_name: 
 def register_tfds(vocabulary_path: str, mc4_languages: Sequence[str],
                   translation_sets: Mapping[str, str], data_dir: Optional[str] = None,
                   alpha: float = registry.DEFAULT_ALPHA,
-                  counts: Optional[Mapping[str, int]] = None) -> Tuple[str, str]:
+                  counts: Optional[Mapping[str, int]] = None,
+                  mc4_name: str = MC4) -> Tuple[str, str]:
     """mC4 languages and TFDS translation sets as the mixtures `ernie_m.tfds.mono` and
     `ernie_m.tfds.para`, tokenized with `vocabulary_path` (a SentencePiece model in either
     id layout, e.g. an imported XLM-R run's `%VOCABULARY`).
@@ -61,13 +62,15 @@ def register_tfds(vocabulary_path: str, mc4_languages: Sequence[str],
     `translation_sets` maps `src-tgt` (language codes joined by `-`) to a TFDS name, e.g.
     `{'de-en': 'wmt19_translate/de-en:1.0.0'}`. Mixing rates come from the datasets' split
     sizes, or from `counts` ({task name: train examples}) where the data is not prepared here.
+    `mc4_name`: another TFDS set laid out as mC4 (a `text` feature, splits `<lang>` and
+    `<lang>-validation`).
     """
     if not mc4_languages or not translation_sets:
         raise ValueError("register_tfds needs at least one mC4 language and one translation "
                          f"set, got mc4_languages={list(mc4_languages)} and translation_sets="
                          f"{dict(translation_sets)}")
     vocabulary = seqio_vocab.load_vocabulary(vocabulary_path)
-    mono = [add_mc4_language(language, vocabulary, data_dir=data_dir).name
+    mono = [add_mc4_language(language, vocabulary, data_dir=data_dir, tfds_name=mc4_name).name
             for language in mc4_languages]
     para = []
     for pair, tfds_name in translation_sets.items():

@@ -137,3 +137,96 @@ def test_tokens_seen_count_each_objective_from_the_step_it_joins(demo_data_dir):
     assert model_card.tokens_seen(exp, 3) == 3 * stage1
     assert model_card.tokens_seen(exp, 10) == 4 * stage1 + 6 * stage2
     assert model_card.schedule(exp) == "MMLM, TLM, CAMLM from step 0; BTMLM from step 4"
+
+
+def _tiny_tfds_datasets(data_dir):
+    """Two TFDS datasets prepared offline in `data_dir`: one laid out as mC4 (`text`, splits
+    `de` and `de-validation`), one as a translation set (`de`, `en`)."""
+    import tensorflow_datasets as tfds
+
+    german = [f"Satz Nummer {i} über Übersetzung und Sprache." for i in range(40)]
+    english = [f"Sentence number {i} about translation and language." for i in range(40)]
+
+    class ErnieMTinyMono(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"de": self._generate_examples(german[:32]),
+                    "de-validation": self._generate_examples(german[32:])}
+
+        def _generate_examples(self, lines):
+            for i, line in enumerate(lines):
+                yield i, {"text": line}
+
+    class ErnieMTinyPairs(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"de": tfds.features.Text(), "en": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 32),
+                    "validation": self._generate_examples(32, 40)}
+
+        def _generate_examples(self, start, end):
+            for i in range(start, end):
+                yield i, {"de": german[i], "en": english[i]}
+
+    for builder in (ErnieMTinyMono, ErnieMTinyPairs):
+        builder(data_dir=str(data_dir)).download_and_prepare()
+    return "ernie_m_tiny_mono:1.0.0", "ernie_m_tiny_pairs:1.0.0"
+
+
+@pytest.mark.slow
+def test_tasks_cached_with_beam_are_what_training_reads(demo_data_dir, tmp_path, capsys):
+    """`cache-tasks` (seqio + Apache Beam's DirectRunner) caches a run's TFDS tasks; training
+    then reads the cache alone: the prepared datasets are deleted first, and without the
+    cache the same run cannot read its data (the control)."""
+    import shutil
+
+    from ernie_m_jax import cli
+    from tasks import demo
+    from tests.train_runs import as_flags
+
+    vocabulary = demo.register_demo(data_dir=demo_data_dir, languages=("de",)).vocabulary_path
+    gin.clear_config()
+    tfds_dir, cache_dir = tmp_path / "tensorflow_datasets", tmp_path / "seqio_cache"
+    mono, pairs = _tiny_tfds_datasets(tfds_dir)
+    tfds_run = ["--gin_file=runs/demo_cpu.gin", "--gin_file=data/tfds.gin",
+                *as_flags(tiny_bindings(demo_data_dir, 2)),
+                f"--gin.VOCABULARY={str(vocabulary)!r}", f"--gin.TFDS_DATA_DIR={str(tfds_dir)!r}",
+                "--gin.MC4_LANGUAGES=('de',)", f"--gin.register_tfds.mc4_name={mono!r}",
+                f"--gin.TRANSLATION_SETS={{'de-en': {pairs!r}}}",
+                "--gin.register_tfds.counts={'ernie_m.mc4.mono.de': 32, "
+                "'ernie_m.tfds.para.de_en': 32}", f"--gin.CACHE_DIR={str(cache_dir)!r}",
+                "--gin.TrainConfig.eval_languages=()"]
+    assert cli.main(["cache-tasks", *tfds_run]) == 0
+    assert "cached 2 tasks" in capsys.readouterr().out
+    for task in ("ernie_m.mc4.mono.de", "ernie_m.tfds.para.de_en"):
+        assert (cache_dir / task / "COMPLETED").is_file()
+        assert list((cache_dir / task).glob("train.tfrecord-*"))
+    shutil.rmtree(tfds_dir)  # from here on only the cache holds the data
+    gin.clear_config()
+    assert cli.main(["train", f"--model_dir={tmp_path / 'cached'}", *tfds_run,
+                     "--gin.USE_CACHED_TASKS=True"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    gin.clear_config()
+    with pytest.raises(Exception):  # the control: uncached, the deleted data is missed
+        cli.main(["train", f"--model_dir={tmp_path / 'uncached'}", *tfds_run, "--verbose"])
+
+
+def test_reading_uncached_tasks_from_the_cache_is_one_clear_error(demo_data_dir):
+    from ernie_m_jax.data import pipeline
+    from tasks import demo
+
+    demo.register_demo(data_dir=demo_data_dir, languages=("de",))
+    config = pipeline.DataConfig(mono_mixture="ernie_m.demo.mono", batch_sizes={"mmlm": 2},
+                                 mono_length=16, use_cached=True)
+    with pytest.raises(FileNotFoundError, match=r"no seqio cache of \['ernie_m.mono.de'.*"
+                                                r"ernie-m-jax cache-tasks"):
+        pipeline.training_dataset(config, ["mmlm"])

@@ -53,6 +53,10 @@ class DataConfig:
         default_factory=lambda: {"mmlm": 8, "tlm": 8, "camlm": 8, "btmlm": 8})
     seed: int = 0
     shuffle_buffer_size: int = 4096
+    # Read the tasks' training split from seqio's offline cache (`ernie-m-jax cache-tasks`)
+    # in `cache_dir` instead of preprocessing it on the fly (T5X's USE_CACHED_TASKS).
+    use_cached: bool = False
+    cache_dir: Optional[str] = None
 
     def __post_init__(self):
         unknown = set(self.batch_sizes) - set(MONO_OBJECTIVES + PAIR_OBJECTIVES)
@@ -90,11 +94,13 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens,
             shard_info: seqio.ShardInfo, seed: int, shuffle: bool, num_epochs: Optional[int],
-            shuffle_buffer_size: int) -> tf.data.Dataset:
+            shuffle_buffer_size: int, use_cached: bool = False) -> tf.data.Dataset:
     provider = seqio.get_mixture_or_task(mixture)
+    if use_cached:
+        _check_cached(provider)
     kwargs = dict(sequence_length=None, split=split, shuffle=shuffle, seed=seed,
                   shard_info=shard_info if shard_info.num_shards > 1 else None,
-                  num_epochs=num_epochs)
+                  num_epochs=num_epochs, use_cached=use_cached)
     # No in-memory cache: a cached split is saved whole with every checkpoint's input
     # position (61 MB a host for the demo), and a single task may not know its size.
     kwargs["try_in_mem_cache"] = False
@@ -103,6 +109,24 @@ def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens
     ds = provider.get_dataset(**kwargs)
     return ds.map(functools.partial(row_fn, length=length, tokens=tokens),
                   num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def use_cache_dir(config: DataConfig) -> None:
+    """Make `config.cache_dir` one of the folders seqio finds task caches in (its registry
+    of cache folders is process-wide, like its task registry)."""
+    if config.cache_dir and config.cache_dir not in seqio.utils.get_global_cache_dirs():
+        seqio.add_global_cache_dirs([config.cache_dir])
+
+
+def _check_cached(provider) -> None:
+    """Every task is cached, or one error naming those that are not and how to cache them."""
+    missing = [t.name for t in tasks_of(provider.name) if not t.cache_dir]
+    if missing:
+        raise FileNotFoundError(
+            f"DataConfig.use_cached: no seqio cache of {missing[:5]}"
+            f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''} in "
+            f"{seqio.utils.get_global_cache_dirs() or 'any cache folder'}; build it with "
+            "`ernie-m-jax cache-tasks` (or set USE_CACHED_TASKS = False)")
 
 
 def _split_batch(batch: Dict[str, tf.Tensor], sizes: Mapping[str, int]):
@@ -120,6 +144,7 @@ def training_dataset(config: DataConfig, objectives: Sequence[str],
     sizes = config.enabled(objectives)
     host = {o: host_batch_size(b, shard_info.num_shards, f"batch_sizes[{o!r}]")
             for o, b in sizes.items()}
+    use_cache_dir(config)
     streams = {}
     for kind, names, mixture, row_fn, length in (
             ("mono", MONO_OBJECTIVES, config.mono_mixture, features.monolingual_row,
@@ -131,7 +156,8 @@ def training_dataset(config: DataConfig, objectives: Sequence[str],
             continue
         ds = _stream(mixture, "train", row_fn, length, tokens, shard_info, config.seed,
                      shuffle=True, num_epochs=None,
-                     shuffle_buffer_size=config.shuffle_buffer_size)
+                     shuffle_buffer_size=config.shuffle_buffer_size,
+                     use_cached=config.use_cached)
         ds = ds.batch(sum(wanted.values()), drop_remainder=True)
         streams[kind] = ds.map(functools.partial(_split_batch, sizes=wanted))
     ds = tf.data.Dataset.zip(tuple(streams.values()))
@@ -142,11 +168,11 @@ def training_dataset(config: DataConfig, objectives: Sequence[str],
 def evaluation_batches(task: str, length: int, batch_size: int, split: str = "validation",
                        max_examples: Optional[int] = None,
                        shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
-                       tokens: SpecialTokens = SpecialTokens()):
+                       tokens: SpecialTokens = SpecialTokens(), use_cached: bool = False):
     """Fixed-shape monolingual batches of one task, in order; the last one is padded with
     empty rows (segment 0, so nothing in them is masked or scored)."""
     ds = _stream(task, split, features.monolingual_row, length, tokens, shard_info, seed=0,
-                 shuffle=False, num_epochs=1, shuffle_buffer_size=1)
+                 shuffle=False, num_epochs=1, shuffle_buffer_size=1, use_cached=use_cached)
     if max_examples:
         ds = ds.take(max_examples)
     for batch in _options(ds.batch(batch_size)).as_numpy_iterator():

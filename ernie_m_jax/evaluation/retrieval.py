@@ -61,8 +61,10 @@ def retrieval_accuracy(source_vectors: np.ndarray, target_vectors: np.ndarray, p
             "pairs": len(pairs.source)}
 
 
-def task_pairs(task: str, split: str = "test", max_examples: Optional[int] = None) -> PairSet:
-    """A registered parallel task's split, in order."""
+def task_pairs(task: str, split: str = "test", max_examples: Optional[int] = None,
+               use_cached: bool = False) -> PairSet:
+    """A registered parallel task's split, in order (from seqio's offline cache if
+    `use_cached`)."""
     import seqio
 
     provider = seqio.get_mixture_or_task(task)
@@ -74,7 +76,7 @@ def task_pairs(task: str, split: str = "test", max_examples: Optional[int] = Non
     # No in-memory cache: with max_examples the cache would be left partly read (a tf.data
     # warning per task), and each split is read once here anyway.
     ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                              try_in_mem_cache=False)
+                              try_in_mem_cache=False, use_cached=use_cached)
     if max_examples:
         ds = ds.take(max_examples)
     source, target, languages = [], [], (0, 0)

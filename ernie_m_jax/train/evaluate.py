@@ -38,7 +38,7 @@ def evaluate(eval_fn: Callable, params, tasks: Mapping[str, str], exp: Experimen
         sums = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
         for batch in pipeline.evaluation_batches(task, exp.data.mono_length, local_batch,
                                                  exp.train.eval_split, per_host, shard,
-                                                 exp.tokens):
+                                                 exp.tokens, exp.data.use_cached):
             out = eval_fn(params, global_batch(batch, mesh, exp.mesh.rules))
             for k in sums:
                 sums[k] += float(out[k])

@@ -1,6 +1,35 @@
-# Shared by the TPU launchers (sourced, not run): printing commands under --dry-run, and the
-# command every worker runs: unpack this repository, install it with the tested TPU stack
-# (launch/tpu-constraints.txt), then `ernie-m-jax train`.
+# Shared by the TPU launchers (sourced, not run): the options they all take, printing
+# commands under --dry-run, and the command every worker runs: unpack this repository,
+# install it with the tested TPU stack (launch/tpu-constraints.txt), then `ernie-m-jax train`.
+
+NAME="" ZONE="" ACCELERATOR="" VERSION="tpu-ubuntu2204-base" MODEL_DIR="" DRY_RUN=0 KEEP=0
+GIN_FILES=() EXTRA=()
+
+# One of the shared options at "$1" (value in "$2"): sets its variable and SHIFT to the words
+# it took; SHIFT=0 when "$1" is not one of them.
+common_option() {
+  SHIFT=2
+  case "$1" in
+    --name) NAME="$2" ;;
+    --zone) ZONE="$2" ;;
+    --accelerator) ACCELERATOR="$2" ;;
+    --version) VERSION="$2" ;;
+    --gin_file) GIN_FILES+=("$2") ;;
+    --model_dir) MODEL_DIR="$2" ;;
+    --keep) KEEP=1; SHIFT=1 ;;
+    --dry-run) DRY_RUN=1; SHIFT=1 ;;
+    *) SHIFT=0 ;;
+  esac
+}
+
+# Exit 2 naming the first shared option that is missing.
+require_common() {
+  local required
+  for required in NAME ZONE ACCELERATOR MODEL_DIR; do
+    [[ -n "${!required}" ]] || { echo "missing --$(tr 'A-Z' 'a-z' <<<"$required")" >&2; exit 2; }
+  done
+  [[ ${#GIN_FILES[@]} -gt 0 ]] || { echo "missing --gin_file" >&2; exit 2; }
+}
 
 run() {
   if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; printf '\n'; else "$@"; fi

@@ -22,17 +22,15 @@
 # is passed to `ernie-m-jax train` unchanged.
 set -euo pipefail
 
-NAME="" ZONE="" ACCELERATOR="" VERSION="tpu-ubuntu2204-base" MODEL_DIR="" DRY_RUN=0 KEEP=0
+# shellcheck source=launch/common.sh
+. "$(dirname "$0")/common.sh"
 VIA="queued" NUM_SLICES=1 SPOT=0 MAX_RESTARTS=0 RESTART_WAIT=60 POLL=30 CLUSTER=""
 BASE_IMAGE="python:3.11"
-GIN_FILES=() EXTRA=()
 usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) NAME="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
-    --accelerator) ACCELERATOR="$2"; shift 2 ;;
-    --version) VERSION="$2"; shift 2 ;;
     --via) VIA="$2"; shift 2 ;;
     --num_slices) NUM_SLICES="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
@@ -41,27 +39,18 @@ while [[ $# -gt 0 ]]; do
     --poll) POLL="$2"; shift 2 ;;
     --cluster) CLUSTER="$2"; shift 2 ;;
     --base_image) BASE_IMAGE="$2"; shift 2 ;;
-    --gin_file) GIN_FILES+=("$2"); shift 2 ;;
-    --model_dir) MODEL_DIR="$2"; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "unknown option: $1" >&2; usage 2 ;;
   esac
 done
+require_common
 fail() { echo "tpu_multislice.sh: $*" >&2; exit 2; }
-for required in NAME ZONE ACCELERATOR MODEL_DIR; do
-  [[ -n "${!required}" ]] || fail "missing --$(tr 'A-Z' 'a-z' <<<"$required")"
-done
-[[ ${#GIN_FILES[@]} -gt 0 ]] || fail "missing --gin_file"
 [[ "$NUM_SLICES" =~ ^[1-9][0-9]*$ ]] || fail "--num_slices must be a positive integer"
 [[ "$MAX_RESTARTS" =~ ^[0-9]+$ ]] || fail "--max_restarts must be a whole number"
 [[ "$MODEL_DIR" == gs://* || "$NUM_SLICES" == 1 ]] ||
   fail "--model_dir $MODEL_DIR: several slices must share the run, use a gs:// bucket"
 
-# shellcheck source=launch/common.sh
-. "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 train_argv
 

@@ -11,31 +11,20 @@
 # `ernie-m-jax train` unchanged (gin bindings, typically).
 set -euo pipefail
 
-NAME="" ZONE="" ACCELERATOR="" VERSION="tpu-ubuntu2204-base" MODEL_DIR="" DRY_RUN=0 KEEP=0
-GIN_FILES=() EXTRA=()
+# shellcheck source=launch/common.sh
+. "$(dirname "$0")/common.sh"
 usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) NAME="$2"; shift 2 ;;
-    --zone) ZONE="$2"; shift 2 ;;
-    --accelerator) ACCELERATOR="$2"; shift 2 ;;
-    --version) VERSION="$2"; shift 2 ;;
-    --gin_file) GIN_FILES+=("$2"); shift 2 ;;
-    --model_dir) MODEL_DIR="$2"; shift 2 ;;
-    --keep) KEEP=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "unknown option: $1" >&2; usage 2 ;;
   esac
 done
-for required in NAME ZONE ACCELERATOR MODEL_DIR; do
-  [[ -n "${!required}" ]] || { echo "missing --$(tr 'A-Z' 'a-z' <<<"$required")" >&2; exit 2; }
-done
-[[ ${#GIN_FILES[@]} -gt 0 ]] || { echo "missing --gin_file" >&2; exit 2; }
+require_common
 
-# shellcheck source=launch/common.sh
-. "$(dirname "$0")/common.sh"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 ARCHIVE="${TMPDIR:-/tmp}/ernie-m-jax-$NAME.tar.gz"
 TPU=(gcloud compute tpus tpu-vm)

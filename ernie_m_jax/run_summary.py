@@ -93,16 +93,20 @@ def write_scores(model_dir: str, step: int, layer: int, scores: Sequence[PairSco
     where `export-hf` finds them for the model card."""
     pairs = {s.pair: {"pairs": s.pairs, "raw": s.raw, "centred": s.centred,
                       "bag_of_subwords": s.bag_of_subwords} for s in scores}
-    mean = {f: float(np.mean([getattr(s, f) for s in scores]))
-            for f in ("raw", "centred", "bag_of_subwords")}
     files.write_json_atomic(os.path.join(model_dir, run_dir.RETRIEVAL_FILE.format(step=step)),
-                            {"step": step, "layer": layer, "split": "test", "pooling": "mean",
-                             "pairs": pairs, "mean": mean})
+                            {"step": step, "layer": layer, "split": SPLIT, "pooling": "mean",
+                             "pairs": pairs, "mean": mean_scores(scores)})
+
+
+def mean_scores(scores: Sequence[PairScore]) -> Dict[str, float]:
+    """Raw, centred and bag-of-subwords accuracy averaged over the pairs."""
+    return {f: float(np.mean([getattr(s, f) for s in scores]))
+            for f in ("raw", "centred", "bag_of_subwords")}
 
 
 def retrieval_command(model_dir: str, layer: int) -> str:
     """The command that scores what the summary scores, ready to paste."""
-    return (f"ernie-m-jax eval-retrieval --model_dir={shlex.quote(model_dir)} --split=test "
+    return (f"ernie-m-jax eval-retrieval --model_dir={shlex.quote(model_dir)} --split={SPLIT} "
             f"--layer={layer} --center")
 
 
@@ -147,8 +151,7 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
         for s in scores:
             lines.append(f"  {s.pair:<{width}}  {s.pairs:>5d}  {s.raw:>5.3f}  "
                          f"{s.centred:>7.3f}  {s.bag_of_subwords:>15.3f}")
-        mean = {f: float(np.mean([getattr(s, f) for s in scores]))
-                for f in ("raw", "centred", "bag_of_subwords")}
+        mean = mean_scores(scores)
         lines.append(f"  {'mean':<{width}}  {'':>5}  {mean['raw']:>5.3f}  "
                      f"{mean['centred']:>7.3f}  {mean['bag_of_subwords']:>15.3f}")
         verdict = ("beats" if mean["centred"] > mean["bag_of_subwords"] else

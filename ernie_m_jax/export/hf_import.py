@@ -121,19 +121,26 @@ def weight_shapes(files: Sequence[Path]) -> Dict[str, Tuple[int, ...]]:
     return shapes
 
 
-def read_weights(hf_dir: Path) -> Dict[str, np.ndarray]:
-    """All tensors of `model.safetensors` (or its shards, or `pytorch_model.bin`)."""
+def load_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
+    """Every tensor of `files`; one that cannot be read is an error naming it."""
     from safetensors.numpy import load_file
 
-    files = safetensors_files(hf_dir)
     state: Dict[str, np.ndarray] = {}
     for file in files:
         try:
             state.update(load_file(str(file)))
         except Exception as err:  # OSError, or safetensors' own SafetensorError
             raise ValueError(f"cannot read the weights in {file}: {err}") from None
+    return state
+
+
+def read_weights(hf_dir: Path, safetensors: Optional[Sequence[Path]] = None
+                 ) -> Dict[str, np.ndarray]:
+    """All tensors of `model.safetensors` (or its shards, or `pytorch_model.bin`);
+    `safetensors`: those files, when the caller has listed them already."""
+    files = safetensors_files(hf_dir) if safetensors is None else safetensors
     if files:
-        return state
+        return load_safetensors(files)
     bin_file = hf_dir / "pytorch_model.bin"
     if bin_file.is_file():
         return read_torch_bin(bin_file)
@@ -188,11 +195,7 @@ def hf_params(hf_dir: Path, seed: int = 0) -> Tuple[dict, ModelConfig, list]:
     safetensors = safetensors_files(hf_dir)
     if safetensors:  # the config against the headers, before a tensor is read or a model built
         check_fits(weight_shapes([*safetensors, *heads]))
-    state = read_weights(hf_dir)
-    for file in heads:
-        from safetensors.numpy import load_file
-
-        state.update(load_file(str(file)))
+    state = {**read_weights(hf_dir, safetensors), **load_safetensors(heads)}
     if not safetensors:  # a PyTorch pickle has no header: checked once read
         check_fits({k: v.shape for k, v in state.items()})
     state = _canonical_names(state, fmt)

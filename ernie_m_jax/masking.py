@@ -7,7 +7,7 @@ weight, so all of them are trained on.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +40,52 @@ def sample_non_special(rng: Array, shape, vocab_size: int, special_ids: Sequence
     return ids
 
 
-def selection_counts(maskable: Array, config: MaskingConfig, slots: int) -> Array:
-    """Tokens `mask_tokens` selects in each row: round(rate * maskable), at least one if any,
-    at most `slots`. Random draws decide which, never how many, so a batch's number of
-    predictions is known before masking (gradient accumulation divides by it once)."""
-    num_maskable = maskable.sum(-1)
-    num_selected = jnp.round(config.rate * num_maskable).astype(jnp.int32)
-    num_selected = jnp.where(num_maskable > 0, jnp.maximum(num_selected, 1), 0)
+def per_example_sums(values: Array, example_ids: Array, reduce: str = "add") -> Array:
+    """[batch, length + 1]: column e reduces `values` (`add`, or `max` from 0) over packed
+    example e of each row, column 0 over padding. Ids are at most the row's length, so the
+    width is static."""
+    batch, length = values.shape
+    rows = jnp.arange(batch)[:, None]
+    table = jnp.zeros((batch, length + 1), values.dtype).at[rows, example_ids]
+    return getattr(table, reduce)(values)
+
+
+def _share(num_maskable: Array, rate: float) -> Array:
+    """round(rate * n), at least one where n > 0."""
+    num_selected = jnp.round(rate * num_maskable).astype(jnp.int32)
+    return jnp.where(num_maskable > 0, jnp.maximum(num_selected, 1), 0)
+
+
+def selection_counts(maskable: Array, config: MaskingConfig, slots: int,
+                     example_ids: Optional[Array] = None) -> Array:
+    """Tokens `mask_tokens` selects in each row: round(rate * maskable), at least one if any
+    (per packed example, summed over the row's examples), at most `slots`. Random draws
+    decide which, never how many, so a batch's number of predictions is known before
+    masking (gradient accumulation divides by it once)."""
+    if example_ids is None:
+        num_selected = _share(maskable.sum(-1), config.rate)
+    else:
+        per_example = _share(per_example_sums(maskable.astype(jnp.int32), example_ids),
+                             config.rate)
+        num_selected = per_example[:, 1:].sum(-1)
     return jnp.minimum(num_selected, min(slots, maskable.shape[-1]))
+
+
+def _choose_per_example(scores: Array, maskable: Array, example_ids: Array,
+                        rate: float) -> Array:
+    """bool [batch, length]: the round(rate * n_e) highest-scored maskable tokens of each
+    packed example e. One sort by (example, -score) ranks every token within its example."""
+    batch, length = scores.shape
+    rows = jnp.arange(batch)[:, None]
+    maskable_per_example = per_example_sums(maskable.astype(jnp.int32), example_ids)
+    wanted = _share(maskable_per_example, rate)
+    example_key = jnp.where(maskable, example_ids, length + 1)
+    index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    _, _, order = jax.lax.sort((example_key, -scores, index), dimension=1, num_keys=2)
+    rank = jnp.zeros((batch, length), jnp.int32).at[rows, order].set(index)
+    before = jnp.cumsum(maskable_per_example, axis=1) - maskable_per_example
+    rank_in_example = rank - jnp.take_along_axis(before, example_ids, axis=1)
+    return maskable & (rank_in_example < jnp.take_along_axis(wanted, example_ids, axis=1))
 
 
 def mask_tokens(
@@ -58,8 +96,10 @@ def mask_tokens(
     tokens: SpecialTokens,
     vocab_size: int,
     num_slots: int | None = None,
+    example_ids: Optional[Array] = None,
 ) -> MaskedTokens:
-    """Select round(rate * maskable) tokens per row (at least one if any) and corrupt them.
+    """Select round(rate * maskable) tokens per row (per packed example with `example_ids`;
+    at least one if any) and corrupt them.
 
     Each selected token becomes [MASK] with `mask_prob`, a random non-special id with
     `random_prob`, and stays itself otherwise; all selected tokens are prediction targets.
@@ -69,9 +109,13 @@ def mask_tokens(
     slots = min(slots, length)
     select_rng, action_rng, random_rng = jax.random.split(rng, 3)
 
-    num_selected = selection_counts(maskable, config, slots)
-
     scores = jnp.where(maskable, jax.random.uniform(select_rng, (batch, length)), -1.0)
+    if example_ids is None:
+        num_selected = selection_counts(maskable, config, slots)
+    else:  # the chosen tokens of every example take the first slots
+        chosen = _choose_per_example(scores, maskable, example_ids, config.rate)
+        num_selected = jnp.minimum(chosen.sum(-1), slots)
+        scores = jnp.where(chosen, scores, -1.0)
     _, positions = jax.lax.top_k(scores, slots)
     positions = positions.astype(jnp.int32)
     selected = jnp.arange(slots)[None, :] < num_selected[:, None]

@@ -8,8 +8,11 @@ Batches are dicts of int32 `[batch, length]` arrays:
   segment_ids   0 padding, 1 first sentence, 2 second sentence (pairs only)
   language_ids  language of each token (ignored by models without language embeddings)
   position_ids  optional; defaults to `arange(length) + 2`
+  example_ids   optional; packed rows number their examples 1, 2, ... (0 on padding), and
+                every objective then masks, attends and generates per example
 Monolingual batches (MMLM, BTMLM) are `[CLS] x [SEP]`; pair batches (TLM, CAMLM) are
-`[CLS] x [SEP] [SEP] y [SEP]` with segment 1 on the first three parts and 2 on the rest.
+`[CLS] x [SEP] [SEP] y [SEP]` with segment 1 on the first three parts and 2 on the rest
+(packed: one after another, positions restarting at each example's [CLS]).
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ import optax
 
 from ernie_m_jax import attention_masks
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
-from ernie_m_jax.masking import MaskedTokens, mask_tokens, maskable_tokens, selection_counts
+from ernie_m_jax.masking import (
+    MaskedTokens,
+    mask_tokens,
+    maskable_tokens,
+    per_example_sums,
+    selection_counts,
+)
 from ernie_m_jax.model import ErnieM, default_position_ids
 
 Array = jax.Array
@@ -83,10 +92,11 @@ def _full_attention_mlm(params, batch: Batch, rng: Array, *, model: ErnieM,
                         deterministic: bool, normalizer: Optional[Array]
                         ) -> Tuple[Array, Metrics]:
     mask_rng, dropout_rng = jax.random.split(rng)
+    examples = batch.get("example_ids")
     maskable = maskable_tokens(batch["input_ids"], batch["segment_ids"], tokens)
     masked = mask_tokens(mask_rng, batch["input_ids"], maskable, masking, tokens,
-                         model.config.vocab_size)
-    attention = attention_masks.padding_mask(batch["segment_ids"])
+                         model.config.vocab_size, example_ids=examples)
+    attention = attention_masks.padding_mask(batch["segment_ids"], examples)
     return _predict(model, params, batch, masked, attention, dropout_rng, deterministic,
                     normalizer)
 
@@ -111,11 +121,12 @@ def _directed_example(rng: Array, batch: Batch, restore: int, context: int,
                       tokens: SpecialTokens, masking: MaskingConfig, vocab_size: int,
                       num_slots: Optional[int] = None) -> Tuple[MaskedTokens, Array]:
     """Mask segment `restore` only, with the CAMLM attention rule towards segment `context`."""
-    segments = batch["segment_ids"]
+    segments, examples = batch["segment_ids"], batch.get("example_ids")
     maskable = maskable_tokens(batch["input_ids"], segments, tokens) & (segments == restore)
     masked = mask_tokens(rng, batch["input_ids"], maskable, masking, tokens, vocab_size,
-                         num_slots)
-    attention = attention_masks.cross_attention_mask(segments, masked.masked, restore, context)
+                         num_slots, example_ids=examples)
+    attention = attention_masks.cross_attention_mask(segments, masked.masked, restore, context,
+                                                     examples)
     return masked, attention
 
 
@@ -160,9 +171,10 @@ def camlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: Speci
 
 
 def _draw_target_languages(rng: Array, source_languages: Array, choices: Tuple[int, ...]) -> Array:
-    """One language per example from `choices`, never the example's own when avoidable."""
+    """One language per example (any shape) from `choices`, never the example's own when
+    avoidable."""
     options = jnp.asarray(choices, jnp.int32)
-    allowed = options[None, :] != source_languages[:, None]
+    allowed = options != source_languages[..., None]
     allowed = jnp.where(allowed.any(-1, keepdims=True), allowed, True)
     scores = jnp.where(allowed, jax.random.uniform(rng, allowed.shape), -1.0)
     return options[scores.argmax(-1)]
@@ -210,6 +222,30 @@ def pseudo_sentence_columns(btmlm: BTMLMConfig, slots: int) -> int:
     return slots + (2 if btmlm.pair_separators else 0)
 
 
+def _pseudo_block(count: Array, frame: int, block: int) -> Dict[str, Array]:
+    """Lay each example's pseudo sentence (`frame` [SEP]s, `count[:, e]` placeholders,
+    `frame` [SEP]s) one after another into `block` columns: [batch, block] arrays naming
+    each column's example (`owner`), its offset in that example's pseudo sentence, and
+    whether it is a placeholder or separator. An example that would overflow the block gets
+    fewer placeholders, or none and no separators."""
+    need = jnp.where(count > 0, count + 2 * frame, 0)
+    start = jnp.cumsum(need, axis=1) - need
+    count = jnp.clip(jnp.minimum(count, block - start - 2 * frame), 0)
+    need = jnp.where(count > 0, count + 2 * frame, 0)
+    end = start + need
+    column = jnp.arange(block)
+    owner = jax.vmap(lambda ends: jnp.searchsorted(ends, column, side="right", method="sort"))(end)
+    owner = jnp.minimum(owner, count.shape[1] - 1)
+    offset = column[None, :] - jnp.take_along_axis(start, owner, axis=1)
+    owned = jnp.take_along_axis(count, owner, axis=1)
+    inside = (offset >= 0) & (offset < jnp.take_along_axis(need, owner, axis=1))
+    placeholder = inside & (offset >= frame) & (offset < frame + owned)
+    separator = inside & ((offset == 0) | (offset == frame + owned)) if frame else \
+        jnp.zeros_like(placeholder)
+    return {"owner": owner, "offset": offset, "placeholder": placeholder,
+            "separator": separator}
+
+
 def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
                    btmlm: BTMLMConfig) -> Dict[str, Array]:
     """BTMLM stage 1: fill k appended placeholders in one non-autoregressive forward pass.
@@ -220,9 +256,15 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     separators, and the source sees only itself: CAMLM's rule for restoring a target whose
     every token is masked. Special ids are never emitted and no gradient flows.
     Returns the pseudo-parallel pair `source + generated` (segments 1 and 2).
+
+    A packed row (`example_ids`) gets one pseudo sentence per example, side by side in the
+    appended block, each with its example's id, positions following its example's source,
+    and its own target language: every example is generated and restored as if alone.
     """
     cfg = model.config
     ids, segments = batch["input_ids"], batch["segment_ids"]
+    packed = "example_ids" in batch
+    examples = batch["example_ids"] if packed else (segments > 0).astype(jnp.int32)
     batch_size, source_length = ids.shape
     slots = btmlm.max_placeholders or source_length
     block = pseudo_sentence_columns(btmlm, slots)
@@ -233,28 +275,33 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
             f"{' and separator' if frame else ''} positions, more than the model's "
             f"{cfg.max_length}; lower BTMLMConfig.max_placeholders or the source length")
     language_rng, sample_rng = jax.random.split(rng)
-
-    source_languages = batch["language_ids"][:, 0]
+    # Per example (column e of [batch, examples]; column 0 is padding): its language, its
+    # words and its last position. Unpacked rows are one example each.
+    width = source_length + 1 if packed else 2
+    per_example = lambda values, reduce="add": per_example_sums(
+        values, examples, reduce)[:, :width]
+    real = segments > 0
+    exists = per_example(real.astype(jnp.int32)) > 0
+    source_languages = per_example(jnp.where(real, batch["language_ids"], 0), "max")
     if btmlm.target_languages:
         target = _draw_target_languages(language_rng, source_languages, btmlm.target_languages)
     else:
         target = source_languages
-    words = maskable_tokens(ids, segments, tokens).sum(-1)
+    words = per_example(maskable_tokens(ids, segments, tokens).astype(jnp.int32))
     count = jnp.clip(jnp.round(placeholder_ratios(btmlm, source_languages, target) * words),
                      1, slots).astype(jnp.int32)
-    column = jnp.arange(block)[None, :]
-    placeholder = (column >= frame) & (column < frame + count[:, None])
-    separator = ((column == 0) | (column == frame + count[:, None])) if frame else \
-        jnp.zeros_like(placeholder)
+    count = jnp.where(exists & (jnp.arange(width) > 0), count, 0)
+    layout = _pseudo_block(count, frame, block)
+    owner, placeholder, separator = layout["owner"], layout["placeholder"], layout["separator"]
     in_pseudo = placeholder | separator
 
     source_positions = _positions(batch, cfg.position_offset)
-    last_position = jnp.max(jnp.where(segments > 0, source_positions, 0), axis=-1)
+    last_position = per_example(jnp.where(real, source_positions, 0), "max")
     # Unused slots are padding; keep their positions inside the table.
-    block_positions = jnp.minimum(last_position[:, None] + 1 + column,
-                                  cfg.max_position_embeddings - 1)
-
-    block_languages = jnp.broadcast_to(target[:, None], (batch_size, block))
+    block_positions = jnp.minimum(
+        jnp.take_along_axis(last_position, owner, axis=1) + 1 + layout["offset"],
+        cfg.max_position_embeddings - 1)
+    block_languages = jnp.take_along_axis(target, owner, axis=1)
 
     block_ids = jnp.where(placeholder, tokens.mask_id,
                           jnp.where(separator, tokens.sep_id, tokens.pad_id))
@@ -268,22 +315,28 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
         "position_ids": jnp.concatenate(
             [source_positions, block_positions.astype(source_positions.dtype)], axis=1),
     }
+    if packed:
+        pair["example_ids"] = jnp.concatenate(
+            [examples, jnp.where(in_pseudo, owner, 0).astype(examples.dtype)], axis=1)
     is_placeholder = jnp.concatenate([jnp.zeros_like(segments, bool), placeholder], axis=1)
-    placeholder_index = source_length + frame + jnp.arange(slots, dtype=jnp.int32)
+    # The placeholders' columns in order (at most `slots` of them), then the other columns.
+    placeholder_columns = jnp.argsort(~placeholder, axis=1, stable=True)[:, :slots]
     outputs = model.apply(
         {"params": jax.lax.stop_gradient(params)},
         pair["input_ids"],
-        attention_mask=attention_masks.generation_mask(pair["segment_ids"], is_placeholder),
+        attention_mask=attention_masks.generation_mask(pair["segment_ids"], is_placeholder,
+                                                       pair.get("example_ids")),
         position_ids=pair["position_ids"],
         language_ids=pair["language_ids"],
-        mlm_positions=jnp.broadcast_to(placeholder_index, (batch_size, slots)),
+        mlm_positions=(source_length + placeholder_columns).astype(jnp.int32),
         deterministic=True,
     )
     logits = outputs["mlm_logits"]
     special = jnp.asarray([s for s in tokens.all_ids if s < cfg.vocab_size], jnp.int32)
     logits = logits.at[..., special].set(-jnp.inf)
     generated = _sample(sample_rng, logits, btmlm.temperature, btmlm.top_k)
-    generated = jnp.pad(generated, ((0, 0), (frame, frame)))  # back onto the block's columns
+    rows = jnp.arange(batch_size)[:, None]
+    generated = jnp.zeros_like(block_ids).at[rows, placeholder_columns].set(generated)
     pair["input_ids"] = jnp.concatenate(
         [ids, jnp.where(placeholder, generated, block_ids).astype(ids.dtype)], axis=1)
     return jax.lax.stop_gradient(pair)
@@ -333,7 +386,8 @@ def _selected(batch: Batch, tokens: SpecialTokens, masking: MaskingConfig,
     if segment is not None:
         maskable = maskable & (segments == segment)
     slots = masking.num_slots(batch["input_ids"].shape[1])
-    return selection_counts(maskable, masking, slots).sum().astype(jnp.float32)
+    return selection_counts(maskable, masking, slots, batch.get("example_ids")
+                            ).sum().astype(jnp.float32)
 
 
 def make_prediction_counters(tokens: SpecialTokens, masking: MaskingConfig

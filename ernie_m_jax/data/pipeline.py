@@ -57,6 +57,9 @@ class DataConfig:
     # in `cache_dir` instead of preprocessing it on the fly (T5X's USE_CACHED_TASKS).
     use_cached: bool = False
     cache_dir: Optional[str] = None
+    # Several examples per training row (`features.pack_rows`), each masked, attended and
+    # generated as if alone (`example_ids`): rows of text instead of mostly padding.
+    pack: bool = False
 
     def __post_init__(self):
         unknown = set(self.batch_sizes) - set(MONO_OBJECTIVES + PAIR_OBJECTIVES)
@@ -92,9 +95,12 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
-def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens,
+def _stream(mixture: str, split: str, example_fn, length: int, tokens: SpecialTokens,
             shard_info: seqio.ShardInfo, seed: int, shuffle: bool, num_epochs: Optional[int],
-            shuffle_buffer_size: int, use_cached: bool = False) -> tf.data.Dataset:
+            shuffle_buffer_size: int, use_cached: bool = False,
+            pack_offset: Optional[int] = None) -> tf.data.Dataset:
+    """The mixture's examples as fixed-length rows: one example per row, or packed (with
+    the model's position offset `pack_offset`)."""
     provider = seqio.get_mixture_or_task(mixture)
     if use_cached:
         _check_cached(provider)
@@ -106,8 +112,12 @@ def _stream(mixture: str, split: str, row_fn, length: int, tokens: SpecialTokens
     kwargs["try_in_mem_cache"] = False
     if isinstance(provider, seqio.Task):
         kwargs["shuffle_buffer_size"] = shuffle_buffer_size
-    ds = provider.get_dataset(**kwargs)
-    return ds.map(functools.partial(row_fn, length=length, tokens=tokens),
+    ds = provider.get_dataset(**kwargs).map(
+        functools.partial(example_fn, length=length, tokens=tokens),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    if pack_offset is not None:
+        return features.pack_rows(ds, length, tokens, pack_offset)
+    return ds.map(functools.partial(features.pad_row, length=length, tokens=tokens),
                   num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -139,25 +149,28 @@ def _split_batch(batch: Dict[str, tf.Tensor], sizes: Mapping[str, int]):
 
 def training_dataset(config: DataConfig, objectives: Sequence[str],
                      shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
-                     tokens: SpecialTokens = SpecialTokens()) -> tf.data.Dataset:
-    """Endless {objective: {feature: int32 [host_batch, length]}} for the given objectives."""
+                     tokens: SpecialTokens = SpecialTokens(),
+                     position_offset: int = 2) -> tf.data.Dataset:
+    """Endless {objective: {feature: int32 [host_batch, length]}} for the given objectives
+    (packed rows, with `config.pack`, number positions from the model's `position_offset`)."""
     sizes = config.enabled(objectives)
     host = {o: host_batch_size(b, shard_info.num_shards, f"batch_sizes[{o!r}]")
             for o, b in sizes.items()}
     use_cache_dir(config)
     streams = {}
-    for kind, names, mixture, row_fn, length in (
-            ("mono", MONO_OBJECTIVES, config.mono_mixture, features.monolingual_row,
+    for kind, names, mixture, example_fn, length in (
+            ("mono", MONO_OBJECTIVES, config.mono_mixture, features.monolingual_example,
              config.mono_length),
-            ("pair", PAIR_OBJECTIVES, config.pair_mixture, features.pair_row,
+            ("pair", PAIR_OBJECTIVES, config.pair_mixture, features.pair_example,
              config.pair_length)):
         wanted = {o: host[o] for o in names if o in host}
         if not wanted:
             continue
-        ds = _stream(mixture, "train", row_fn, length, tokens, shard_info, config.seed,
+        ds = _stream(mixture, "train", example_fn, length, tokens, shard_info, config.seed,
                      shuffle=True, num_epochs=None,
                      shuffle_buffer_size=config.shuffle_buffer_size,
-                     use_cached=config.use_cached)
+                     use_cached=config.use_cached,
+                     pack_offset=position_offset if config.pack else None)
         ds = ds.batch(sum(wanted.values()), drop_remainder=True)
         streams[kind] = ds.map(functools.partial(_split_batch, sizes=wanted))
     ds = tf.data.Dataset.zip(tuple(streams.values()))
@@ -171,7 +184,7 @@ def evaluation_batches(task: str, length: int, batch_size: int, split: str = "va
                        tokens: SpecialTokens = SpecialTokens(), use_cached: bool = False):
     """Fixed-shape monolingual batches of one task, in order; the last one is padded with
     empty rows (segment 0, so nothing in them is masked or scored)."""
-    ds = _stream(task, split, features.monolingual_row, length, tokens, shard_info, seed=0,
+    ds = _stream(task, split, features.monolingual_example, length, tokens, shard_info, seed=0,
                  shuffle=False, num_epochs=1, shuffle_buffer_size=1, use_cached=use_cached)
     if max_examples:
         ds = ds.take(max_examples)

@@ -86,7 +86,8 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
 
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
     input_fn = input_fn or functools.partial(pipeline.training_dataset, exp.data,
-                                             cfg.enabled, tokens=exp.tokens)
+                                             cfg.enabled, tokens=exp.tokens,
+                                             position_offset=exp.model.position_offset)
     iterator = pipeline.CheckpointableIterator(input_fn(shard))
     with contextlib.ExitStack() as cleanup:  # closed in reverse: bar, writer, checkpoints
         mngr = cleanup.enter_context(checkpoints.manager(

@@ -283,7 +283,8 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
     optimizer = make_optimizer(exp.optimizer, cfg.num_steps)
     abstract, state_shardings = abstract_state(exp.model, optimizer, cfg.seed, mesh, rules)
     data = partitioning.data_sharding(mesh, rules)
-    batch_shardings = {o: {k: data for k in features.MODEL_FEATURES} for o in cfg.enabled}
+    batch_shardings = {o: {k: data for k in features.model_features(exp.data.pack)}
+                       for o in cfg.enabled}
     step = make_train_step(objectives, cfg.weights, optimizer,
                            learning_rate_schedule(exp.optimizer, cfg.num_steps),
                            cfg.grad_accum_steps, cfg.inject_nonfinite_steps,

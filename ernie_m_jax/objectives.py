@@ -87,17 +87,25 @@ def _predict(model: ErnieM, params, inputs: Batch, masked: MaskedTokens, attenti
                              normalizer)
 
 
+def mlm_inputs(batch: Batch, rng: Array, *, tokens: SpecialTokens, masking: MaskingConfig,
+               vocab_size: int) -> Tuple[Batch, MaskedTokens, Array]:
+    """MMLM's and TLM's (inputs, masking, attention masks): every real token of the example
+    (both sentences of a pair) is visible."""
+    examples = batch.get("example_ids")
+    maskable = maskable_tokens(batch["input_ids"], batch["segment_ids"], tokens)
+    masked = mask_tokens(rng, batch["input_ids"], maskable, masking, tokens, vocab_size,
+                         example_ids=examples)
+    return batch, masked, attention_masks.padding_mask(batch["segment_ids"], examples)
+
+
 def _full_attention_mlm(params, batch: Batch, rng: Array, *, model: ErnieM,
                         tokens: SpecialTokens, masking: MaskingConfig,
                         deterministic: bool, normalizer: Optional[Array]
                         ) -> Tuple[Array, Metrics]:
     mask_rng, dropout_rng = jax.random.split(rng)
-    examples = batch.get("example_ids")
-    maskable = maskable_tokens(batch["input_ids"], batch["segment_ids"], tokens)
-    masked = mask_tokens(mask_rng, batch["input_ids"], maskable, masking, tokens,
-                         model.config.vocab_size, example_ids=examples)
-    attention = attention_masks.padding_mask(batch["segment_ids"], examples)
-    return _predict(model, params, batch, masked, attention, dropout_rng, deterministic,
+    inputs, masked, attention = mlm_inputs(batch, mask_rng, tokens=tokens, masking=masking,
+                                           vocab_size=model.config.vocab_size)
+    return _predict(model, params, inputs, masked, attention, dropout_rng, deterministic,
                     normalizer)
 
 
@@ -342,17 +350,27 @@ def btmlm_generate(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: S
     return jax.lax.stop_gradient(pair)
 
 
-def btmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
-               masking: MaskingConfig, btmlm: BTMLMConfig, deterministic: bool = False,
-               normalizer: Optional[Array] = None):
-    """Back-translation MLM on monolingual examples: generate (stage 1), then restore the
-    masked source from the pseudo sentence under the CAMLM rule (stage 2)."""
-    generate_rng, mask_rng, dropout_rng = jax.random.split(rng, 3)
+def btmlm_inputs(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+                 masking: MaskingConfig, btmlm: BTMLMConfig) -> Tuple[Batch, MaskedTokens, Array]:
+    """BTMLM's stage 1 and stage 2 inputs: the generated pair, its masked source and the
+    CAMLM attention masks restoring the source from the pseudo sentence."""
+    generate_rng, mask_rng = jax.random.split(rng)
     pair = btmlm_generate(params, batch, generate_rng, model=model, tokens=tokens, btmlm=btmlm)
     source_slots = masking.num_slots(batch["input_ids"].shape[1])
     masked, attention = _directed_example(
         mask_rng, pair, attention_masks.SOURCE, attention_masks.TARGET, tokens, masking,
         model.config.vocab_size, num_slots=source_slots)
+    return pair, masked, attention
+
+
+def btmlm_loss(params, batch: Batch, rng: Array, *, model: ErnieM, tokens: SpecialTokens,
+               masking: MaskingConfig, btmlm: BTMLMConfig, deterministic: bool = False,
+               normalizer: Optional[Array] = None):
+    """Back-translation MLM on monolingual examples: generate (stage 1), then restore the
+    masked source from the pseudo sentence under the CAMLM rule (stage 2)."""
+    inputs_rng, dropout_rng = jax.random.split(rng)
+    pair, masked, attention = btmlm_inputs(params, batch, inputs_rng, model=model,
+                                           tokens=tokens, masking=masking, btmlm=btmlm)
     return _predict(model, params, pair, masked, attention, dropout_rng, deterministic,
                     normalizer)
 

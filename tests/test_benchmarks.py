@@ -10,6 +10,7 @@ from benchmarks import train_step as bench
 from ernie_m_jax import metrics
 from ernie_m_jax.configs import MaskingConfig, model_config
 from ernie_m_jax.model import ErnieM, init_params
+from tests import synthetic
 
 
 def test_forward_flops_match_xla_cost_analysis():
@@ -68,3 +69,23 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
               "process_peak_rss_gib": 1.0}
     line = bench.markdown(report).splitlines()[4]
     assert "| 75.0% | 6000 | 1.50x | 2.00x |" in line, line
+
+
+def test_packing_benchmark_counts_text_positions_with_known_answers():
+    from benchmarks import packing
+
+    tokens = synthetic.TOKENS
+    rows = {"input_ids": np.array([[0, 7, 8, 2, 0, 9, 2, 1], [0, 7, 2, 1, 1, 1, 1, 1]]),
+            "segment_ids": np.array([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0]]),
+            "example_ids": np.array([[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]])}
+    got = packing.text_fractions({"mmlm": rows, "btmlm": rows}, tokens)
+    assert got["mmlm"] == 10 / 16
+    # BTMLM: 10 source tokens + one placeholder per word (2 + 1 + 1) over source + block.
+    assert got["btmlm"] == (10 + 4) / 32
+    lengths = packing.realistic_lengths(20000)
+    assert abs(np.median(lengths) - packing.REALISTIC_MEDIAN) <= 1
+    unpacked, packed = packing.realistic_fractions(length=128, examples=300)
+    assert not unpacked["pack"] and packed["pack"]
+    for name in ("mmlm", "tlm", "camlm", "btmlm"):
+        assert packed["fractions"][name] > unpacked["fractions"][name]
+    assert packed["fractions"]["mmlm"] > 0.8 and packed["fractions"]["tlm"] > 0.7

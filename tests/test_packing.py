@@ -337,3 +337,13 @@ def test_packed_input_resumes_at_the_exact_batch(demo_data, tmp_path):
                                            "example_ids", "position_ids"}
             for key in want[objective]:
                 np.testing.assert_array_equal(got[objective][key], want[objective][key])
+
+
+def test_a_packed_run_trains_all_four_objectives(demo_data_dir, tmp_path):
+    from tests.train_runs import run, tiny_bindings
+
+    final = run(tmp_path / "run", tiny_bindings(demo_data_dir, 3, PACK=True,
+                                                MONO_LENGTH=32, PAIR_LENGTH=48))
+    for name in ("mmlm", "tlm", "camlm", "btmlm"):
+        assert np.isfinite(final[f"train/{name}/loss"]) and final[f"train/{name}/loss"] > 0
+    assert final["train/padding_fraction"] < 0.3  # packed: most positions hold text

@@ -347,3 +347,32 @@ def test_a_packed_run_trains_all_four_objectives(demo_data_dir, tmp_path):
     for name in ("mmlm", "tlm", "camlm", "btmlm"):
         assert np.isfinite(final[f"train/{name}/loss"]) and final[f"train/{name}/loss"] > 0
     assert final["train/padding_fraction"] < 0.3  # packed: most positions hold text
+
+
+@pytest.mark.parametrize("files,bindings", [
+    (("runs/pretrain_stage1.gin",), ("MONO_MIXTURE = 'm'", "PARA_MIXTURE = 'p'",
+                                      "NUM_STEPS = 10")),
+    (("runs/pretrain_stage2.gin",), ("MONO_MIXTURE = 'm'", "PARA_MIXTURE = 'p'",
+                                      "NUM_STEPS = 10", "STAGE1_DIR = '/s1'")),
+    (("runs/continue_from_hf.gin",), ("MONO_MIXTURE = 'm'", "PARA_MIXTURE = 'p'",
+                                       "NUM_STEPS = 10", "IMPORTED_DIR = '/hf'",
+                                       "VOCABULARY = '/v.model'")),
+    (("runs/demo_cpu.gin",), ()),
+])
+def test_the_pretraining_run_files_and_the_demo_pack(files, bindings):
+    import gin
+
+    from ernie_m_jax import gin_config
+    from ernie_m_jax.data import features
+    from ernie_m_jax.train import Experiment
+
+    gin.clear_config()
+    try:
+        gin_config.parse(files, bindings)
+        exp = Experiment.from_gin()
+        assert exp.data.pack
+        gin_config.parse((), ("PACK = False",))
+        assert not Experiment.from_gin().data.pack  # one switch turns it off
+    finally:
+        gin.clear_config()
+    assert features.model_features(exp.data.pack) == features.PACKED_FEATURES

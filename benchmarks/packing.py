@@ -205,15 +205,17 @@ def step_throughput(mono: int, pair: int, rows: Dict[str, int], steps: int,
     return results
 
 
-def pod_flops_per_useful_token(fractions: Dict[bool, Dict[str, float]]) -> Optional[dict]:
-    """Model FLOPs per useful token of the pod plan's base stage-2 step on one v5e-256:
-    packing adds no FLOPs (same shapes), so it divides them by the text fraction's gain."""
-    path = ROOT / "benchmarks" / "results" / "pod_plan" / f"{POD_ROW}.json"
+def pod_flops_per_useful_token(fractions: Dict[bool, Dict[str, float]],
+                               path: Optional[Path] = None) -> Optional[dict]:
+    """Model FLOPs per useful token of a pod-plan compile (default: the base stage-2 step
+    on one v5e-256): packing adds no FLOPs (same shapes), so it divides them by the text
+    fraction's gain."""
+    path = path or ROOT / "benchmarks" / "results" / "pod_plan" / f"{POD_ROW}.json"
     if not path.exists():
         return None
     row = json.loads(path.read_text())
     flops = row["model_flops_per_chip"] * row["chips"]
-    out = {"row": POD_ROW, "model_flops_per_step": flops}
+    out = {"row": path.stem, "model_flops_per_step": flops}
     for pack, f in fractions.items():
         # the text each objective reads (BTMLM's source rows are monolingual, as MMLM's)
         useful = sum(rows * length * f["mmlm" if name == "btmlm" else name]

@@ -47,6 +47,9 @@ PAIR_OBJECTIVES = ("tlm", "camlm")
 def _positions(batch: Batch, offset: int) -> Array:
     if "position_ids" in batch:
         return batch["position_ids"]
+    if "example_ids" in batch:  # counting across the row would number every example wrong
+        raise ValueError("a packed batch (example_ids) needs position_ids that restart at "
+                         "each example (features.pack_rows writes them)")
     return default_position_ids(batch["input_ids"], offset)
 
 

@@ -1,6 +1,8 @@
 """The benchmark's ingredients: FLOP counting against XLA's own count, and both step
 timers on a tiny model (speed targets live in benchmarks/, not here)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +91,21 @@ def test_packing_benchmark_counts_text_positions_with_known_answers():
     for name in ("mmlm", "tlm", "camlm", "btmlm"):
         assert packed["fractions"][name] > unpacked["fractions"][name]
     assert packed["fractions"]["mmlm"] > 0.8 and packed["fractions"]["tlm"] > 0.7
+
+
+def test_pod_flops_per_useful_token_with_a_hand_counted_row(tmp_path):
+    from benchmarks import packing
+
+    row = tmp_path / "toy_row.json"
+    # 4 chips x 1,000 FLOPs; MMLM 2 rows x 10, TLM 1 x 20, BTMLM 1 x 10 (source rows).
+    row.write_text(json.dumps({"model_flops_per_chip": 1000.0, "chips": 4, "batch_shapes": {
+        "mmlm": [2, 10], "tlm": [1, 20], "btmlm": [1, 10]}}))
+    fractions = {False: {"mmlm": 0.5, "tlm": 0.25, "btmlm": 0.1},
+                 True: {"mmlm": 1.0, "tlm": 0.5, "btmlm": 0.1}}
+    got = packing.pod_flops_per_useful_token(fractions, row)
+    # unpacked: 20 * 0.5 + 20 * 0.25 + 10 * 0.5 (BTMLM reads MMLM's fraction) = 20 tokens
+    assert got["unpacked"]["useful_tokens_per_step"] == 20
+    assert got["unpacked"]["flops_per_useful_token"] == 4000 / 20
+    assert got["packed"]["useful_tokens_per_step"] == 20 + 10 + 10
+    assert got["row"] == "toy_row"
+    assert packing.pod_flops_per_useful_token(fractions, tmp_path / "missing.json") is None

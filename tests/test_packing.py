@@ -193,6 +193,15 @@ def test_a_packed_rows_loss_is_its_examples_token_weighted_loss(name, model_and_
     assert abs(crossed_loss - alone_loss) > 1e-2
 
 
+def test_a_packed_batch_without_positions_is_refused_by_name(model_and_params):
+    model, params = model_and_params
+    packed = _rows(_groups(_mono_examples(1, 6), 30), 30)
+    del packed["position_ids"]
+    for name in ("mmlm", "btmlm"):
+        with pytest.raises(ValueError, match="packed batch .* needs position_ids"):
+            _losses(model, params, packed, name)
+
+
 def test_btmlm_generates_each_packed_example_as_if_it_were_alone(model_and_params):
     model, params = model_and_params
     examples = _mono_examples(5, 9)

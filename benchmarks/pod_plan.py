@@ -6,8 +6,9 @@ at a time, each result a committed JSON, and the README's table made from them.
     python -m benchmarks.pod_plan --only base --only stage2 --update_readme
 
 Every configuration is `ernie-m-jax compile` (the same command a user runs) in a child
-process, writing `results/pod_plan/<key>.json`; a configuration whose JSON exists is skipped,
-so an interrupted plan goes on where it stopped when the same command runs again. A compile
+process, writing `results/pod_plan/<key>.json`; a configuration whose JSON exists is skipped
+(unless an older collective counter measured it: then it is compiled again, and kept if that
+fails), so an interrupted plan goes on where it stopped when the same command runs again. A compile
 that fails is recorded with its error (and retried with `--retry_errors`). Base on 256 chips
 takes minutes on 2 CPU cores: the plan is meant to be grown over several sessions.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from ernie_m_jax import files
+from ernie_m_jax.aot import hlo
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pod_plan"
@@ -70,18 +72,26 @@ def command(row: Dict[str, object], output: Path) -> List[str]:
 
 
 def compile_one(row: Dict[str, object], timeout_s: float) -> Dict[str, object]:
+    """Compile one configuration into its JSON. The compile writes a fresh file beside the
+    result and replaces it only once done: a stale result that fails to recompile is kept,
+    with the error beside it."""
     output = RESULTS / f"{key(row)}.json"
+    fresh = output.with_name(output.name + ".new")
+    fresh.unlink(missing_ok=True)
     started = time.time()
     try:
-        done = subprocess.run(command(row, output), cwd=ROOT, capture_output=True, text=True,
+        done = subprocess.run(command(row, fresh), cwd=ROOT, capture_output=True, text=True,
                               timeout=timeout_s)
-        error = None if output.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
+        error = None if fresh.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
     except subprocess.TimeoutExpired:
         error = f"compile took longer than {timeout_s:.0f} s"
-    if error is not None:
-        files.write_json_atomic(output, {"config": row, "error": error,
-                                         "seconds": round(time.time() - started)})
-    result = json.loads(output.read_text())
+    if error is None:
+        result = json.loads(fresh.read_text())
+        fresh.unlink()
+    elif output.exists() and is_stale(json.loads(output.read_text())):
+        result = {**json.loads(output.read_text()), "recompile_error": error}
+    else:
+        result = {"error": error, "seconds": round(time.time() - started)}
     result["config"] = row
     files.write_json_atomic(output, result)
     return result
@@ -95,6 +105,8 @@ def _progress(result: dict) -> str:
     """One line for the driver's log."""
     if "error" in result:
         return f"error: {result['error']}"
+    if "recompile_error" in result:
+        return f"recompile failed, the older result is kept: {result['recompile_error']}"
     if "refused_by_compiler" in result:
         needed = result["refused_by_compiler"]["temporaries_bytes"] / 2 ** 30
         return f"does not fit: XLA refused it, temporaries alone {needed:.1f} GiB per chip"
@@ -107,12 +119,38 @@ def _sent_gib(collectives: Dict[str, dict], key: str = "bytes") -> float:
     return sum(v[key] for v in collectives.values()) / 2 ** 30
 
 
+def counter_version(result: dict) -> int:
+    """Which collective counter measured a compile (1: before `hlo.COUNTER_VERSION` was
+    written; it over-counted split async collectives and missed DCN sends and mesh-form
+    replica groups)."""
+    return int(result.get("counter", 1))
+
+
+def is_stale(result: dict) -> bool:
+    """A compile the plan does again: measured by an older counter."""
+    return "error" not in result and "refused_by_compiler" not in result and \
+        counter_version(result) < hlo.COUNTER_VERSION
+
+
+def _traffic_cells(result: dict, slices: int) -> str:
+    """ICI, DCN and collective time over compute time, as the table shows them."""
+    r = result["roofline_estimate"]
+    ratio = f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%}"
+    if counter_version(result) < 2:
+        return (f"{_sent_gib(result['collectives']):.2f} GiB by counter 1 (not comparable; "
+                f"recompile) | not counted | {ratio} by counter 1")
+    ici, dcn = result["networks"]["ici"], result["networks"]["dcn"]
+    dcn_cell = (f"{dcn['bytes'] / 2 ** 20:.1f} MiB in {dcn['executions']} transfers"
+                if slices > 1 else "–")
+    return (f"{ici['bytes'] / 2 ** 30:.2f} GiB ({ici['count']} collectives, "
+            f"{ici['executions']} runs) | {dcn_cell} | {ratio}")
+
+
 def table(results: Dict[str, dict]) -> str:
     """One row per configuration that has a result."""
-    lines = ["| model | stage | slice | mesh | remat | GiB/chip (HBM) | fits | collectives "
-             "per step (sent/chip: every loop trip, each instruction once) | est. collective "
-             "time / compute time | compile |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | stage | slice | mesh | remat | GiB/chip (HBM) | fits | ICI sent/chip "
+             "a step | DCN sent/chip a step | est. collective time / compute time | compile |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in plan():
         result = results.get(key(row))
         if result is None:
@@ -121,7 +159,7 @@ def table(results: Dict[str, dict]) -> str:
                       else row["accelerator"])
         head = f"| {row['size']} | {row['stage']} | {slice_name} | {row['mesh']} | {row['remat']} |"
         if "error" in result:
-            lines.append(f"{head} error: {result['error'][:80].strip()} | | | | |")
+            lines.append(f"{head} error: {result['error'][:80].strip()} | | | | | |")
             continue
         if "refused_by_compiler" in result:
             refused = result["refused_by_compiler"]
@@ -129,20 +167,13 @@ def table(results: Dict[str, dict]) -> str:
                 f"{head} > {refused['temporaries_bytes'] / 2 ** 30:.1f} "
                 f"({result['hbm_bytes'] / 2 ** 30:.0f}) | **no**: XLA refused it, its "
                 f"temporaries alone need {refused['temporaries_bytes'] / 2 ** 30:.2f} of "
-                f"{refused['available_bytes'] / 2 ** 30:.2f} GiB usable | | | "
+                f"{refused['available_bytes'] / 2 ** 30:.2f} GiB usable | | | | "
                 f"{result['compile_seconds']:.0f} s |")
             continue
-        c = result["collectives"]
-        sent = _sent_gib(c)
-        once = f"{_sent_gib(c, 'bytes_once'):.2f}"
-        counts = ", ".join(f"{k.replace('collective-', 'c-')} {v['executions']}"
-                           for k, v in c.items() if v["executions"])
-        r = result["roofline_estimate"]
         gib = result["memory_bytes"]["total"] / 2 ** 30
         hbm = result["hbm_bytes"] / 2 ** 30
         lines.append(f"{head} {gib:.1f} ({hbm:.0f}) | {'yes' if result['fits'] else '**no**'} "
-                     f"| {sent:.2f} GiB ({once} once): {counts} | "
-                     f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%} | "
+                     f"| {_traffic_cells(result, row['slices'])} | "
                      f"{result['compile_seconds']:.0f} s |")
     return "\n".join(lines)
 
@@ -179,6 +210,7 @@ def plan_block(results: Dict[str, dict]) -> str:
     """The README's pod-plan block: the table and how much of the plan it covers, per mesh."""
     mesh_of = {key(row): row["mesh"] for row in plan()}
     compiled = [mesh_of[name] for name, result in results.items() if "error" not in result]
+    stale = sum(1 for result in results.values() if is_stale(result))
     planned = list(mesh_of.values())
     per_mesh = ", ".join(f"`{mesh}` {compiled.count(mesh)} of {planned.count(mesh)}"
                          for mesh in MESHES)
@@ -188,8 +220,11 @@ def plan_block(results: Dict[str, dict]) -> str:
             "; `python -m benchmarks.pod_plan` compiles the rest, resumably"
             + (f", and retries the {failed} that failed or timed out with `--retry_errors`"
                if failed else ""))
+    recount = (f" {stale} of them were measured by collective counter 1 and are compiled "
+               f"again by the same command (counter {hlo.COUNTER_VERSION}: ICI and DCN apart)."
+               if stale else "")
     return (f"{table(results)}\n\n{done} of {total} configurations compiled ({per_mesh}"
-            f"{rest}; JSON in `benchmarks/results/pod_plan/`).")
+            f"{rest}; JSON in `benchmarks/results/pod_plan/`).{recount}")
 
 
 def update_readme(results: Dict[str, dict]) -> None:
@@ -215,9 +250,12 @@ def main(argv: Sequence[str] = None) -> int:
         if any(part not in name for part in args.only):
             continue
         existing = RESULTS / f"{name}.json"
-        if existing.exists() and not (args.retry_errors and
-                                      "error" in json.loads(existing.read_text())):
-            continue
+        if existing.exists():
+            before = json.loads(existing.read_text())
+            redo = (is_stale(before) and "recompile_error" not in before
+                    or args.retry_errors and ("error" in before or "recompile_error" in before))
+            if not redo:
+                continue
         if args.max_minutes and time.time() - started > 60 * args.max_minutes:
             print(f"stopping after {args.max_minutes} min; rerun to go on")
             break

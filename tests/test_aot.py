@@ -2,13 +2,12 @@
 (libtpu's compile-only devices), its memory, FLOPs and collectives."""
 
 import json
-import textwrap
 
 import gin
 import pytest
 
 from ernie_m_jax import cli
-from ernie_m_jax.aot import hardware, hlo
+from ernie_m_jax.aot import hardware
 
 TINY = ["--gin_file=runs/pretrain_stage2.gin", "--gin_file=models/tiny.gin",
         "--gin.MONO_MIXTURE='none.mono'", "--gin.PARA_MIXTURE='none.para'",
@@ -35,47 +34,6 @@ def test_accelerator_names_follow_cloud_tpu():
         hardware.parse("v9-8")
     with pytest.raises(ValueError, match="known sizes are v4-8, v4-16"):
         hardware.parse("v4-12")  # 6 chips: no such slice
-
-
-HLO = textwrap.dedent("""\
-    %cond (p: (s32[], f32[8])) -> pred[] {
-      %p = (s32[], f32[8]{0}) parameter(0)
-      %i = s32[] get-tuple-element(%p), index=0
-      %n = s32[]{:T(128)} constant(12)
-      ROOT %lt = pred[] compare(%i, %n), direction=LT
-    }
-
-    %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
-      %p = (s32[], f32[8]{0}) parameter(0)
-      %x = f32[8]{0} get-tuple-element(%p), index=1
-      %ag = bf16[4,1024]{1,0} all-gather(%x), replica_groups=[4,4]<=[16], dimensions={0}, \
-metadata={op_name="jit(train_step)/layers/linear1/dot_general"}
-      ROOT %t = (s32[], f32[8]{0}) tuple(%i, %x)
-    }
-
-    ENTRY %main (a: f32[8]) -> f32[8] {
-      %a = f32[8]{0} parameter(0)
-      %w = (s32[], f32[8]{0}) while(%t0), condition=%cond, body=%body
-      %ar = f32[256]{0} all-reduce(%a), replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
-      %cp = (f32[64]{0}, f32[64]{0}, u32[], u32[]) collective-permute-start(%a), \
-source_target_pairs={{0,1}}
-      ROOT %r = f32[8]{0} copy(%a)
-    }
-    """)
-
-
-def test_collectives_are_counted_per_step_with_loop_trips():
-    table = hlo.summarize(hlo.parse(HLO))
-    # The all-gather sits in a 12-trip loop: one instruction, 12 executions, each sending
-    # 3/4 of its 4 x 1024 bf16 result.
-    assert table["all-gather"] == {"count": 1, "executions": 12, "bytes": 12 * 0.75 * 8192,
-                                   "bytes_once": 0.75 * 8192}
-    assert table["all-reduce"] == {"count": 1, "executions": 1, "bytes": 2 * 7 / 8 * 1024,
-                                   "bytes_once": 2 * 7 / 8 * 1024}
-    assert table["collective-permute"]["bytes"] == 256  # the result half of the start tuple
-    assert table["reduce-scatter"]["count"] == 0
-    (source, count, _), = hlo.by_source(hlo.parse(HLO), "all-gather")
-    assert (source, count) == ("layers/linear1/dot_general", 1)
 
 
 @pytest.fixture(scope="module")

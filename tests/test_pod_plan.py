@@ -67,3 +67,49 @@ def test_the_coverage_line_counts_each_mesh_and_what_failed():
     line = pod_plan.plan_block(broken).splitlines()[-1]
     assert f"`fsdp` {len(fsdp) - 1} of 40" in line
     assert "retries the 1 that failed" in line and "compiles the rest" in line
+
+
+def test_compiles_by_an_older_counter_are_done_again_and_kept_if_that_fails(
+        tmp_path, monkeypatch):
+    """Counter 1 mis-measured collectives: the plan compiles its rows again (the user's
+    command, writing a fresh file) and keeps the old JSON, marked, if the compile fails."""
+    from ernie_m_jax.aot import hlo
+
+    monkeypatch.setattr(pod_plan, "RESULTS", tmp_path)
+    rows = {pod_plan.key(r): r for r in pod_plan.plan()}
+    stale, current, failing = ("base_stage2_v4-32_fsdp_dots", "base_stage1_v4-32_fsdp_dots",
+                               "base_stage2_v5p-128_fsdp_dots")
+    old = {"collectives": {}, "roofline_estimate": {}, "fits": True,
+           "memory_bytes": {"total": 2 ** 30}}
+    for name in (stale, failing):
+        files.write_json_atomic(tmp_path / f"{name}.json", {**old, "config": rows[name]})
+    files.write_json_atomic(tmp_path / f"{current}.json",
+                            {**old, "counter": hlo.COUNTER_VERSION, "config": rows[current]})
+    assert pod_plan.is_stale(json.loads((tmp_path / f"{stale}.json").read_text()))
+    compiled = []
+
+    def fake_run(cmd, **kwargs):
+        output = next(a.split("=", 1)[1] for a in cmd if a.startswith("--output="))
+        name = pod_plan.Path(output).name.split(".")[0]
+        compiled.append(name)
+        assert output.endswith(".json.new")  # never over the result it replaces
+        if name == failing:
+            return pod_plan.subprocess.CompletedProcess(cmd, 1, "", "boom: libtpu said no")
+        files.write_json_atomic(output, {**old, "counter": hlo.COUNTER_VERSION})
+        return pod_plan.subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(pod_plan.subprocess, "run", fake_run)
+    for name in (stale, current, failing):
+        assert name in rows
+    assert pod_plan.main(["--only", "base", "--only", "_fsdp_dots", "--max_minutes", "0"]) == 0
+    assert stale in compiled and failing in compiled and current not in compiled
+    redone = json.loads((tmp_path / f"{stale}.json").read_text())
+    assert redone["counter"] == hlo.COUNTER_VERSION and redone["config"] == rows[stale]
+    kept = json.loads((tmp_path / f"{failing}.json").read_text())
+    assert kept["recompile_error"] == "boom: libtpu said no" and "counter" not in kept
+    assert not list(tmp_path.glob("*.new"))
+    compiled.clear()  # a failed recompile is not tried on every run, only when asked
+    pod_plan.main(["--only", failing])
+    assert compiled == []
+    pod_plan.main(["--only", failing, "--retry_errors"])
+    assert compiled == [failing]

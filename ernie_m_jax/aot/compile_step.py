@@ -100,6 +100,8 @@ class CompileReport:
     xla_flops: float  # per chip, XLA's cost analysis
     model_flops: float  # per chip, metrics.step_flops / chips
     collectives: Dict[str, Dict[str, float]]
+    networks: Dict[str, Dict[str, float]]  # "ici" / "dcn": hlo.by_network
+    torus_axes: Dict[str, float]  # ICI bytes by the torus axes their groups span
     passes: Dict[str, Dict[str, float]]
     sources: Dict[str, List[tuple]]
     notes: List[str]
@@ -121,16 +123,15 @@ class CompileReport:
 
     def roofline(self) -> Dict[str, float]:
         """Step-time bounds from peak compute and interconnect bandwidth: an estimate that
-        assumes every matmul runs at the chip's peak, so its MFU is an upper bound."""
+        assumes every matmul runs at the chip's peak, so its MFU is an upper bound. ICI time
+        charges each collective at the share of the chip's links its rings span (a ring
+        along one axis of a 2D torus gets half); DCN time is the cross-slice transfers'
+        bytes at the chip's share of the data-centre network."""
         chip = self.accelerator.chip
         compute = self.model_flops * self.recompute_factor / chip.peak_bf16_flops
-        ici = sum(row["bytes"] for row in self.collectives.values()) / chip.ici_bytes_per_s
-        dcn = 0.0
-        if self.accelerator.num_slices > 1:
-            # Gradients are summed across slices once per step (ring all-reduce over DCN).
-            s = self.accelerator.num_slices
-            rate = chip.dcn_bytes_per_s or chip.ici_bytes_per_s / 10
-            dcn = 2 * (s - 1) / s * self.memory["parameters"] / rate
+        ici = self.networks["ici"]["link_bytes"] / chip.ici_bytes_per_s
+        dcn_rate = chip.dcn_bytes_per_s or chip.ici_bytes_per_s / 10
+        dcn = self.networks["dcn"]["bytes"] / dcn_rate
         overlapped, serial = max(compute, ici + dcn), compute + ici + dcn
         peak = chip.peak_bf16_flops
         return {"compute_seconds": compute, "ici_seconds": ici, "dcn_seconds": dcn,
@@ -155,7 +156,9 @@ class CompileReport:
             "compile_seconds": round(self.compile_seconds, 1),
             "memory_bytes": self.memory, "hbm_bytes": self.hbm_bytes, "fits": self.fits,
             "xla_flops_per_chip": self.xla_flops, "model_flops_per_chip": self.model_flops,
-            "collectives": self.collectives, "collective_bytes_by_pass": self.passes,
+            "counter": hlo.COUNTER_VERSION,
+            "collectives": self.collectives, "networks": self.networks,
+            "ici_bytes_by_torus_axes": self.torus_axes, "collective_bytes_by_pass": self.passes,
             "collective_sources": {k: [list(r) for r in v] for k, v in self.sources.items()},
             "roofline_estimate": self.roofline(), "notes": self.notes}
 
@@ -229,10 +232,13 @@ def compile_train_step(exp: Experiment, accelerator: Accelerator,
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = metrics.step_flops(exp.model, built.batch_shapes, exp.masking, built.btmlm)
     text = compiled.as_text()
-    found = hlo.parse(text)
+    # A multislice module is one slice's program: its device ids are the first slice's chips,
+    # which lead the mesh (the data axis, first, spans the slices).
+    found = hlo.parse(text, hlo.DeviceLayout.from_devices(list(mesh.devices.flat)))
     report = CompileReport(
         accelerator, dict(mesh.shape), exp, seconds, memory, float(cost.get("flops", 0.0)),
-        model / accelerator.num_chips, hlo.summarize(found), hlo.by_pass(found),
+        model / accelerator.num_chips, hlo.summarize(found), hlo.by_network(found),
+        hlo.by_axes(found), hlo.by_pass(found),
         {k: hlo.by_source(found, k) for k in hlo.KINDS}, notes)
     return report, (text if keep_hlo else None)
 
@@ -271,24 +277,33 @@ def format_report(report: CompileReport) -> str:
         f"{exp.model.remat_policy!r}; XLA's cost analysis says {report.xla_flops / 1e12:.3f} T "
         "(it counts the scanned layer loop's body once)",
         "",
-        "collectives          in HLO  per step   sent per chip per step (forward + backward;"
-        " each instruction once)",
+        "collectives          count  instructions  per step   sent per chip per step "
+        "(forward + backward)",
     ]
     for kind, row in report.collectives.items():
-        lines.append(f"  {kind:18s} {row['count']:6d} {row['executions']:9d}   "
-                     f"{row['bytes'] / GiB:8.3f} GiB ({report.passes['forward'][kind] / GiB:.3f}"
-                     f" + {report.passes['backward'][kind] / GiB:.3f}; "
-                     f"{row['bytes_once'] / GiB:.3f})")
+        if not row["instructions"]:
+            continue
+        lines.append(f"  {kind:18s} {row['count']:6d} {row['instructions']:12d} "
+                     f"{row['executions']:9d}   {row['bytes'] / GiB:8.3f} GiB "
+                     f"({report.passes['forward'][kind] / GiB:.3f} + "
+                     f"{report.passes['backward'][kind] / GiB:.3f})")
+    ici, dcn = report.networks["ici"], report.networks["dcn"]
+    axes = ", ".join(f"axes {k}: {v / GiB:.3f} GiB" for k, v in
+                     sorted(report.torus_axes.items()))
     lines += [
+        f"  ICI  {ici['bytes'] / GiB:8.3f} GiB in {ici['executions']} executions"
+        + (f" (torus {axes})" if axes else ""),
+        f"  DCN  {dcn['bytes'] / 2 ** 20:8.3f} MiB in {dcn['executions']} transfers",
         "",
         "roofline ESTIMATE (not a measurement): compute at peak "
         f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s {r['compute_seconds'] * 1e3:.1f} ms, "
-        f"collectives at {chip.ici_bytes_per_s / 1e9:.0f} GB/s ICI "
-        f"{r['ici_seconds'] * 1e3:.1f} ms"
+        f"ICI at up to {chip.ici_bytes_per_s / 1e9:.0f} GB/s (the share of links each ring "
+        f"spans) {r['ici_seconds'] * 1e3:.1f} ms"
         + (f", DCN {r['dcn_seconds'] * 1e3:.1f} ms" if r["dcn_seconds"] else ""),
         f"  step >= {r['step_seconds_overlapped'] * 1e3:.1f} ms (collectives hidden) or "
         f"{r['step_seconds_serial'] * 1e3:.1f} ms (not hidden): MFU at most "
-        f"{r['mfu_overlapped']:.0%} / {r['mfu_serial']:.0%}",
+        f"{r['mfu_overlapped']:.0%} / {r['mfu_serial']:.0%}; collectives / compute "
+        f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%}",
     ]
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

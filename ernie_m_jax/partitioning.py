@@ -143,6 +143,22 @@ def data_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES, ndim: int = 2) -> NamedS
     return NamedSharding(mesh, spec)
 
 
+def without_axis(rules, axis: str):
+    """`rules` with mesh axis `axis` taken out of every rule: the rules inside a function
+    that is manual over `axis` (a `shard_map`), where constraints may not name it."""
+    def drop(target):
+        if isinstance(target, (tuple, list)):
+            kept = tuple(a for a in target if a != axis)
+            return kept if len(kept) > 1 else (kept[0] if kept else None)
+        return None if target == axis else target
+    return tuple((name, drop(target)) for name, target in rules)
+
+
+def num_slices(mesh: Mesh) -> int:
+    """TPU slices the mesh spans (1 off TPU multislice)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat})
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -44,17 +45,34 @@ def _split_microbatches(batches, count: int):
     return jax.tree.map(split, batches)
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossSlice:
+    """Gradients summed across TPU slices once a step: each slice (one index of `axis`, the
+    mesh's data axis on a multislice mesh) computes its own batch's loss and gradient, every
+    objective and layer summed inside the slice over ICI, and one `psum` of the summed
+    gradient shard in `dtype` crosses the data-centre network. Left to XLA, each layer's
+    gradient of each objective crossed it inside the backward loops (#36)."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    axis: str = "data"
+    dtype: object = jnp.float32
+
+
 def make_train_step(objectives, weights: Mapping[str, float], optimizer,
                     schedule: optax.Schedule, accum_steps: int = 1,
                     inject_nonfinite_steps: Sequence[int] = (),
                     prediction_counters: Optional[Mapping[str, Callable]] = None,
-                    shared_params: Callable = lambda params: params):
+                    shared_params: Callable = lambda params: params,
+                    cross_slice: Optional[CrossSlice] = None):
     """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings.
 
     With `accum_steps > 1` the batch is split into microbatches whose losses are summed and
     divided once by the whole batch's number of predictions per objective (counted up front
     by `prediction_counters`, see `objectives.make_prediction_counters`): the loss, gradient
-    and metrics are the whole batch's, however unevenly the masked tokens fall.
+    and metrics are the whole batch's, however unevenly the masked tokens fall. With
+    `cross_slice`, each slice's share of the batch is such a part too, summed across slices
+    once (`CrossSlice`).
 
     A step with a non-finite loss or gradient norm keeps the old params and optimizer state
     and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
@@ -62,12 +80,12 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
     `shared_params(params)` runs once per (micro)batch before the objectives: the place to
     gather a weight that every objective uses (`model.with_gathered_word_embeddings`).
     """
-    if accum_steps > 1:
+    if accum_steps > 1 or cross_slice is not None:
         missing = sorted(o for o, w in weights.items()
                          if w and o not in (prediction_counters or {}))
         if missing:
-            raise ValueError(f"gradient accumulation needs the prediction count of every "
-                             f"objective's whole batch; no counter for {missing}")
+            raise ValueError(f"gradient accumulation and cross-slice sums need the prediction "
+                             f"count of every objective's whole batch; no counter for {missing}")
 
     def loss_and_grads(params, batches, rng, poison, normalizers=None):
         def loss_fn(p):
@@ -77,8 +95,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return metrics, grads
 
-    def accumulated(params, batches, rng, poison):
-        normalizers = {o: prediction_counters[o](batches[o]) for o, w in weights.items() if w}
+    def accumulated(params, batches, rng, poison, normalizers):
         micro = _split_microbatches(batches, accum_steps)
 
         def body(carry, inputs):
@@ -95,6 +112,37 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
         (metrics, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
         return metrics, grads
 
+    def part(params, batches, rng, poison, normalizers):
+        """This batch's (a slice's share's) metrics and gradients over the whole count."""
+        if accum_steps == 1:
+            return loss_and_grads(params, batches, rng, poison, normalizers)
+        return accumulated(params, batches, rng, poison, normalizers)
+
+    def per_slice(params, batches, rng, poison, normalizers):
+        """Each slice's part, stacked on a leading axis laid over the slices (vmap with the
+        mesh axis as its SPMD axis), then summed once."""
+        axis, slices = cross_slice.axis, cross_slice.mesh.shape[cross_slice.axis]
+        stacked = _split_microbatches(batches, slices)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(slices))
+
+        def one_slice(batch, key):
+            with nn.logical_axis_rules(partitioning.without_axis(cross_slice.rules, axis)):
+                metrics, grads = part(params, batch, key, poison, normalizers)
+            return metrics, jax.tree.map(lambda g: g.astype(cross_slice.dtype), grads)
+
+        metrics, grads = jax.vmap(one_slice, spmd_axis_name=axis)(stacked, keys)
+        metrics = jax.tree.map(lambda m: m.sum(0), metrics)
+        grads = jax.tree.map(lambda g: g.sum(0).astype(jnp.float32), grads)
+        return metrics, grads
+
+    def gradients(params, batches, rng, poison):
+        if accum_steps == 1 and cross_slice is None:
+            return loss_and_grads(params, batches, rng, poison)
+        normalizers = {o: prediction_counters[o](batches[o]) for o, w in weights.items() if w}
+        if cross_slice is None:
+            return accumulated(params, batches, rng, poison, normalizers)
+        return per_slice(params, batches, rng, poison, normalizers)
+
     def train_step(state: State, batches) -> Tuple[State, Dict[str, jax.Array]]:
         params, step = state["params"], state["step"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
@@ -102,10 +150,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
         if inject_nonfinite_steps:
             poison = jnp.where(jnp.isin(step + 1, jnp.asarray(inject_nonfinite_steps)),
                                jnp.nan, poison)
-        if accum_steps == 1:
-            metrics, grads = loss_and_grads(params, batches, rng, poison)
-        else:
-            metrics, grads = accumulated(params, batches, rng, poison)
+        metrics, grads = gradients(params, batches, rng, poison)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"] * poison) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
@@ -265,6 +310,14 @@ class TrainStep:
                 for o, shardings in self.batch_shardings.items()}
 
 
+def _cross_slice(exp: Experiment, mesh: jax.sharding.Mesh) -> Optional[CrossSlice]:
+    """On a mesh over several TPU slices, sum gradients across them once a step, in the
+    model's compute dtype (bf16 on pods: half the DCN bytes of f32)."""
+    if partitioning.num_slices(mesh) < 2 or "data" not in mesh.shape:
+        return None
+    return CrossSlice(mesh, exp.mesh.rules, "data", exp.model.compute_dtype)
+
+
 def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
                      btmlm: Optional[BTMLMConfig] = None) -> TrainStep:
     """The train step of `exp` on `mesh`, jitted with its state and batch shardings and the
@@ -289,7 +342,8 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
                            learning_rate_schedule(exp.optimizer, cfg.num_steps),
                            cfg.grad_accum_steps, cfg.inject_nonfinite_steps,
                            make_prediction_counters(exp.tokens, exp.masking),
-                           functools.partial(with_gathered_word_embeddings, config=exp.model))
+                           functools.partial(with_gathered_word_embeddings, config=exp.model),
+                           _cross_slice(exp, mesh))
     fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))

@@ -2,7 +2,7 @@
 
 On a data x fsdp x tensor = 2x2x2 mesh: parameters are created sharded by the logical-axis
 rules, and the forward pass and the CAMLM loss + gradient equal the single-device results.
-The train step with its gradients summed across the data axis once (`CrossSlice`, what a
+The train step with its gradients summed across the data axis once (`GradientSum`, what a
 multislice mesh runs) equals the same step accumulated over two microbatches.
 """
 
@@ -70,12 +70,12 @@ def main():
         assert "not divisible" in str(err)
     else:
         raise AssertionError("batch 6 on 4 batch shards was accepted")
-    cross_slice_step_equals_accumulation(model, mesh, variables["params"])
+    gradient_sum_step_equals_accumulation(model, mesh, variables["params"])
     print("SHARDED OK")
 
 
-def cross_slice_step_equals_accumulation(model, mesh, params):
-    """Slice i of the data axis holds the i-th half of the batch and folds i into the step's
+def gradient_sum_step_equals_accumulation(model, mesh, params):
+    """Part i of the data axis holds the i-th half of the batch and folds i into the step's
     key, as microbatch i of two does: the same step, to float tolerance; summed in bf16
     across the axis, close but not equal (the dtype is honoured)."""
     import optax
@@ -90,34 +90,39 @@ def cross_slice_step_equals_accumulation(model, mesh, params):
         target_languages=(1, 2), temperature=0.0, max_placeholders=8))
     counters = make_prediction_counters(TOKENS, masking)
     weights = {"mmlm": 1.0, "camlm": 1.0, "btmlm": 0.5}
-    pairs = pair_batch(3, batch=8, length=24, max_words=8)
-    batches = {"mmlm": monolingual_rows([1, 2, 1, 2, 12, 13, 11, 13], seed=1), "camlm": pairs,
-               "btmlm": monolingual_rows([3, 9, 2, 14, 5, 1, 8, 12], seed=2)}
+    # 16 rows: each microbatch keeps rows on every one of the 4 batch shards.
+    pairs = pair_batch(3, batch=16, length=24, max_words=8)
+    batches = {"mmlm": monolingual_rows([1, 2, 1, 2, 12, 13, 11, 13] * 2, seed=1),
+               "camlm": pairs,
+               "btmlm": monolingual_rows([3, 9, 2, 14, 5, 1, 8, 12] * 2, seed=2)}
     sgd = optax.sgd(1.0)
     state = {"params": params, "opt_state": sgd.init(params),
              "step": jax.numpy.zeros((), "int32"), "rng": jax.random.key_data(jax.random.key(0)),
              **{k: jax.numpy.zeros((), "int32") for k in train.COUNTERS}}
     data = partitioning.data_sharding(mesh)
+    rules = partitioning.LOGICAL_AXIS_RULES
+    variants = {  # name -> (accumulation steps, GradientSum)
+        "accumulated": (2, None),
+        "data": (1, train.GradientSum(mesh, rules)),
+        "data_bf16": (1, train.GradientSum(mesh, rules, dtype="bfloat16")),
+    }
     results = {}
-    for name, accum, cross in (("accumulated", 2, None),
-                               ("cross_slice", 1, train.CrossSlice(mesh, partitioning.
-                                                                   LOGICAL_AXIS_RULES)),
-                               ("cross_slice_bf16", 1, train.CrossSlice(
-                                   mesh, partitioning.LOGICAL_AXIS_RULES, dtype="bfloat16"))):
+    for name, (accum, parts) in variants.items():
         step = train.make_train_step(objectives, weights, sgd, optax.constant_schedule(1.0),
-                                     accum, prediction_counters=counters, cross_slice=cross)
+                                     accum, prediction_counters=counters, gradient_sum=parts)
         with partitioning.activate(mesh):
             new_state, metrics = jax.jit(step)(state, jax.device_put(batches, data))
         results[name] = (new_state["params"], {k: float(v) for k, v in metrics.items()})
+    assert all(r[1]["finite"] == 1.0 for r in results.values())
     reference_params, reference = results["accumulated"]
-    params_f32, metrics_f32 = results["cross_slice"]
+    params_f32, metrics_f32 = results["data"]
     for key in reference:
         np.testing.assert_allclose(metrics_f32[key], reference[key], rtol=2e-5, atol=1e-6,
                                    err_msg=key)
     assert reference["mmlm/num_predictions"] > 0 and reference["btmlm/num_predictions"] > 0
     gaps = []
     for a, b, c in zip(jax.tree.leaves(params_f32), jax.tree.leaves(reference_params),
-                       jax.tree.leaves(results["cross_slice_bf16"][0])):
+                       jax.tree.leaves(results["data_bf16"][0])):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
         gaps.append(float(np.max(np.abs(np.asarray(c) - np.asarray(b)))))
     assert 1e-6 < max(gaps) < 1e-1, max(gaps)

@@ -9,7 +9,7 @@ from ernie_m_jax.train.config import Experiment, TrainConfig
 from ernie_m_jax.train.loop import train
 from ernie_m_jax.train.state import COUNTERS, abstract_state, init_state
 from ernie_m_jax.train.step import (
-                                    CrossSlice,
+                                    GradientSum,
                                     TrainStep,
                                     build_train_step,
                                     global_batch,
@@ -17,6 +17,6 @@ from ernie_m_jax.train.step import (
                                     make_train_step,
 )
 
-__all__ = ["COUNTERS", "CrossSlice", "Experiment", "TrainConfig", "TrainStep", "abstract_state",
+__all__ = ["COUNTERS", "GradientSum", "Experiment", "TrainConfig", "TrainStep", "abstract_state",
            "build_train_step", "global_batch", "init_state", "make_eval_step", "make_train_step",
            "train"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import flax.linen as nn
@@ -46,16 +47,17 @@ def _split_microbatches(batches, count: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossSlice:
-    """Gradients summed across TPU slices once a step: each slice (one index of `axis`, the
-    mesh's data axis on a multislice mesh) computes its own batch's loss and gradient, every
-    objective and layer summed inside the slice over ICI, and one `psum` of the summed
-    gradient shard in `dtype` crosses the data-centre network. Left to XLA, each layer's
-    gradient of each objective crossed it inside the backward loops (#36)."""
+class GradientSum:
+    """The batch's gradient as parts summed once a step: each index of the mesh `axes`
+    computes its share of the batch's loss and gradient whole (every objective and layer
+    summed on its chips), and one sum in `dtype` adds the parts. On a multislice mesh the
+    axis is the data axis, one part per slice, so the data-centre network carries each
+    gradient shard once a step; left to XLA, each layer's gradient of each objective
+    crossed it inside the backward loops (#36)."""
 
     mesh: jax.sharding.Mesh
     rules: tuple
-    axis: str = "data"
+    axes: Tuple[str, ...] = ("data",)
     dtype: object = jnp.float32
 
 
@@ -64,15 +66,15 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
                     inject_nonfinite_steps: Sequence[int] = (),
                     prediction_counters: Optional[Mapping[str, Callable]] = None,
                     shared_params: Callable = lambda params: params,
-                    cross_slice: Optional[CrossSlice] = None):
+                    gradient_sum: Optional[GradientSum] = None):
     """`(state, batches) -> (state, metrics)`: pure, to be jit-compiled with shardings.
 
     With `accum_steps > 1` the batch is split into microbatches whose losses are summed and
     divided once by the whole batch's number of predictions per objective (counted up front
     by `prediction_counters`, see `objectives.make_prediction_counters`): the loss, gradient
     and metrics are the whole batch's, however unevenly the masked tokens fall. With
-    `cross_slice`, each slice's share of the batch is such a part too, summed across slices
-    once (`CrossSlice`).
+    `gradient_sum`, each mesh part's share of the batch is such a part too, summed once
+    (`GradientSum`).
 
     A step with a non-finite loss or gradient norm keeps the old params and optimizer state
     and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
@@ -80,7 +82,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
     `shared_params(params)` runs once per (micro)batch before the objectives: the place to
     gather a weight that every objective uses (`model.with_gathered_word_embeddings`).
     """
-    if accum_steps > 1 or cross_slice is not None:
+    if accum_steps > 1 or gradient_sum is not None:
         missing = sorted(o for o, w in weights.items()
                          if w and o not in (prediction_counters or {}))
         if missing:
@@ -118,30 +120,34 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
             return loss_and_grads(params, batches, rng, poison, normalizers)
         return accumulated(params, batches, rng, poison, normalizers)
 
-    def per_slice(params, batches, rng, poison, normalizers):
-        """Each slice's part, stacked on a leading axis laid over the slices (vmap with the
-        mesh axis as its SPMD axis), then summed once."""
-        axis, slices = cross_slice.axis, cross_slice.mesh.shape[cross_slice.axis]
-        stacked = _split_microbatches(batches, slices)
-        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(slices))
+    def by_parts(params, batches, rng, poison, normalizers):
+        """Each part's metrics and gradient, stacked on a leading axis laid over the mesh
+        axes (vmap with them as its SPMD axes), then summed once. Part i folds i into the
+        key, as microbatch i of accumulation does."""
+        axes = gradient_sum.axes
+        parts = math.prod(gradient_sum.mesh.shape[a] for a in axes)
+        stacked = _split_microbatches(batches, parts)
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(parts))
+        inner_rules = gradient_sum.rules
+        for axis in axes:
+            inner_rules = partitioning.without_axis(inner_rules, axis)
 
-        def one_slice(batch, key):
-            with nn.logical_axis_rules(partitioning.without_axis(cross_slice.rules, axis)):
+        def one_part(batch, key):
+            with nn.logical_axis_rules(inner_rules):
                 metrics, grads = part(params, batch, key, poison, normalizers)
-            return metrics, jax.tree.map(lambda g: g.astype(cross_slice.dtype), grads)
+            return metrics, jax.tree.map(lambda g: g.astype(gradient_sum.dtype), grads)
 
-        metrics, grads = jax.vmap(one_slice, spmd_axis_name=axis)(stacked, keys)
+        metrics, grads = jax.vmap(one_part, spmd_axis_name=axes)(stacked, keys)
         metrics = jax.tree.map(lambda m: m.sum(0), metrics)
-        grads = jax.tree.map(lambda g: g.sum(0).astype(jnp.float32), grads)
-        return metrics, grads
+        return metrics, jax.tree.map(lambda g: g.sum(0).astype(jnp.float32), grads)
 
     def gradients(params, batches, rng, poison):
-        if accum_steps == 1 and cross_slice is None:
+        if accum_steps == 1 and gradient_sum is None:
             return loss_and_grads(params, batches, rng, poison)
         normalizers = {o: prediction_counters[o](batches[o]) for o, w in weights.items() if w}
-        if cross_slice is None:
+        if gradient_sum is None:
             return accumulated(params, batches, rng, poison, normalizers)
-        return per_slice(params, batches, rng, poison, normalizers)
+        return by_parts(params, batches, rng, poison, normalizers)
 
     def train_step(state: State, batches) -> Tuple[State, Dict[str, jax.Array]]:
         params, step = state["params"], state["step"]
@@ -310,12 +316,12 @@ class TrainStep:
                 for o, shardings in self.batch_shardings.items()}
 
 
-def _cross_slice(exp: Experiment, mesh: jax.sharding.Mesh) -> Optional[CrossSlice]:
-    """On a mesh over several TPU slices, sum gradients across them once a step, in the
-    model's compute dtype (bf16 on pods: half the DCN bytes of f32)."""
+def _gradient_sum(exp: Experiment, mesh: jax.sharding.Mesh) -> Optional[GradientSum]:
+    """On a mesh over several TPU slices, the data axis's parts sum their gradients once a
+    step, in the model's compute dtype (bf16 on pods: half the DCN bytes of f32)."""
     if partitioning.num_slices(mesh) < 2 or "data" not in mesh.shape:
         return None
-    return CrossSlice(mesh, exp.mesh.rules, "data", exp.model.compute_dtype)
+    return GradientSum(mesh, exp.mesh.rules, ("data",), exp.model.compute_dtype)
 
 
 def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
@@ -343,7 +349,7 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh,
                            cfg.grad_accum_steps, cfg.inject_nonfinite_steps,
                            make_prediction_counters(exp.tokens, exp.masking),
                            functools.partial(with_gathered_word_embeddings, config=exp.model),
-                           _cross_slice(exp, mesh))
+                           _gradient_sum(exp, mesh))
     fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))

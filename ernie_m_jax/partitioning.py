@@ -91,7 +91,7 @@ def make_mesh(config: MeshConfig = MeshConfig(),
               devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     """A mesh over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
-    slices = len({getattr(d, "slice_index", None) or 0 for d in devices})
+    slices = num_slices(devices)
     config = config.across_slices(slices)
     shape = config.resolve(len(devices))
     # Auto axes: XLA's SPMD partitioner propagates the shardings we place (pjit style).
@@ -143,20 +143,21 @@ def data_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES, ndim: int = 2) -> NamedS
     return NamedSharding(mesh, spec)
 
 
-def without_axis(rules, axis: str):
-    """`rules` with mesh axis `axis` taken out of every rule: the rules inside a function
-    that is manual over `axis` (a `shard_map`), where constraints may not name it."""
+def without_axes(rules, axes):
+    """`rules` with the mesh `axes` taken out of every rule: the rules inside a function
+    mapped over those axes (a vmap with them as its SPMD axes), where constraints may not
+    name them again."""
     def drop(target):
         if isinstance(target, (tuple, list)):
-            kept = tuple(a for a in target if a != axis)
+            kept = tuple(a for a in target if a not in axes)
             return kept if len(kept) > 1 else (kept[0] if kept else None)
-        return None if target == axis else target
+        return None if target in axes else target
     return tuple((name, drop(target)) for name, target in rules)
 
 
-def num_slices(mesh: Mesh) -> int:
-    """TPU slices the mesh spans (1 off TPU multislice)."""
-    return len({getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat})
+def num_slices(devices) -> int:
+    """TPU slices the devices span (1 off TPU multislice)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -291,17 +291,23 @@ def parse(hlo_text: str, layout: Optional[DeviceLayout] = None) -> List[Collecti
     return list(merged.values())
 
 
+def _totals(collectives: List[Collective], group_of, groups: Sequence[str]):
+    """group -> {count, executions, bytes (sent per chip per step)}, every group listed."""
+    table = {g: {"count": 0, "executions": 0, "bytes": 0.0} for g in groups}
+    for c in collectives:
+        row = table[group_of(c)]
+        row["count"] += 1
+        row["executions"] += c.executions
+        row["bytes"] += c.bytes_per_step
+    return table
+
+
 def summarize(collectives: List[Collective]) -> Dict[str, Dict[str, float]]:
     """kind -> {count (collectives, an async one's pieces counted once), instructions (in
     the text), executions (per step), bytes (sent per chip per step)}."""
-    table = {k: {"count": 0, "instructions": 0, "executions": 0, "bytes": 0.0}
-             for k in KINDS}
-    for c in collectives:
-        row = table[c.kind]
-        row["count"] += 1
-        row["instructions"] += c.pieces
-        row["executions"] += c.executions
-        row["bytes"] += c.bytes_per_step
+    table = _totals(collectives, lambda c: c.kind, KINDS)
+    for kind, row in table.items():
+        row["instructions"] = sum(c.pieces for c in collectives if c.kind == kind)
     return table
 
 
@@ -309,14 +315,10 @@ def by_network(collectives: List[Collective]) -> Dict[str, Dict[str, float]]:
     """"ici" and "dcn" -> {count, executions, bytes (sent per chip per step),
     link_bytes (bytes over the share of the chip's links they can use: divided by the chip's
     full bandwidth, the time they take)}."""
-    table = {n: {"count": 0, "executions": 0, "bytes": 0.0, "link_bytes": 0.0}
-             for n in NETWORKS}
-    for c in collectives:
-        row = table[c.network]
-        row["count"] += 1
-        row["executions"] += c.executions
-        row["bytes"] += c.bytes_per_step
-        row["link_bytes"] += c.bytes_per_step / c.link_share
+    table = _totals(collectives, lambda c: c.network, NETWORKS)
+    for network, row in table.items():
+        row["link_bytes"] = sum(c.bytes_per_step / c.link_share for c in collectives
+                                if c.network == network)
     return table
 
 

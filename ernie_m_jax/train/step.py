@@ -128,9 +128,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
         parts = math.prod(gradient_sum.mesh.shape[a] for a in axes)
         stacked = _split_microbatches(batches, parts)
         keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(parts))
-        inner_rules = gradient_sum.rules
-        for axis in axes:
-            inner_rules = partitioning.without_axis(inner_rules, axis)
+        inner_rules = partitioning.without_axes(gradient_sum.rules, axes)
 
         def one_part(batch, key):
             with nn.logical_axis_rules(inner_rules):
@@ -319,7 +317,7 @@ class TrainStep:
 def _gradient_sum(exp: Experiment, mesh: jax.sharding.Mesh) -> Optional[GradientSum]:
     """On a mesh over several TPU slices, the data axis's parts sum their gradients once a
     step, in the model's compute dtype (bf16 on pods: half the DCN bytes of f32)."""
-    if partitioning.num_slices(mesh) < 2 or "data" not in mesh.shape:
+    if partitioning.num_slices(mesh.devices.flat) < 2 or "data" not in mesh.shape:
         return None
     return GradientSum(mesh, exp.mesh.rules, ("data",), exp.model.compute_dtype)
 

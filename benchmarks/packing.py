@@ -142,6 +142,7 @@ def realistic_fractions(length: int, examples: int) -> dict:
 def input_rates(length: int, batches: int) -> list:
     """Rows/s and text tokens/s the demo input pipeline delivers (all four objectives),
     packed and not: seqio's packer runs in tf.data, on the host's cores."""
+    from ernie_m_jax.configs import SpecialTokens
     from ernie_m_jax.data import pipeline
 
     out = []
@@ -149,7 +150,8 @@ def input_rates(length: int, batches: int) -> list:
         config = pipeline.DataConfig(mono_length=length, pair_length=length, pack=pack)
         objectives = ("mmlm", "tlm", "camlm", "btmlm")
         rows = sum(config.enabled(objectives).values())
-        iterator = pipeline.training_dataset(config, objectives).as_numpy_iterator()
+        iterator = pipeline.training_dataset(config, objectives,
+                                             tokens=SpecialTokens()).as_numpy_iterator()
         for _ in range(5):
             next(iterator)
         start, text = time.perf_counter(), 0
@@ -181,6 +183,7 @@ def step_throughput(mono: int, pair: int, rows: Dict[str, int], steps: int,
             "BTMLM_START = 0"])
         exp = train.Experiment.from_gin()
         exp.train.data_setup()
+        exp = train.resolve(exp)
         mesh = partitioning.make_mesh(exp.mesh)
         step = train.build_train_step(exp, mesh)
         state = init_state(exp.model, step.optimizer, 0, step.state_shardings)

@@ -113,7 +113,7 @@ def jax_step(config, batch: int, length: int, objective: str = "mmlm",
         btmlm or BTMLMConfig(), SpecialTokens())
     mesh = partitioning.make_mesh(exp.mesh)
     rules = exp.mesh.rules
-    built = train.build_train_step(exp, mesh, btmlm=exp.btmlm)
+    built = train.build_train_step(exp, mesh)
     state = train.init_state(config, built.optimizer, exp.train.seed, built.state_shardings)
     step_fn = built.fn
     with partitioning.activate(mesh, rules):
@@ -199,6 +199,7 @@ def pipeline_rate(batches: int = 60) -> Dict[str, float]:
 
     import seqio
 
+    from ernie_m_jax.configs import SpecialTokens
     from ernie_m_jax.data import pipeline
     from tasks.demo import register_demo
 
@@ -207,7 +208,8 @@ def pipeline_rate(batches: int = 60) -> Dict[str, float]:
     objectives = ("mmlm", "tlm", "camlm", "btmlm")
     rows = sum(config.enabled(objectives).values())
     iterator = pipeline.CheckpointableIterator(
-        pipeline.training_dataset(config, objectives, seqio.ShardInfo(0, 1)))
+        pipeline.training_dataset(config, objectives, seqio.ShardInfo(0, 1),
+                                  tokens=SpecialTokens()))
     for _ in range(10):
         next(iterator)
     start = time.perf_counter()

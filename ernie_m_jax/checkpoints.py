@@ -8,17 +8,20 @@ when every item is written); restores go onto whatever mesh the abstract state n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
 import sys
 import time
-from typing import Any, List, Optional
+import types
+from typing import Any, Iterator, List, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 STATE, DATA = "state", "data"
 
@@ -151,53 +154,70 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, iterator=Non
     return restored[STATE]
 
 
-class _DropOrphanedTaskErrors(logging.Filter):
-    """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" for an orphaned
-    read of a checkpoint already reported damaged: one that passed through orbax (its
-    traceback says so) or whose error names that checkpoint (tensorstore's read futures carry
-    no Python traceback). Any other orphaned error is still logged."""
+def _closed_loop(error: Optional[BaseException]) -> bool:
+    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
-    def __init__(self):
+
+class _DropOrphanedReads(logging.Filter):
+    """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" for an orphaned
+    read of the damaged checkpoint: its error names the checkpoint (tensorstore's read futures
+    carry no Python traceback), or it is the closed event loop the failed restore left."""
+
+    def __init__(self, damaged_path: str):
         super().__init__()
-        self.damaged_paths = set()
+        self.damaged_path = damaged_path
+        self.last_dropped = time.monotonic()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "exception was never retrieved" not in message.split("\n")[0]:
             return True
-        if any(path in message for path in self.damaged_paths):
+        error = record.exc_info[1] if record.exc_info else None
+        if self.damaged_path in message or self.damaged_path in str(error) or \
+                _closed_loop(error):
+            self.last_dropped = time.monotonic()
             return False
-        traceback = record.exc_info[2] if record.exc_info else None
-        while traceback is not None:
-            if "orbax" in traceback.tb_frame.f_code.co_filename:
-                return False
-            traceback = traceback.tb_next
         return True
 
 
-_ORPHAN_FILTER = _DropOrphanedTaskErrors()
-
-
-def _collect_orphaned_reads(damaged_path: str, settle_seconds: float = 1.0) -> None:
+@contextlib.contextmanager
+def orphaned_reads_collected(damaged_path: str, quiet_seconds: float = 0.5,
+                             max_seconds: float = 10.0) -> Iterator[None]:
     """A failed restore leaves orbax's other concurrent array reads running after its event
     loop closed: as they finish, each prints a traceback ("Event loop is closed", "Task
     exception was never retrieved", an unraisable coroutine), dozens for one damaged file.
-    Let them finish and collect them here, quietly: the warning already names the damage.
-    A read that outlives the wait (a busy machine) still finds asyncio's log filtered: the
-    filter stays, and drops only orphaned reads of `damaged_path` or through orbax."""
+    On leaving, this waits until they have stopped arriving for `quiet_seconds` (at most
+    `max_seconds`) and collects them quietly: the warning already names the damage. Only
+    then are asyncio's log, `sys.excepthook` and `sys.unraisablehook` put back as they were;
+    any other error, in the meantime, is reported as usual. The body marks a failed read
+    with `.failed = True` on what this yields; no wait follows a read that succeeded."""
+    drop = _DropOrphanedReads(damaged_path)
+    asyncio_log = logging.getLogger("asyncio")
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
     def quiet_excepthook(kind, value, traceback):
-        if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+        if not _closed_loop(value):
             excepthook(kind, value, traceback)
 
-    _ORPHAN_FILTER.damaged_paths.add(damaged_path)
-    logging.getLogger("asyncio").addFilter(_ORPHAN_FILTER)  # a no-op once it is there
-    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-    sys.excepthook, sys.unraisablehook = quiet_excepthook, lambda unraisable: None
+    def quiet_unraisablehook(unraisable):
+        if not _closed_loop(unraisable.exc_value) and \
+                "coroutine" not in repr(unraisable.object):
+            unraisablehook(unraisable)
+
+    asyncio_log.addFilter(drop)
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    outcome = types.SimpleNamespace(failed=False)
     try:
-        time.sleep(settle_seconds)
-        gc.collect()
+        yield outcome
+        began = time.monotonic()
+        while outcome.failed and time.monotonic() - began < max_seconds:
+            gc.collect()
+            if time.monotonic() - max(drop.last_dropped, began) >= quiet_seconds:
+                break
+            time.sleep(0.05)
     finally:
         sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+        asyncio_log.removeFilter(drop)
 
 
 MAX_CAUSE_CHARS = 240  # tensorstore's errors can carry kilobytes of JSON spec on one line
@@ -219,19 +239,20 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state, iterator=
     only when every item is complete.)"""
     failures = {}  # step -> why it could not be read
     for step in sorted(mngr.all_steps(), reverse=True):
-        try:
-            state = restore(mngr, step, abstract_state, iterator)
-        except ShapeMismatchError:
-            raise  # a configuration mistake, not damage: touch nothing
-        except (DamagedCheckpointError, FileNotFoundError) as err:
-            failures[step] = getattr(err, "cause", None) or _root_cause(err)
-        else:
+        with orphaned_reads_collected(f"{mngr.directory}/{step}/") as read:
+            try:
+                state = restore(mngr, step, abstract_state, iterator)
+            except ShapeMismatchError:
+                raise  # a configuration mistake, not damage: touch nothing
+            except (DamagedCheckpointError, FileNotFoundError) as err:
+                failures[step] = getattr(err, "cause", None) or _root_cause(err)
+                read.failed = True
+        if not read.failed:
             _set_aside(mngr, list(failures))
             for failed, cause in failures.items():  # said once renamed, so it is true
                 logging.warning("checkpoint %s/%d is damaged (set aside as %d.damaged; resumed "
                                 "from step %d): %s", mngr.directory, failed, failed, step, cause)
             return state
-        _collect_orphaned_reads(f"{mngr.directory}/{step}/")  # no longer referenced here
     for failed, cause in failures.items():  # nothing renamed: every step is left as it was
         logging.warning("checkpoint %s/%d is damaged: %s", mngr.directory, failed, cause)
     raise ValueError(f"no checkpoint in {mngr.directory} could be restored (tried steps "
@@ -248,8 +269,6 @@ def _set_aside(mngr: ocp.CheckpointManager, steps) -> None:
             path = epath.Path(mngr.directory) / str(step)
             path.rename(path.parent / f"{step}.damaged")
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("ernie_m_jax: damaged checkpoints set aside")
     mngr.reload()
 

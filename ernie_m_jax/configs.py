@@ -220,7 +220,7 @@ class BTMLMConfig:
     # token (ids past the end count 1). Empty: every pair gets `placeholder_ratio`.
     length_factors: Tuple[float, ...] = ()
     # Where `length_factors` is empty, the run measures them on its pair mixture's training
-    # data (`train.step.pair_length_factors`); languages without parallel data keep 1.
+    # data (`train.resolve.pair_length_factors`); languages without parallel data keep 1.
     fit_length_factors: bool = False
 
     def __post_init__(self):

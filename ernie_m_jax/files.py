@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, AnyStr, List, Tuple
 
+from etils import epath
+
 
 def write_text_atomic(path: os.PathLike, text: str):
     """Write beside `path`, then rename over it: readers see the old file or the new one.
@@ -14,8 +16,6 @@ def write_text_atomic(path: os.PathLike, text: str):
     An object-store URL (gs://...) is written as one object, which such stores make visible
     whole or not at all (and they cannot rename); `pathlib` would turn it into a local path."""
     if "://" in os.fspath(path):
-        from etils import epath
-
         target = epath.Path(os.fspath(path))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
@@ -57,8 +57,6 @@ class DamagedFileError(ValueError):
 def read_json(path: os.PathLike, remedy: str, kind: type = dict) -> Any:
     """A JSON file's value, which must be a `kind`; a damaged one (not UTF-8, not JSON, or
     another kind of value) is one error naming the file, what is wrong and `remedy`."""
-    from etils import epath
-
     target = epath.Path(os.fspath(path))
     try:
         value = json.loads(target.read_bytes().decode("utf-8"))

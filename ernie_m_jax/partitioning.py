@@ -17,6 +17,7 @@ import flax.linen as nn
 import gin
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -87,8 +88,7 @@ class MeshConfig:
         return tuple(self.shape)
 
 
-def make_mesh(config: MeshConfig = MeshConfig(),
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+def make_mesh(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
     """A mesh over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
     slices = num_slices(devices)
@@ -105,8 +105,6 @@ def make_mesh(config: MeshConfig = MeshConfig(),
         # A mesh axis that is no product of whole torus axes (tensor=2 on v5p's 4x4x4):
         # jax.make_mesh only splits physical axes on v5e; split them here too, so that
         # each tensor group is a run of neighbours along one torus axis.
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
         return Mesh(grid, config.axes, axis_types=auto)
 
@@ -114,8 +112,6 @@ def make_mesh(config: MeshConfig = MeshConfig(),
 def _hybrid_devices(config: MeshConfig, shape: Tuple[int, ...], devices, slices: int):
     """Devices laid out so that the data axis spans the slices and the rest stays in one
     (physical axes split where a mesh axis is no product of whole ones, as in `make_mesh`)."""
-    from jax.experimental import mesh_utils
-
     sizes = dict(zip(config.axes, shape))
     if sizes.get("data", 1) % slices:
         raise ValueError(

@@ -12,7 +12,9 @@ import signal
 import threading
 from typing import Optional
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -43,14 +45,10 @@ class SignalWatcher:
 
     def agreed(self, every: int = 1, step: int = 0) -> bool:
         """Whether all processes should stop after this step."""
-        import jax
-
         if jax.process_count() == 1:
             return self.name is not None
         if step % every:
             return False
-        from jax.experimental import multihost_utils
-
         flags = multihost_utils.process_allgather(np.int32(self.name is not None))
         if np.any(flags) and self.name is None:
             self.name = "a signal to another process"

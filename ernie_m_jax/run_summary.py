@@ -14,6 +14,7 @@ import shlex
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import seqio
 
 from ernie_m_jax import files, run_dir
 from ernie_m_jax.data import pipeline
@@ -46,8 +47,6 @@ def _both_ways(result: Mapping[str, float]) -> float:
 def parallel_tasks(exp: Experiment, run: SavedRun) -> Dict[str, str]:
     """{target language: task} of the pair mixture, limited to the evaluated languages (or
     the first few): scored at the end of a run."""
-    import seqio
-
     by_suffix: Dict[str, str] = {}
     mixture = exp.data.pair_mixture
     if not mixture or mixture not in (*seqio.MixtureRegistry.names(),

@@ -112,7 +112,7 @@ def diagnose(model_dir: str, temperatures: Sequence[float], limit: int = 128,
     data = run.experiment.train.data_setup()  # the run's own tasks, and its corpus
     factors = {}
     if knobs.get("fit_length_factors"):  # measured on the run's own pair mixture
-        from ernie_m_jax.train.step import length_factors_by_id, pair_length_factors
+        from ernie_m_jax.train.resolve import length_factors_by_id, pair_length_factors
 
         factors = pair_length_factors(run.experiment.data.pair_mixture)
         knobs = {**knobs, "length_factors": length_factors_by_id(factors)}

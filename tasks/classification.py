@@ -28,6 +28,7 @@ from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import corpus, seqio_vocab, sources
 from ernie_m_jax.finetune.config import ClassificationData
 from tasks import registry
+from tasks.demo import default_data_dir
 
 COLLECTION = "ernie_m.cls"
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur",
@@ -128,8 +129,6 @@ def register_packages(vocabulary_path: str, tokens: Optional[SpecialTokens] = No
 
     The corpus is built (or reused) where the demo keeps it, `data_dir` or
     $ERNIE_M_JAX_DATA_DIR."""
-    from tasks.demo import default_data_dir
-
     corpus_dir = Path(data_dir or default_data_dir()) / "demo_corpus"
     manifest = corpus.load_or_build(corpus_dir)
     unknown = sorted(set(languages) - set(manifest["languages"]))

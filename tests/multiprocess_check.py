@@ -29,6 +29,7 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ernie_m_jax import checkpoints, gin_config, partitioning, train  # noqa: E402
+from ernie_m_jax.configs import SpecialTokens  # noqa: E402
 from ernie_m_jax.data import pipeline  # noqa: E402
 from ernie_m_jax.metrics import read_metrics  # noqa: E402
 from ernie_m_jax.optimizer import make_optimizer  # noqa: E402
@@ -43,8 +44,8 @@ bindings = tiny_bindings(data_dir, 3, **{"TrainConfig.eval_batch_size": 8})
 def merged_hosts(shard_info, hosts=2):
     """Both hosts' inputs side by side: what make_array_from_process_local_data builds."""
     del shard_info
-    data = pipeline.DataConfig()  # as bound by the gin files being run
-    parts = [pipeline.training_dataset(data, OBJECTIVES, seqio.ShardInfo(i, hosts))
+    data, tokens = pipeline.DataConfig(), SpecialTokens()  # as the gin files being run bind
+    parts = [pipeline.training_dataset(data, OBJECTIVES, seqio.ShardInfo(i, hosts), tokens=tokens)
              for i in range(hosts)]
     return tf.data.Dataset.zip(tuple(parts)).map(lambda *b: {
         o: {k: tf.concat([p[o][k] for p in b], 0) for k in b[0][o]} for o in b[0]})
@@ -70,7 +71,7 @@ def rows_per_host(hosts=2):
 
     def rows(shard):
         return [tuple(r) for b in pipeline.evaluation_batches(
-                    "ernie_m.mono.de", 16, 8, "train", shard_info=shard)
+                    "ernie_m.mono.de", 16, 8, "train", shard_info=shard, tokens=SpecialTokens())
                 for r, seg in zip(b["input_ids"].tolist(), b["segment_ids"]) if seg.any()]
 
     return [rows(seqio.ShardInfo(i, hosts)) for i in range(hosts)], rows(seqio.ShardInfo(0, 1))

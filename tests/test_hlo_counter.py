@@ -1,7 +1,6 @@
 """The collective counter (`aot/hlo.py`) against answers counted by hand: small HLO texts in
 each form XLA's TPU backend writes, then real compiles whose traffic is known in advance."""
 
-import dataclasses
 import textwrap
 
 import gin
@@ -330,8 +329,7 @@ def test_the_train_step_counts_the_same_with_and_without_async_collective_fusion
     gin.clear_config()
     devices = hardware.topology_devices(hardware.parse("v5e-16"))
     mesh = partitioning.make_mesh(exp.mesh, devices)
-    built = train.build_train_step(exp, mesh, btmlm=dataclasses.replace(
-        exp.btmlm, target_languages=(0, 1)))
+    built = train.build_train_step(exp, mesh)
     layout = hlo.DeviceLayout.from_devices(list(mesh.devices.flat))
     counted = []
     for options in ({}, {"xla_tpu_enable_async_collective_fusion": False}):

@@ -6,6 +6,7 @@ import gin
 import pytest
 
 from ernie_m_jax import profiling
+from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.train.config import TrainConfig
 from tests.train_runs import run, tiny_bindings
 
@@ -229,4 +230,4 @@ def test_reading_uncached_tasks_from_the_cache_is_one_clear_error(demo_data_dir)
                                  mono_length=16, use_cached=True)
     with pytest.raises(FileNotFoundError, match=r"no seqio cache of \['ernie_m.mono.de'.*"
                                                 r"ernie-m-jax cache-tasks"):
-        pipeline.training_dataset(config, ["mmlm"])
+        pipeline.training_dataset(config, ["mmlm"], tokens=SpecialTokens())

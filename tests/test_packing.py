@@ -301,8 +301,9 @@ def test_packed_input_holds_the_same_examples_in_order_and_fills_the_rows(
         demo_data, name, length):
     kind = "mono_length" if name == "mmlm" else "pair_length"
     config = pipeline.DataConfig(**{kind: length}, seed=5, batch_sizes={name: 16})
-    unpacked = iter(pipeline.training_dataset(config, [name]))
-    packed = iter(pipeline.training_dataset(dataclasses.replace(config, pack=True), [name]))
+    unpacked = iter(pipeline.training_dataset(config, [name], tokens=TOKENS))
+    packed = iter(pipeline.training_dataset(dataclasses.replace(config, pack=True), [name],
+                                            tokens=TOKENS))
     one_each = [e for _ in range(8) for e in _examples_of(
         {k: v.numpy() for k, v in next(unpacked)[name].items()}, False)]
     rows = {k: v.numpy() for k, v in next(packed)[name].items()}
@@ -321,7 +322,7 @@ def test_packed_input_holds_the_same_examples_in_order_and_fills_the_rows(
             assert rows["input_ids"][row][where][0] == TOKENS.cls_id
             assert rows["input_ids"][row][where][-1] == TOKENS.sep_id
         assert (rows["input_ids"][row][~real[row]] == TOKENS.pad_id).all()
-    unpacked_rows = next(iter(pipeline.training_dataset(config, [name])))[name]
+    unpacked_rows = next(iter(pipeline.training_dataset(config, [name], tokens=TOKENS)))[name]
     assert real.mean() > 1.5 * (unpacked_rows["segment_ids"].numpy() > 0).mean()
 
 
@@ -330,7 +331,7 @@ def test_packed_input_resumes_at_the_exact_batch(demo_data, tmp_path):
                                  batch_sizes={"mmlm": 4, "btmlm": 2, "tlm": 2, "camlm": 2})
     objectives = ["mmlm", "tlm", "camlm", "btmlm"]
     make = lambda: pipeline.CheckpointableIterator(
-        pipeline.training_dataset(config, objectives))
+        pipeline.training_dataset(config, objectives, tokens=TOKENS))
     reference = make()
     expected = [next(reference) for _ in range(5)]
     interrupted = make()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ernie_m_jax import checkpoints
+from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.metrics import read_metrics
 from tests.train_runs import ROOT, as_flags, run, tiny_bindings
 
@@ -122,20 +123,48 @@ def test_only_orphaned_reads_of_a_damaged_checkpoint_stay_out_of_the_log(kind, c
     damaged = f"{tmp_path}/checkpoints/6/"
     error = f'FAILED_PRECONDITION: Error reading "x" at local file "{damaged}state/"'
     asyncio_log = logging.getLogger("asyncio")
-    asyncio_log.addFilter(checkpoints._ORPHAN_FILTER)
+    before = (sys.excepthook, sys.unraisablehook, list(asyncio_log.filters))
     gc.collect()  # what earlier tests left behind is logged before the capture starts
-    try:
-        with caplog.at_level(logging.ERROR, logger="asyncio"):
-            checkpoints._ORPHAN_FILTER.damaged_paths.add(damaged)
-            _orphan_a_failed_read(kind, "/venv/site-packages/orbax/checkpoint/serialization.py",
-                                  error)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with checkpoints.orphaned_reads_collected(damaged, quiet_seconds=0.05) as read:
+            read.failed = True
+            _orphan_a_failed_read(kind, "/venv/lib/orbax/checkpoint/serialization.py", error)
             assert "never retrieved" not in caplog.text
-            checkpoints._ORPHAN_FILTER.damaged_paths.discard(damaged)  # now an unknown path
-            _orphan_a_failed_read(kind, "/home/user/my_input_pipeline.py", error)
-            assert "exception was never retrieved" in caplog.text and damaged in caplog.text
-    finally:
-        checkpoints._ORPHAN_FILTER.damaged_paths.discard(damaged)
-        asyncio_log.removeFilter(checkpoints._ORPHAN_FILTER)
+            assert sys.excepthook is not before[0]
+            # Another path's failure, in the meantime, is still reported.
+            _orphan_a_failed_read(kind, "/home/user/my_input_pipeline.py", "other path")
+            assert "exception was never retrieved" in caplog.text and "other path" in \
+                caplog.text
+        # The process is left as it was found, and the damaged path is reported again.
+        assert (sys.excepthook, sys.unraisablehook, asyncio_log.filters) == before
+        caplog.clear()
+        _orphan_a_failed_read(kind, "/venv/lib/orbax/checkpoint/serialization.py", error)
+        assert "exception was never retrieved" in caplog.text and damaged in caplog.text
+
+
+def test_a_failed_restore_leaves_the_process_hooks_as_they_were(tmp_path, caplog):
+    """Damaged-checkpoint handling changes nothing process-wide: after restoring past a
+    damaged step, `sys.excepthook`, `sys.unraisablehook` and asyncio's log filters are the
+    ones from before, and nothing was waited for where no read failed."""
+    import jax.numpy as jnp
+
+    state = {"w": jnp.arange(4.0)}
+    with checkpoints.manager(tmp_path / "ckpt", None, async_save=False,
+                             with_data=False) as mngr:
+        for step in (1, 2):
+            checkpoints.save_state(mngr, step, {"w": state["w"] * step})
+    for path in (tmp_path / "ckpt" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(np.random.RandomState(0).bytes(path.stat().st_size))
+    asyncio_log = logging.getLogger("asyncio")
+    before = (sys.excepthook, sys.unraisablehook, list(asyncio_log.filters))
+    abstract = checkpoints.abstract_like(state, {"w": state["w"].sharding})
+    with checkpoints.manager(tmp_path / "ckpt", None, async_save=False,
+                             with_data=False) as mngr:
+        restored = checkpoints.restore_newest_intact(mngr, abstract)
+    np.testing.assert_array_equal(restored["w"], np.arange(4.0))  # step 1, intact
+    assert "/2 is damaged" in caplog.text  # the control: a read did fail
+    assert (sys.excepthook, sys.unraisablehook, asyncio_log.filters) == before
 
 
 @pytest.mark.slow
@@ -199,7 +228,8 @@ def test_fuzzed_corpus_files_never_crash_the_pipeline(demo_data_dir, tmp_path):
         if not kept:
             continue
         registry.add_monolingual("zz", {"train": path}, vocabulary)
-        rows = [row for batch in pipeline.evaluation_batches("ernie_m.mono.zz", 24, 8, "train")
+        rows = [row for batch in pipeline.evaluation_batches("ernie_m.mono.zz", 24, 8, "train",
+                                                             tokens=SpecialTokens())
                 for row, seg in zip(batch["input_ids"], batch["segment_ids"]) if seg.any()]
         assert len(rows) == len(kept)
     empty = tmp_path / "empty.txt"

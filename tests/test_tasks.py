@@ -59,7 +59,7 @@ def test_every_objective_gets_batches_of_the_declared_layout(demo_data):
     config = pipeline.DataConfig(mono_length=24, pair_length=40,
                                  batch_sizes={"mmlm": 6, "btmlm": 4, "tlm": 4, "camlm": 2})
     batch = next(pipeline.CheckpointableIterator(
-        pipeline.training_dataset(config, ["mmlm", "tlm", "camlm", "btmlm"])))
+        pipeline.training_dataset(config, ["mmlm", "tlm", "camlm", "btmlm"], tokens=TOKENS)))
     for name, size, length in (("mmlm", 6, 24), ("btmlm", 4, 24), ("tlm", 4, 40),
                                ("camlm", 2, 40)):
         assert set(batch[name]) == {"input_ids", "segment_ids", "language_ids"}
@@ -98,7 +98,7 @@ def test_a_language_added_in_a_few_lines_joins_the_mixture(demo_data, vocabulary
         assert seqio.get_mixture_or_task("ernie_m.mono.xx").num_input_examples("train") == 3
         xx_id = registry.register_language("xx")
         ds = pipeline.evaluation_batches("ernie_m.mono.xx", length=16, batch_size=4,
-                                         split="train")
+                                         split="train", tokens=TOKENS)
         batch = next(iter(ds))
         for row in range(3):
             _check_mono_row(batch["input_ids"][row], batch["segment_ids"][row],
@@ -114,7 +114,7 @@ def test_pipeline_is_deterministic_and_resumes_at_the_exact_batch(demo_data, tmp
     config = pipeline.DataConfig(mono_length=16, pair_length=24, seed=3,
                                  batch_sizes={"mmlm": 4, "tlm": 2})
     make = lambda: pipeline.CheckpointableIterator(
-        pipeline.training_dataset(config, ["mmlm", "tlm"]))
+        pipeline.training_dataset(config, ["mmlm", "tlm"], tokens=TOKENS))
     reference = make()
     expected = [next(reference) for _ in range(6)]
     interrupted = make()
@@ -130,7 +130,7 @@ def test_pipeline_is_deterministic_and_resumes_at_the_exact_batch(demo_data, tmp
                 np.testing.assert_array_equal(got[objective][key], want[objective][key])
     other_seed = pipeline.CheckpointableIterator(pipeline.training_dataset(
         pipeline.DataConfig(mono_length=16, pair_length=24, seed=4,
-                            batch_sizes={"mmlm": 4, "tlm": 2}), ["mmlm", "tlm"]))
+                            batch_sizes={"mmlm": 4, "tlm": 2}), ["mmlm", "tlm"], tokens=TOKENS))
     assert not np.array_equal(next(other_seed)["mmlm"]["input_ids"],
                               expected[0]["mmlm"]["input_ids"])
 
@@ -142,7 +142,7 @@ def test_the_saved_input_position_holds_the_task_buffers_and_nothing_more(demo_d
     config = pipeline.DataConfig(mono_length=32, pair_length=64,
                                  batch_sizes={"mmlm": 8, "tlm": 8})
     iterator = pipeline.CheckpointableIterator(
-        pipeline.training_dataset(config, ["mmlm", "tlm"]))
+        pipeline.training_dataset(config, ["mmlm", "tlm"], tokens=TOKENS))
     for _ in range(3):
         next(iterator)
     iterator.save(str(tmp_path / "position"))
@@ -156,15 +156,16 @@ def test_hosts_read_disjoint_shards_with_their_share_of_the_batch(demo_data):
     shards = []
     for index in range(2):
         ds = pipeline.evaluation_batches("ernie_m.mono.de", 32, 8, split="validation",
-                                         shard_info=seqio.ShardInfo(index, 2))
+                                         shard_info=seqio.ShardInfo(index, 2), tokens=TOKENS)
         shards.append({tuple(row) for b in ds for row, seg in zip(b["input_ids"],
                                                                   b["segment_ids"]) if seg.any()})
     assert shards[0] and shards[1] and not shards[0] & shards[1]
     config = pipeline.DataConfig(batch_sizes={"mmlm": 8})
-    batch = next(iter(pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(1, 2))))
+    batch = next(iter(pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(1, 2),
+                                                tokens=TOKENS)))
     assert batch["mmlm"]["input_ids"].shape[0] == 4
     with pytest.raises(ValueError, match="not divisible by 3 processes"):
-        pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(0, 3))
+        pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(0, 3), tokens=TOKENS)
 
 
 def test_tfds_tasks_produce_batches_under_mock_data(vocabulary):
@@ -175,7 +176,7 @@ def test_tfds_tasks_produce_batches_under_mock_data(vocabulary):
         tfds_sources.add_translation_pair("en", "fr", "para_crawl/enfr:1.2.0", vocabulary,
                                           data_dir="/nonexistent", splits=("train",))
         mono = next(iter(pipeline.evaluation_batches("ernie_m.mc4.mono.de", 32, 4,
-                                                     split="train")))
+                                                     split="train", tokens=TOKENS)))
         for row in zip(mono["input_ids"], mono["segment_ids"], mono["language_ids"]):
             _check_mono_row(*row)
         names = ["ernie_m.tfds.para.de_en", "ernie_m.tfds.para.en_fr"]
@@ -186,7 +187,7 @@ def test_tfds_tasks_produce_batches_under_mock_data(vocabulary):
         for name in names:  # a DataConfig may name a single task instead of a mixture
             ds = pipeline.training_dataset(
                 pipeline.DataConfig(pair_mixture=name, pair_length=32,
-                                    batch_sizes={"tlm": 4}), ["tlm"])
+                                    batch_sizes={"tlm": 4}), ["tlm"], tokens=TOKENS)
             batch = next(iter(ds))["tlm"]
             for row in zip(*(batch[k].numpy() for k in ("input_ids", "segment_ids",
                                                          "language_ids"))):
@@ -235,14 +236,15 @@ def test_over_long_pairs_keep_both_sentences_and_trim_the_longer_first():
     from ernie_m_jax.data import features
     example = {"source": tf.range(10, 40), "target": tf.range(50, 55),
                "source_language": tf.constant(1), "target_language": tf.constant(2)}
-    row = {k: v.numpy() for k, v in features.pair_row(example, length=20).items()}
+    row = {k: v.numpy() for k, v in features.pair_row(example, length=20, tokens=TOKENS).items()}
     segments = row["segment_ids"]
     assert (segments == 1).sum() == 2 + 11 and (segments == 2).sum() == 2 + 5
     np.testing.assert_array_equal(row["input_ids"][1:12], np.arange(10, 21))
     keep = [features.fit_pair(tf.constant(a), tf.constant(b), 16) for a, b in
             ((30, 30), (3, 30), (30, 3), (4, 5))]
     assert [(int(a), int(b)) for a, b in keep] == [(8, 8), (3, 13), (13, 3), (4, 5)]
-    mono = features.monolingual_row({"text": tf.range(5, 100), "language": tf.constant(7)}, 12)
+    mono = features.monolingual_row({"text": tf.range(5, 100), "language": tf.constant(7)}, 12,
+                                    tokens=TOKENS)
     assert mono["input_ids"].numpy()[-1] == TOKENS.sep_id
     assert (mono["language_ids"].numpy() == 7).all()
 
@@ -253,7 +255,7 @@ def test_btmlm_targets_come_from_the_mixtures_and_can_be_limited_to_parallel_lan
 
     from ernie_m_jax.configs import BTMLMConfig
     from ernie_m_jax.data import languages
-    from ernie_m_jax.train.step import pair_mixture_languages, resolved_btmlm
+    from ernie_m_jax.train.resolve import pair_mixture_languages, resolved_btmlm
 
     registry.add_mixture("test.para.two", ["ernie_m.para.en_de", "ernie_m.para.en_zh_hans"])
     assert pair_mixture_languages("test.para.two") == {"en", "de", "zh_hans"}
@@ -289,7 +291,7 @@ def test_btmlm_length_factors_are_measured_on_the_pair_mixture(demo_data, vocabu
 
     from ernie_m_jax.configs import BTMLMConfig
     from ernie_m_jax.data import corpus, languages
-    from ernie_m_jax.train.step import pair_length_factors, resolved_btmlm
+    from ernie_m_jax.train.resolve import pair_length_factors, resolved_btmlm
 
     registry.add_mixture("test.para.lengths", ["ernie_m.para.en_de", "ernie_m.para.en_zh_hans"])
     factors = pair_length_factors("test.para.lengths", max_examples=100_000)

@@ -367,3 +367,39 @@ def test_accumulation_needs_counters_and_rows_that_split(tiny_model, tiny_params
                                      synthetic.TOKENS, EVERY_WORD))
     with pytest.raises(ValueError, match="does not split into 3"):
         jax.jit(step)(state, {"mmlm": _uneven_batches()["mmlm"]})
+
+
+def test_the_step_builder_reads_no_data_and_resolve_reads_the_mixtures(monkeypatch):
+    """Configuration is resolved at the edge: `build_train_step` (BTMLM included) is built and
+    traced with every way of reaching the data failing; `resolve`, the edge, does reach it."""
+    import seqio
+
+    from ernie_m_jax import partitioning
+    from ernie_m_jax.configs import SpecialTokens, model_config
+    from ernie_m_jax.data import pipeline
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data registry was read")
+
+    for registry in (seqio.TaskRegistry, seqio.MixtureRegistry):
+        monkeypatch.setattr(registry, "get", no_data)
+    monkeypatch.setattr(seqio, "get_mixture_or_task", no_data)
+    monkeypatch.setattr(pipeline, "tasks_of", no_data)
+    objectives = {"mmlm": 1.0, "btmlm": 1.0}
+    exp = train.Experiment(
+        train.TrainConfig(num_steps=10, objective_weights=objectives),
+        model_config("tiny", num_languages=4),
+        pipeline.DataConfig(batch_sizes={"mmlm": 4, "btmlm": 4}, mono_length=16,
+                            pair_length=16),
+        partitioning.MeshConfig(shape=(1, 1, 1)), optimizer.OptimizerConfig(), MaskingConfig(),
+        BTMLMConfig(target_languages=(1, 2), fit_length_factors=True, max_placeholders=4),
+        SpecialTokens())
+    mesh = partitioning.make_mesh(exp.mesh, jax.devices()[:1])
+    built = train.build_train_step(exp, mesh)
+    with partitioning.activate(mesh, exp.mesh.rules):
+        built.fn.lower(built.abstract_state, built.abstract_batches())
+    assert built.btmlm == exp.btmlm  # as given: no length factors were measured
+    # Positive control: resolving reads the pair mixture (fit_length_factors) and so fails.
+    with pytest.raises(AssertionError, match="registry was read"):
+        train.resolve(exp)
+    assert train.resolve(exp, read_data=False) == exp  # languages given, nothing to read

@@ -22,9 +22,9 @@ import numpy as np
 from ernie_m_jax import metrics, partitioning
 from ernie_m_jax.aot import hardware, hlo
 from ernie_m_jax.aot.hardware import Accelerator, GiB
-from ernie_m_jax.configs import BTMLMConfig
 from ernie_m_jax.train.config import Experiment
-from ernie_m_jax.train.step import TrainStep, build_train_step, resolved_btmlm
+from ernie_m_jax.train.resolve import resolve
+from ernie_m_jax.train.step import TrainStep, build_train_step
 
 
 class DoesNotFit(ValueError):
@@ -172,17 +172,18 @@ def _mesh_config(exp: Experiment, num_slices: int, notes: List[str]):
     return config
 
 
-def _btmlm(exp: Experiment, notes: List[str]) -> BTMLMConfig:
+def _resolved(exp: Experiment, notes: List[str]) -> Experiment:
     """The languages BTMLM generates into come from the registered mixture; where it is not
     registered here, two placeholder ids (the compiled program does not depend on them).
     No data is read: fitted length factors are constants, not the program's shape."""
     try:
-        return resolved_btmlm(exp, read_data=False)
+        return resolve(exp, read_data=False)
     except (ValueError, KeyError):
         if "btmlm" in exp.train.enabled:
             notes.append(f"{exp.data.mono_mixture} is not registered here: BTMLM target "
                          "languages are placeholders (they do not change the program)")
-        return dataclasses.replace(exp.btmlm, target_languages=(0, 1))
+        return dataclasses.replace(exp, btmlm=dataclasses.replace(exp.btmlm,
+                                                                  target_languages=(0, 1)))
 
 
 def _per_chip_bytes(tree) -> float:
@@ -200,10 +201,10 @@ def compile_train_step(exp: Experiment, accelerator: Accelerator,
     devices = hardware.topology_devices(accelerator)
     notes: List[str] = []
     mesh_config = _mesh_config(exp, accelerator.num_slices, notes)
-    exp = dataclasses.replace(exp, mesh=mesh_config)
+    exp = _resolved(dataclasses.replace(exp, mesh=mesh_config), notes)
     mesh = partitioning.make_mesh(mesh_config, devices)  # errors name the counts
     started = time.perf_counter()
-    built: TrainStep = build_train_step(exp, mesh, btmlm=_btmlm(exp, notes))
+    built: TrainStep = build_train_step(exp, mesh)
     with partitioning.activate(mesh, mesh_config.rules):
         lowered = built.fn.lower(built.abstract_state, built.abstract_batches())
         try:

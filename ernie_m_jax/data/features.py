@@ -52,7 +52,7 @@ def pad_row(example: Dict[str, tf.Tensor], length: int,
 
 
 def monolingual_row(example: Dict[str, tf.Tensor], length: int,
-                    tokens: SpecialTokens = SpecialTokens()) -> Dict[str, tf.Tensor]:
+                    tokens: SpecialTokens) -> Dict[str, tf.Tensor]:
     return pad_row(monolingual_example(example, length, tokens), length, tokens)
 
 
@@ -77,7 +77,7 @@ def fit_pair(source_length: tf.Tensor, target_length: tf.Tensor, budget: int
 
 
 def pair_row(example: Dict[str, tf.Tensor], length: int,
-             tokens: SpecialTokens = SpecialTokens()) -> Dict[str, tf.Tensor]:
+             tokens: SpecialTokens) -> Dict[str, tf.Tensor]:
     return pad_row(pair_example(example, length, tokens), length, tokens)
 
 

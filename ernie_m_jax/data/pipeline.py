@@ -148,9 +148,8 @@ def _split_batch(batch: Dict[str, tf.Tensor], sizes: Mapping[str, int]):
 
 
 def training_dataset(config: DataConfig, objectives: Sequence[str],
-                     shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
-                     tokens: SpecialTokens = SpecialTokens(),
-                     position_offset: int = 2) -> tf.data.Dataset:
+                     shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1), *,
+                     tokens: SpecialTokens, position_offset: int = 2) -> tf.data.Dataset:
     """Endless {objective: {feature: int32 [host_batch, length]}} for the given objectives
     (packed rows, with `config.pack`, number positions from the model's `position_offset`)."""
     sizes = config.enabled(objectives)
@@ -180,8 +179,8 @@ def training_dataset(config: DataConfig, objectives: Sequence[str],
 
 def evaluation_batches(task: str, length: int, batch_size: int, split: str = "validation",
                        max_examples: Optional[int] = None,
-                       shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1),
-                       tokens: SpecialTokens = SpecialTokens(), use_cached: bool = False):
+                       shard_info: seqio.ShardInfo = seqio.ShardInfo(0, 1), *,
+                       tokens: SpecialTokens, use_cached: bool = False):
     """Fixed-shape monolingual batches of one task, in order; the last one is padded with
     empty rows (segment 0, so nothing in them is masked or scored)."""
     ds = _stream(task, split, features.monolingual_example, length, tokens, shard_info, seed=0,

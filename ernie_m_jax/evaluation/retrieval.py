@@ -13,6 +13,7 @@ import dataclasses
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+import seqio
 
 from ernie_m_jax import files
 
@@ -65,8 +66,6 @@ def task_pairs(task: str, split: str = "test", max_examples: Optional[int] = Non
                use_cached: bool = False) -> PairSet:
     """A registered parallel task's split, in order (from seqio's offline cache if
     `use_cached`)."""
-    import seqio
-
     provider = seqio.get_mixture_or_task(task)
     if set(provider.output_features) < {"source", "target"}:
         raise ValueError(f"{task} is not a parallel task (it has features "

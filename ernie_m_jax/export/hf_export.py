@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from safetensors.numpy import save_file
 
+from ernie_m_jax import run_dir
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.export import hf_tokenizer, layouts, model_card
+from ernie_m_jax.finetune import run as finetune_run
 from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 from ernie_m_jax.saved_run import SavedRun
 
@@ -149,8 +152,6 @@ def _write(out_dir: Path, run: SavedRun, fmt: str, weights: dict, config_json: d
            provenance: dict, card: model_card.ModelCard) -> Path:
     """Weights, config, tokenizer, model card, the run's gin config and provenance under a
     temporary name, renamed when whole."""
-    from safetensors.numpy import save_file
-
     tmp = out_dir.parent / (out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -191,13 +192,10 @@ def export_classifier(model_dir: str, out: str, fmt: str = layouts.ERNIE_M,
                       checkpoint: str = "best", license: str = DEFAULT_LICENSE) -> Path:
     """A fine-tuned run's classifier (model selection's best step) as
     `ErnieMForSequenceClassification` or `XLMRobertaForSequenceClassification`."""
-    from ernie_m_jax.finetune import run as finetune_run
-    from ernie_m_jax.run_dir import vocabulary
-
     _check_format(fmt)
     info, step, params = finetune_run.load_params(
         model_dir, finetune_run.BEST if checkpoint == "best" else finetune_run.CHECKPOINTS)
-    vocab = vocabulary(model_dir)
+    vocab = run_dir.vocabulary(model_dir)
     if vocab is None:
         raise ValueError(f"{model_dir}: the run keeps no vocabulary; the export needs it")
     out_dir = Path(checked_output_dir(out, overwrite, PROVENANCE_FILE))

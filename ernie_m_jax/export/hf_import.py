@@ -25,12 +25,15 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from safetensors import safe_open
+from safetensors.numpy import load_file
 
 from ernie_m_jax import checkpoints
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
 from ernie_m_jax.data import vocab
 from ernie_m_jax.export import layouts, model_card
 from ernie_m_jax.export.hf_export import IMPORT_MARKER, MLM_HEAD_FILE, PROVENANCE_FILE
+from ernie_m_jax.model import init_params
 from ernie_m_jax.run_dir import CONFIG_FILE, VOCAB_FILE, checked_output_dir
 
 MODEL_TYPES = {"ernie_m": layouts.ERNIE_M, "xlm-roberta": layouts.XLM_ROBERTA}
@@ -108,8 +111,6 @@ def safetensors_files(hf_dir: Path) -> Sequence[Path]:
 
 def weight_shapes(files: Sequence[Path]) -> Dict[str, Tuple[int, ...]]:
     """{tensor name: shape} from the safetensors headers alone: no tensor is read."""
-    from safetensors import safe_open
-
     shapes = {}
     for file in files:
         try:
@@ -123,8 +124,6 @@ def weight_shapes(files: Sequence[Path]) -> Dict[str, Tuple[int, ...]]:
 
 def load_safetensors(files: Sequence[Path]) -> Dict[str, np.ndarray]:
     """Every tensor of `files`; one that cannot be read is an error naming it."""
-    from safetensors.numpy import load_file
-
     state: Dict[str, np.ndarray] = {}
     for file in files:
         try:
@@ -220,8 +219,6 @@ def hf_params(hf_dir: Path, seed: int = 0) -> Tuple[dict, ModelConfig, list]:
 
 
 def _init(config: ModelConfig, seed: int):
-    from ernie_m_jax.model import init_params
-
     return jax.jit(lambda key: init_params(config, key))(jax.random.key(seed))
 
 

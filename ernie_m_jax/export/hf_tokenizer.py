@@ -18,6 +18,18 @@ import json
 import shutil
 from pathlib import Path
 
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
+
 from ernie_m_jax.configs import SpecialTokens
 from ernie_m_jax.data import vocab
 
@@ -29,22 +41,10 @@ def _special_pieces(model_pieces, tokens: SpecialTokens) -> dict:
     return {name: model_pieces[getattr(tokens, field)] for name, field in SPECIAL_NAMES.items()}
 
 
-def fast_tokenizer(sp_model_path: Path, tokens: SpecialTokens = SpecialTokens()):
+def fast_tokenizer(sp_model_path: Path, tokens: SpecialTokens):
     """A `tokenizers.Tokenizer` equal to the SentencePiece model in its id layout, with
     [CLS] x [SEP] and [CLS] x [SEP] [SEP] y [SEP] templates (the rows `data/features.py`
     builds)."""
-    from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
-
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(sp_model_path).read_bytes())
     if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Mapping, Sequence, Tuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from ernie_m_jax.configs import ModelConfig
+from ernie_m_jax.model import init_params
 
 StateDict = Dict[str, np.ndarray]
 ERNIE_M = "ernie_m"
@@ -141,10 +143,6 @@ def _from_hf(t: Tensor, theirs: np.ndarray, shape: Tuple[int, ...]) -> np.ndarra
 
 def expected_shapes(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """Our parameter shapes for `config`, without allocating anything."""
-    import flax.linen as nn
-
-    from ernie_m_jax.model import init_params
-
     params = jax.eval_shape(lambda: nn.unbox(init_params(config, jax.random.key(0)))["params"])
     return {tuple(p.key for p in path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)}

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from ernie_m_jax import checkpoints, partitioning, preemption, run_dir
+from ernie_m_jax import checkpoints, partitioning, preemption, run_dir, saved_run
 from ernie_m_jax import metrics as metrics_lib
 from ernie_m_jax.configs import ModelConfig
 from ernie_m_jax.finetune import data as data_lib
@@ -35,8 +35,6 @@ from ernie_m_jax.finetune.step import FinetuneStep, build_finetune_step
 def _start_point(cfg: FinetuneConfig, model_dir: str
                  ) -> Tuple[run_lib.FinetuneInfo, Optional[dict]]:
     """(the run's record, the pretrained encoder params to start from, None when resuming)."""
-    from ernie_m_jax import saved_run
-
     recorded = run_lib.read_info(model_dir)
     if recorded is not None:
         if cfg.init_from and os.path.abspath(cfg.init_from) != recorded.init_from:

@@ -23,6 +23,8 @@ import numpy as np
 
 from ernie_m_jax import checkpoints, files, gin_config, run_dir
 from ernie_m_jax.configs import ModelConfig, SpecialTokens
+from ernie_m_jax.finetune.config import FinetuneConfig
+from ernie_m_jax.finetune.model import ErnieMClassifier, init_boxed
 
 INFO_FILE = "finetune.json"
 SELECTION_FILE = "selection.json"
@@ -109,8 +111,6 @@ def require_finetuned(model_dir: os.PathLike) -> FinetuneInfo:
 
 def abstract_params(info: FinetuneInfo):
     """ShapeDtypeStructs of the classifier's params on this host's first CPU device."""
-    from ernie_m_jax.finetune.model import ErnieMClassifier, init_boxed
-
     model = ErnieMClassifier(info.model, len(info.labels))
     shapes = jax.eval_shape(lambda: nn.unbox(init_boxed(model, jax.random.key(0))))
     device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
@@ -135,8 +135,6 @@ def load_params(model_dir: os.PathLike, which: str = BEST) -> Tuple[FinetuneInfo
 def recorded_config(model_dir: os.PathLike):
     """The run's `FinetuneConfig`, read from its config.gin without touching the caller's gin
     state; its `task_setup` keeps the run's bindings."""
-    from ernie_m_jax.finetune.config import FinetuneConfig
-
     require_finetuned(model_dir)
     with gin_config.isolated():
         gin_config.parse([os.fspath(path(model_dir) / run_dir.CONFIG_FILE)], [])

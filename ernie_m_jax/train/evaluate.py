@@ -10,7 +10,8 @@ import seqio
 
 from ernie_m_jax.data import pipeline
 from ernie_m_jax.train.config import Experiment
-from ernie_m_jax.train.step import global_batch, mixture_languages
+from ernie_m_jax.train.resolve import mixture_languages
+from ernie_m_jax.train.step import global_batch
 
 
 def eval_tasks(exp: Experiment) -> Dict[str, str]:
@@ -38,7 +39,8 @@ def evaluate(eval_fn: Callable, params, tasks: Mapping[str, str], exp: Experimen
         sums = {"correct": 0.0, "loss_sum": 0.0, "count": 0.0}
         for batch in pipeline.evaluation_batches(task, exp.data.mono_length, local_batch,
                                                  exp.train.eval_split, per_host, shard,
-                                                 exp.tokens, exp.data.use_cached):
+                                                 tokens=exp.tokens,
+                                                 use_cached=exp.data.use_cached):
             out = eval_fn(params, global_batch(batch, mesh, exp.mesh.rules))
             for k in sums:
                 sums[k] += float(out[k])

@@ -21,6 +21,7 @@ from ernie_m_jax import metrics as metrics_lib
 from ernie_m_jax.data import languages, pipeline
 from ernie_m_jax.train.config import Experiment, TrainConfig
 from ernie_m_jax.train.evaluate import eval_tasks, evaluate
+from ernie_m_jax.train.resolve import resolve
 from ernie_m_jax.train.state import COUNTERS, State, init_state
 from ernie_m_jax.train.step import TrainStep, build_train_step, global_batch, make_eval_step
 
@@ -82,6 +83,7 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
     if input_fn is None:  # the configured mixtures: their ids must be the model's
         pipeline.check_vocabulary(exp.data, cfg.enabled, exp.tokens, exp.model.vocab_size)
     languages.check_fits(exp.model.num_languages)
+    exp = resolve(exp)  # what the run takes from its mixtures, before anything is built
     train_step = build_train_step(exp, mesh)
 
     shard = seqio.ShardInfo(jax.process_index(), jax.process_count())
@@ -193,7 +195,7 @@ def _stage_steps(exp: Experiment, mesh, full: TrainStep) -> Dict[Tuple[str, ...]
     for boundary in (0, *exp.train.stage_boundaries()):
         stage = exp.stage(boundary)
         if stage.train.enabled not in steps:
-            steps[stage.train.enabled] = build_train_step(stage, mesh, full.btmlm)
+            steps[stage.train.enabled] = build_train_step(stage, mesh)
     return steps
 
 

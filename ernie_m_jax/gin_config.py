@@ -79,25 +79,17 @@ def _naming(source: str) -> Iterator[None]:
 def isolated() -> Iterator[None]:
     """Parse and read a config inside, leaving the caller's gin config as it was.
 
-    Reading a saved run must have no side effects, but gin keeps one global config and has
-    no public way to set it aside: the bindings, imports and operative config are copied
-    out of `gin.config` and put back on exit.
+    Reading a saved run must have no side effects, but gin keeps one global config. Its text
+    (`gin.config_str()`: imports, macros and every binding, which gin parses back to the same
+    values) is set aside and parsed again on exit: gin's public API only.
     """
-    state = gin.config
-    saved = ({k: dict(v) for k, v in state._CONFIG.items()}, set(state._IMPORTS),
-             {k: dict(v) for k, v in state._OPERATIVE_CONFIG.items()}, dict(state._SINGLETONS),
-             state._CONFIG_IS_LOCKED)
+    saved = gin.config_str()
     gin.clear_config()
     try:
         yield
     finally:
         gin.clear_config()
-        config, imports, operative, singletons, locked = saved
-        state._CONFIG.update(config)
-        state._IMPORTS.update(imports)
-        state._OPERATIVE_CONFIG.update(operative)
-        state._SINGLETONS.update(singletons)
-        state._set_config_is_locked(locked)
+        gin.parse_config(saved)
 
 
 class _DropMissingPathProbes(logging.Filter):

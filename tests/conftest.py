@@ -1,9 +1,29 @@
+import os
+import tempfile
+from pathlib import Path
+
 import flax.linen as nn
 import jax
 import pytest
 
 from ernie_m_jax.configs import model_config
 from ernie_m_jax.model import ErnieM, init_params
+
+# One persistent XLA compilation cache for the whole suite, this process and every
+# subprocess a test starts (they inherit the environment): the ~45 tiny trainings compile the
+# same few steps, and a cached one loads in a fraction of the compile time. JAX keys entries by
+# program, options, backend and version, so a cache kept between sessions is safe; point
+# ERNIE_M_JAX_TEST_CACHE elsewhere (or at an empty folder) to start from nothing.
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.environ.get("ERNIE_M_JAX_TEST_CACHE",
+                   str(Path(tempfile.gettempdir()) / "ernie_m_jax_test_compilation_cache")))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+for _name, _value in (("jax_compilation_cache_dir", CACHE_DIR),
+                      ("jax_persistent_cache_min_compile_time_secs", 0.5),
+                      ("jax_persistent_cache_min_entry_size_bytes", 0)):
+    jax.config.update(_name, _value)  # this process: jax read the environment on import
 
 
 @pytest.fixture(scope="session")

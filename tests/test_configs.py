@@ -56,3 +56,22 @@ def test_special_tokens_must_fit_and_differ():
 def test_bad_btmlm_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BTMLMConfig(**kwargs)
+
+
+def test_reading_a_config_in_isolation_leaves_the_callers_config_as_it_was():
+    """`gin_config.isolated` (how a saved run's config.gin is read) restores the caller's
+    imports, macros and references; inside, only the other config is seen."""
+    from ernie_m_jax import gin_config, train
+
+    gin_config.parse(["runs/demo_cpu.gin"], ["NUM_STEPS=700", "BATCH_SIZE=16"])
+    before, text = train.Experiment.from_gin(), gin.config_str()
+    with gin_config.isolated():
+        assert gin.config_str() == ""  # the control: nothing of the caller's is left inside
+        gin_config.parse(["runs/pretrain_stage1.gin", "models/tiny.gin"],
+                         ["MONO_MIXTURE='a.mono'", "PARA_MIXTURE='a.para'", "NUM_STEPS=10",
+                          "SpecialTokens.mask_id=4", "TrainConfig.init_from=None"])
+        inside = train.Experiment.from_gin()
+    assert inside.data.mono_mixture == "a.mono" and inside.model.num_layers == 2
+    after = train.Experiment.from_gin()
+    assert after == before and after.data.batch_sizes["tlm"] == 16
+    assert gin.config_str() == text and after.train.data_setup is before.train.data_setup

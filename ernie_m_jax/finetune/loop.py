@@ -124,16 +124,19 @@ def _place(shardings: Mapping[str, jax.sharding.NamedSharding]):
 
 
 def finetune(model_dir: str, cfg: Optional[FinetuneConfig] = None,
-             stop_after: Optional[int] = None) -> dict:
+             stop_after: Optional[int] = None,
+             mesh_config: Optional[partitioning.MeshConfig] = None) -> dict:
     """Fine-tune (or resume) in `model_dir`; returns the test results of the best step and
     the session's figures. `stop_after` ends the job at that step with a checkpoint, as a
-    preemption would; the same call again carries on."""
+    preemption would; the same call again carries on. What is not given is read from gin
+    here, once, before anything else."""
     cfg = cfg or FinetuneConfig()
+    mesh_config = mesh_config or partitioning.MeshConfig()
     _check_writable(model_dir, cfg.init_from)  # before anything is created or locked
     with preemption.SignalWatcher() as stop_signal:
         checkpoints.absolute(model_dir).mkdir(parents=True, exist_ok=True)
         with run_dir.locked(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
-            return _run(model_dir, cfg, stop_signal, stop_after)
+            return _run(model_dir, cfg, mesh_config, stop_signal, stop_after)
 
 
 def _check_writable(model_dir: str, init_from: Optional[str]) -> None:
@@ -153,7 +156,8 @@ def _check_writable(model_dir: str, init_from: Optional[str]) -> None:
                          f"{run_lib.INFO_FILE}); fine-tune into a new directory")
 
 
-def _run(model_dir: str, cfg: FinetuneConfig, stop_signal, stop_after: Optional[int]) -> dict:
+def _run(model_dir: str, cfg: FinetuneConfig, mesh_config: partitioning.MeshConfig,
+         stop_signal, stop_after: Optional[int]) -> dict:
     info, encoder = _start_point(cfg, model_dir)
     resuming = encoder is None
     data = _task(cfg, info, model_dir, resuming)
@@ -173,7 +177,6 @@ def _run(model_dir: str, cfg: FinetuneConfig, stop_signal, stop_after: Optional[
     num_steps = cfg.num_steps or max(1, math.ceil(cfg.num_epochs * per_epoch))
     eval_every = cfg.eval_every or per_epoch
 
-    mesh_config = partitioning.MeshConfig()
     mesh, rules = partitioning.make_mesh(mesh_config), mesh_config.rules
     partitioning.check_batch_divides(cfg.batch_size, mesh, rules)
     partitioning.check_batch_divides(cfg.eval_batch_size, mesh, rules)
@@ -244,21 +247,21 @@ def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, tr
           validation, num_steps: int, eval_every: int, evaluations, latest, best,
           writer, bar, place, stop_signal, stop_after: Optional[int]) -> dict:
     start = int(state["step"])
-    sums, since, began = None, time.perf_counter(), time.perf_counter()
+    began = time.perf_counter()
+    # Pretraining's interval means: over the finite steps, with throughput (rows x length a
+    # step, padding included; no MFU).
+    interval = metrics_lib.IntervalMetrics(cfg.batch_size * cfg.max_length, 0.0, None, start)
     stopped_early, done = None, start
     for done in range(start + 1, num_steps + 1):
         batch = place(data_lib.batch_at(train, done - 1, cfg.batch_size, cfg.seed))
         state, metrics = step_fns.train(state, batch)
-        sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
+        interval.add(metrics)
         if done % cfg.log_every == 0 or done == num_steps:
-            totals = metrics_lib.as_floats(sums)
-            finite = totals.pop("finite")
-            scalars = {f"train/{k}": v / max(finite, 1) for k, v in totals.items()}
-            scalars["train/steps_per_second"] = cfg.log_every / (time.perf_counter() - since)
+            scalars = {f"train/{k}": v for k, v in interval.report(done).items()}
             writer.write(done, scalars)
-            bar.set_postfix_str(f"loss={scalars['train/loss']:.3f} "
-                                f"acc={scalars['train/accuracy']:.3f}")
-            sums, since = None, time.perf_counter()
+            if "train/loss" in scalars:  # absent when every step of the interval was skipped
+                bar.set_postfix_str(f"loss={scalars['train/loss']:.3f} "
+                                    f"acc={scalars['train/accuracy']:.3f}")
         bar.update(1)
         preempted = stop_signal.agreed(every=1 if jax.process_count() == 1 else cfg.log_every,
                                        step=done) or done == stop_after
@@ -299,16 +302,18 @@ def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, tr
 
 
 def evaluate(model_dir: str, split: str = "test", which: str = run_lib.BEST,
-             batch_size: int = 64) -> dict:
-    """Accuracy per language of a fine-tuned run on `split` of every evaluation task."""
+             batch_size: int = 64,
+             mesh_config: Optional[partitioning.MeshConfig] = None) -> dict:
+    """Accuracy per language of a fine-tuned run on `split` of every evaluation task (on
+    the mesh gin binds, unless given)."""
+    mesh_config = mesh_config or partitioning.MeshConfig()
     info, step, params = run_lib.load_params(model_dir, which)
     recorded = run_lib.recorded_config(model_dir)
     data = _task(recorded, info, model_dir, resuming=True)
     sets = load_sets(info, data.eval_tasks, split, recorded.max_length, len(info.labels))
-    mesh_config = partitioning.MeshConfig()
     mesh, rules = partitioning.make_mesh(mesh_config), mesh_config.rules
     partitioning.check_batch_divides(batch_size, mesh, rules)
-    cfg = FinetuneConfig(eval_batch_size=batch_size)
+    cfg = dataclasses.replace(recorded, eval_batch_size=batch_size)
     step_fns = build_finetune_step(info.model, len(info.labels), cfg, 1, mesh, rules)
     params = jax.device_put(params, step_fns.state_shardings["params"])
     with partitioning.activate(mesh, rules):

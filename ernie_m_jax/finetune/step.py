@@ -17,6 +17,7 @@ from ernie_m_jax.finetune.config import FinetuneConfig
 from ernie_m_jax.finetune.data import FIELDS
 from ernie_m_jax.finetune.model import ErnieMClassifier, init_boxed
 from ernie_m_jax.finetune.optimizer import finetune_optimizer
+from ernie_m_jax.train.update import apply_if_finite, reported
 
 State = Dict[str, object]
 
@@ -33,26 +34,18 @@ def classification_loss(model: ErnieMClassifier, params, batch, rng, determinist
 
 def make_train_step(model: ErnieMClassifier, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule) -> Callable:
-    """`(state, batch) -> (state, metrics)`; a step with a non-finite loss or gradient keeps
-    the old params and optimizer state and reports `finite = 0`."""
+    """`(state, batch) -> (state, metrics)`: the classification loss under pretraining's
+    guarded update (`train.update.apply_if_finite`): a step with a non-finite loss or
+    gradient keeps the old params and optimizer state and reports `finite = 0`."""
 
     def train_step(state: State, batch) -> Tuple[State, Dict[str, jax.Array]]:
         params, step = state["params"], state["step"]
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
         (loss, accuracy), grads = jax.value_and_grad(
             lambda p: classification_loss(model, p, batch, rng, False), has_aux=True)(params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = {"params": keep(optax.apply_updates(params, updates), params),
-                     "opt_state": keep(opt_state, state["opt_state"]),
-                     "step": step + 1, "rng": state["rng"]}
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
-                   "learning_rate": schedule(step)}
-        metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
-        metrics["finite"] = finite.astype(jnp.float32)
-        return new_state, metrics
+        new_state, grad_norm, finite = apply_if_finite(optimizer, state, grads, loss)
+        return new_state, reported({"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+                                    "learning_rate": schedule(step)}, finite)
 
     return train_step
 

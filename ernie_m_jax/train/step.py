@@ -33,6 +33,7 @@ from ernie_m_jax.objectives import (
 from ernie_m_jax.optimizer import learning_rate_schedule, make_optimizer
 from ernie_m_jax.train.config import Experiment
 from ernie_m_jax.train.state import State, abstract_state
+from ernie_m_jax.train.update import apply_if_finite, reported
 
 
 def _split_microbatches(batches, count: int):
@@ -75,7 +76,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
     (`GradientSum`).
 
     A step with a non-finite loss or gradient norm keeps the old params and optimizer state
-    and bumps the counters (`COUNTERS`); its metrics are reported with `finite = 0`.
+    and bumps the counters (`update.apply_if_finite`, which fine-tuning applies too).
 
     `shared_params(params)` runs once per (micro)batch before the objectives: the place to
     gather a weight that every objective uses (`model.with_gathered_word_embeddings`).
@@ -153,26 +154,14 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
             poison = jnp.where(jnp.isin(step + 1, jnp.asarray(inject_nonfinite_steps)),
                                jnp.nan, poison)
         metrics, grads = gradients(params, batches, rng, poison)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(metrics["loss"] * poison) & jnp.isfinite(grad_norm)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        keep_if_bad = lambda new, old: jax.tree.map(
-            lambda n, o: jnp.where(finite, n, o), new, old)
-        bad = 1 - finite.astype(jnp.int32)
-        new_state = {"params": keep_if_bad(optax.apply_updates(params, updates), params),
-                     "opt_state": keep_if_bad(opt_state, state["opt_state"]),
-                     "step": step + 1, "rng": state["rng"],
-                     "nonfinite_steps": state["nonfinite_steps"] + bad,
-                     "consecutive_nonfinite": (state["consecutive_nonfinite"] + bad) * bad}
+        new_state, grad_norm, finite = apply_if_finite(optimizer, state, grads,
+                                                       metrics["loss"] * poison)
         # Rows are right-padded with segment 0: what is left is text, the tokens that teach.
         text_tokens = sum(jnp.sum(b["segment_ids"] != 0) for b in batches.values()
                           if "segment_ids" in b)
         metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(step),
                    "text_tokens": jnp.asarray(text_tokens, jnp.float32)}
-        # Bad steps contribute zeros; the loop divides by the number of finite steps.
-        metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
-        metrics["finite"] = finite.astype(jnp.float32)
-        return new_state, metrics
+        return new_state, reported(metrics, finite)
 
     return train_step
 

@@ -15,6 +15,7 @@ from ernie_m_jax.model import ErnieM, init_params
 from tests import synthetic
 
 
+@pytest.mark.slow
 def test_forward_flops_match_xla_cost_analysis():
     # One layer: XLA's cost analysis counts the body of the scanned layer loop once.
     config = model_config("tiny", hidden_size=256, num_heads=4, mlp_dim=1024, vocab_size=1000,
@@ -73,6 +74,7 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     assert "| 75.0% | 6000 | 1.50x | 2.00x |" in line, line
 
 
+@pytest.mark.slow
 def test_packing_benchmark_counts_text_positions_with_known_answers():
     from benchmarks import packing
 

@@ -28,6 +28,7 @@ def test_piece_statistics_score_against_the_reference_and_the_source():
         diag.piece_statistics([[1]], [[1], [2]], [[1]])
 
 
+@pytest.mark.slow
 def test_generation_fills_one_placeholder_per_source_piece_in_the_target_language(
         tiny_config, tiny_params):
     from ernie_m_jax.configs import BTMLMConfig, SpecialTokens

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ernie_m_jax import console
 from tests.train_runs import ROOT
 
@@ -36,6 +38,7 @@ def _stderr_of(code):
     return done.stderr, done.stdout
 
 
+@pytest.mark.slow
 def test_tensorflow_loads_quietly_and_off_the_gpus():
     # Positive control: a plain import (and first op) writes native log lines here.
     plain, _ = _stderr_of("import tensorflow as tf; tf.constant(1)")

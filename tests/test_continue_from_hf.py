@@ -74,6 +74,7 @@ def imported(release, tmp_path_factory):
     return hf_import.import_hf(str(release), str(tmp_path_factory.mktemp("imp") / "xlmr_run"))
 
 
+@pytest.mark.slow
 def test_fairseq_vocabulary_gives_xlm_roberta_tokenizer_ids_in_every_script(release,
                                                                            corpus_dir):
     import tensorflow as tf
@@ -121,6 +122,7 @@ def _copy(release, tmp_path, name):
     return shutil.copytree(release, tmp_path / name)
 
 
+@pytest.mark.slow
 def test_bad_vocabularies_fail_with_the_mismatch_and_write_nothing(release, corpus_dir, tmp_path):
     bigger = _copy(release, tmp_path, "bigger")
     sentences = [s for rows in _sentences(corpus_dir, "train", 40).values() for s in rows]
@@ -177,6 +179,7 @@ def test_wrong_special_ids_for_the_vocabulary_stop_training(imported, tmp_path, 
     assert not (tmp_path / "wrong" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_the_imported_models_first_mlm_loss_is_transformers_loss(release, imported, tmp_path,
                                                                 demo_data_dir):
     """Same masked batch from the real pipeline, before any update: ids, positions and the

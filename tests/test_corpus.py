@@ -114,6 +114,7 @@ def django_corpus(tmp_path_factory):
     return out, corpus.build_corpus(out)
 
 
+@pytest.mark.slow
 def test_django_corpus_is_deterministic_and_cached(django_corpus, tmp_path):
     out, manifest = django_corpus
     again = corpus.build_corpus(tmp_path / "again")

@@ -75,6 +75,7 @@ def _cli_error(argv, capsys):
     return " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.slow
 def test_layerwise_decay_scales_each_layers_update(tiny_config):
     model = ErnieMClassifier(tiny_config, 3)
     params = nn.unbox(init_boxed(model, jax.random.key(0)))

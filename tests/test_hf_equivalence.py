@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
+@pytest.mark.slow
 def test_flax_encoder_matches_transformers_ernie_m():
     config = model_config("tiny", num_layers=3)
     params = nn.unbox(init_params(config, jax.random.key(3)))["params"]

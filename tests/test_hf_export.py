@@ -70,6 +70,7 @@ def _jax_outputs(run_, ids, language):
     return keys, jax.tree.map(np.asarray, out)
 
 
+@pytest.mark.slow
 def test_tokenizers_give_training_ids_and_both_formats_load_from_the_directory(trained, exports):
     ours = _our_rows(trained, SENTENCES)
     for fmt, out in exports.items():
@@ -169,6 +170,7 @@ def test_models_with_language_embeddings_are_refused_without_a_fold(trained, tmp
     assert config.num_languages == 0
 
 
+@pytest.mark.slow
 def test_checkpoints_written_by_transformers_import_and_agree(tmp_path):
     """Genuine HF-written checkpoints: XLM-R with a non-zero token-type row and no pooler in
     the masked-LM class; an ErnieMModel with no MLM head."""
@@ -235,6 +237,7 @@ def test_bad_hf_directories_get_clear_errors(exports, tmp_path):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
+@pytest.mark.slow
 def test_embed_cli_writes_the_models_pooled_vectors(trained, tmp_path, capsys):
     lines = SENTENCES + ["", "Speichern"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

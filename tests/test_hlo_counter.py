@@ -314,6 +314,7 @@ def test_a_compiled_cross_slice_sum_is_one_dcn_transfer_of_each_chips_shard():
     assert networks["ici"]["bytes"] == 0
 
 
+@pytest.mark.slow
 def test_the_train_step_counts_the_same_with_and_without_async_collective_fusion():
     """The tiny train step, compiled twice for 16 v5e chips: as XLA does by default, where
     one all-gather is split into several instructions sharing its channel, and with async

@@ -73,6 +73,7 @@ def test_too_long_input_names_the_limit(tiny_model, tiny_params, tiny_config):
         tiny_model.apply({"params": tiny_params}, ids, language_ids=jnp.zeros_like(ids))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_weights_and_tracks_float32():
     f32 = model_config("tiny", dropout_rate=0.0)
     bf16 = model_config("tiny", dropout_rate=0.0, dtype="bfloat16")
@@ -87,6 +88,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_tracks_float32():
 
 
 @pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.slow
 def test_rematerialisation_changes_nothing_numerically(policy, tiny_params, tiny_config):
     import dataclasses
     batch = monolingual_batch(0, batch=2, length=8)
@@ -104,6 +106,7 @@ def test_rematerialisation_changes_nothing_numerically(policy, tiny_params, tiny
 
 
 @pytest.mark.parametrize("unroll", [2, 3])
+@pytest.mark.slow
 def test_unrolling_the_layer_scan_changes_nothing(unroll, tiny_config):
     """Same parameter tree, same dropout draws, same gradients: only the loop's shape moves."""
     import dataclasses
@@ -127,6 +130,7 @@ def test_unrolling_the_layer_scan_changes_nothing(unroll, tiny_config):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dropout_is_active_only_when_not_deterministic():
     config = model_config("tiny")
     variables = nn.unbox(init_params(config, jax.random.key(0)))
@@ -157,6 +161,7 @@ def test_unknown_size_lists_the_choices():
         model_config("huge")
 
 
+@pytest.mark.slow
 def test_mlm_bias_is_a_plain_per_token_bias_with_a_summed_gradient(tiny_config):
     """The head adds its bias as a rank-1 product (for XLA:CPU's sake): the logits and the
     bias gradient must be exactly those of `logits + bias`."""

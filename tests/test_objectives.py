@@ -39,6 +39,7 @@ def _perturb(ids, where, seed):
     return jnp.asarray(np.where(np.asarray(where), new, ids), jnp.int32)
 
 
+@pytest.mark.slow
 def test_camlm_restores_each_side_without_seeing_its_unmasked_tokens():
     model, params = _three_layer_model()
     batch = pair_batch(0, batch=8, length=24, vocab_size=VOCAB)
@@ -74,6 +75,7 @@ def _generate(model, params, batch, rng, config=GREEDY):
     return btmlm_generate(params, batch, rng, model=model, tokens=TOKENS, btmlm=config)
 
 
+@pytest.mark.slow
 def test_btmlm_generation_depends_only_on_source_and_placeholders():
     model, params = _three_layer_model()
     batch = monolingual_batch(4, batch=8, length=16, vocab_size=VOCAB)
@@ -96,6 +98,7 @@ def test_btmlm_generation_depends_only_on_source_and_placeholders():
         np.asarray(generate(other_source, jax.random.key(5))["input_ids"])[:, 16:], generated)
 
 
+@pytest.mark.slow
 def test_btmlm_pair_layout_positions_and_languages():
     model, params = _three_layer_model()
     batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)
@@ -115,6 +118,7 @@ def test_btmlm_pair_layout_positions_and_languages():
     assert (ids[:, 16:][~placeholders] == TOKENS.pad_id).all()
 
 
+@pytest.mark.slow
 def test_btmlm_length_factors_scale_placeholders_by_target_over_source_language():
     model, params = _three_layer_model()
     batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)
@@ -138,6 +142,7 @@ def test_btmlm_length_factors_scale_placeholders_by_target_over_source_language(
     assert not np.array_equal(counts, plain_counts)
 
 
+@pytest.mark.slow
 def test_btmlm_pair_separators_frame_the_pseudo_sentence_like_a_camlm_target():
     model, params = _three_layer_model()
     batch = monolingual_batch(8, batch=64, length=16, vocab_size=VOCAB, language=1)
@@ -168,6 +173,7 @@ def test_btmlm_pair_separators_frame_the_pseudo_sentence_like_a_camlm_target():
     assert moved > 0
 
 
+@pytest.mark.slow
 def test_btmlm_generation_never_emits_special_ids():
     model, params = _three_layer_model()
     bias = params["mlm_head"]["bias"].at[jnp.asarray(TOKENS.all_ids)].set(100.0)
@@ -242,6 +248,7 @@ MONO = monolingual_batch(21, batch=4, length=16, vocab_size=VOCAB)
 
 @pytest.mark.parametrize("name,batch", [("mmlm", MONO), ("tlm", PAIR), ("camlm", PAIR),
                                         ("btmlm", MONO)])
+@pytest.mark.slow
 def test_each_objective_overfits_one_batch(name, batch, tiny_model, tiny_params):
     objective = make_objectives(tiny_model, TOKENS, MaskingConfig(),
                                 BTMLMConfig(target_languages=(0, 2), max_placeholders=8),
@@ -267,6 +274,7 @@ def test_each_objective_overfits_one_batch(name, batch, tiny_model, tiny_params)
     assert metrics["accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_weighted_loss_is_the_weighted_sum(tiny_model, tiny_params):
     objectives = make_objectives(tiny_model, TOKENS, MaskingConfig())
     batches = {"mmlm": MONO, "camlm": PAIR}

@@ -118,6 +118,7 @@ def test_attention_never_crosses_examples_and_padding_queries_keep_the_rule():
     assert unpacked[1, 4] and unpacked[3, 2]  # control: without example ids they cross
 
 
+@pytest.mark.slow
 def test_masking_picks_each_examples_share_and_the_counter_knows_how_many():
     # Five examples of three words: 15% of each is one token (at least one), five in all,
     # where 15% of the row's fifteen words would be two.
@@ -144,6 +145,7 @@ def test_masking_picks_each_examples_share_and_the_counter_knows_how_many():
     np.testing.assert_array_equal(np.asarray(whole.masked).sum(-1), 2)
 
 
+@pytest.mark.slow
 def test_masking_counts_per_example_on_random_packs_never_exceed_the_slots():
     groups = _groups(_mono_examples(3, 200, max_words=12), 48)
     batch = _rows(groups, 48)
@@ -173,6 +175,7 @@ def _losses(model, params, batch, name, rng=jax.random.key(7), masking=KEEP_ALL)
 
 
 @pytest.mark.parametrize("name", ["mmlm", "tlm", "camlm", "btmlm"])
+@pytest.mark.slow
 def test_a_packed_rows_loss_is_its_examples_token_weighted_loss(name, model_and_params):
     model, params = model_and_params
     examples = (_pair_examples(11, 12) if name in ("tlm", "camlm")
@@ -193,6 +196,7 @@ def test_a_packed_rows_loss_is_its_examples_token_weighted_loss(name, model_and_
     assert abs(crossed_loss - alone_loss) > 1e-2
 
 
+@pytest.mark.slow
 def test_a_packed_batch_without_positions_is_refused_by_name(model_and_params):
     model, params = model_and_params
     packed = _rows(_groups(_mono_examples(1, 6), 30), 30)
@@ -202,6 +206,7 @@ def test_a_packed_batch_without_positions_is_refused_by_name(model_and_params):
             _losses(model, params, packed, name)
 
 
+@pytest.mark.slow
 def test_btmlm_generates_each_packed_example_as_if_it_were_alone(model_and_params):
     model, params = model_and_params
     examples = _mono_examples(5, 9)
@@ -241,6 +246,7 @@ def _inputs(name, model, params, batch, rng):
 
 
 @pytest.mark.parametrize("name", ["mmlm", "tlm", "camlm", "btmlm"])
+@pytest.mark.slow
 def test_perturbing_one_packed_example_changes_no_other_examples_predictions(
         name, model_and_params):
     model, params = model_and_params
@@ -349,6 +355,7 @@ def test_packed_input_resumes_at_the_exact_batch(demo_data, tmp_path):
                 np.testing.assert_array_equal(got[objective][key], want[objective][key])
 
 
+@pytest.mark.slow
 def test_a_packed_run_trains_all_four_objectives(demo_data_dir, tmp_path):
     from tests.train_runs import run, tiny_bindings
 

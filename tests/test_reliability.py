@@ -117,6 +117,7 @@ def _orphan_a_failed_read(kind: str, filename: str, error: str = "bad bytes") ->
 
 
 @pytest.mark.parametrize("kind", ["gather", "task", "future"])
+@pytest.mark.slow
 def test_only_orphaned_reads_of_a_damaged_checkpoint_stay_out_of_the_log(kind, caplog, tmp_path):
     # CI caught `_GatheringFuture` and `Future exception was never retrieved` tracebacks from a
     # damaged checkpoint leaking into later tests: the filter knew only the Task form.
@@ -209,6 +210,7 @@ def _hostile_lines(seed):
     return lines
 
 
+@pytest.mark.slow
 def test_fuzzed_corpus_files_never_crash_the_pipeline(demo_data_dir, tmp_path):
     import seqio
 

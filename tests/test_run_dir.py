@@ -24,6 +24,7 @@ def run_without_data(demo_data_dir, tmp_path_factory):
     return model_dir
 
 
+@pytest.mark.slow
 def test_the_run_keeps_its_vocabulary_and_language_ids(run_without_data):
     assert (run_without_data / run_dir.VOCAB_FILE).stat().st_size > 1000
     ids = json.loads((run_without_data / run_dir.LANGUAGES_FILE).read_text())

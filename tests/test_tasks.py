@@ -168,6 +168,7 @@ def test_hosts_read_disjoint_shards_with_their_share_of_the_batch(demo_data):
         pipeline.training_dataset(config, ["mmlm"], seqio.ShardInfo(0, 3), tokens=TOKENS)
 
 
+@pytest.mark.slow
 def test_tfds_tasks_produce_batches_under_mock_data(vocabulary):
     with tfds.testing.mock_data(num_examples=8):
         tfds_sources.add_mc4_language("de", vocabulary, data_dir="/nonexistent")

@@ -326,6 +326,7 @@ def test_gradient_accumulation_is_the_whole_batch_on_the_real_objectives(tiny_mo
 
 
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-6), ("bfloat16", 2e-2)])
+@pytest.mark.slow
 def test_gathering_the_word_embedding_once_changes_no_loss_or_gradient(dtype, tolerance,
                                                                         tiny_config, tiny_params):
     """The step gathers the tied table once for every objective (and reduce-scatters its

@@ -12,6 +12,7 @@ def small_corpus(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_vocabulary_is_deterministic_with_the_ernie_m_special_ids(small_corpus, tmp_path):
     a = vocab.train_vocabulary(small_corpus, tmp_path / "a.model", 1000, languages=("de", "en"))
     b = vocab.train_vocabulary(small_corpus, tmp_path / "b.model", 1000, languages=("de", "en"))

@@ -181,7 +181,7 @@ class _DropOrphanedReads(logging.Filter):
 
 
 @contextlib.contextmanager
-def orphaned_reads_collected(damaged_path: str, quiet_seconds: float = 0.5,
+def orphaned_reads_collected(damaged_path: str, quiet_seconds: float = 1.0,
                              max_seconds: float = 10.0) -> Iterator[None]:
     """A failed restore leaves orbax's other concurrent array reads running after its event
     loop closed: as they finish, each prints a traceback ("Event loop is closed", "Task
@@ -198,10 +198,13 @@ def orphaned_reads_collected(damaged_path: str, quiet_seconds: float = 0.5,
     def quiet_excepthook(kind, value, traceback):
         if not _closed_loop(value):
             excepthook(kind, value, traceback)
+        else:
+            drop.last_dropped = time.monotonic()
 
-    def quiet_unraisablehook(unraisable):
-        if not _closed_loop(unraisable.exc_value) and \
-                "coroutine" not in repr(unraisable.object):
+    def quiet_unraisablehook(unraisable):  # an orphaned read's coroutine, collected
+        if _closed_loop(unraisable.exc_value) or "coroutine" in repr(unraisable.object):
+            drop.last_dropped = time.monotonic()
+        else:
             unraisablehook(unraisable)
 
     asyncio_log.addFilter(drop)

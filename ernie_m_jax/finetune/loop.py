@@ -14,12 +14,11 @@ import logging
 import math
 import os
 import time
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import gin
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from ernie_m_jax import checkpoints, partitioning, preemption, run_dir, saved_run
 from ernie_m_jax import metrics as metrics_lib
@@ -30,6 +29,7 @@ from ernie_m_jax.finetune import run as run_lib
 from ernie_m_jax.finetune.config import ClassificationData, FinetuneConfig
 from ernie_m_jax.finetune.model import ENCODER
 from ernie_m_jax.finetune.step import FinetuneStep, build_finetune_step
+from ernie_m_jax.train import session
 
 
 def _start_point(cfg: FinetuneConfig, model_dir: str
@@ -205,15 +205,16 @@ def _run(model_dir: str, cfg: FinetuneConfig, mesh_config: partitioning.MeshConf
                 run_dir.keep_vocabulary(model_dir, run_dir.vocabulary(info.init_from))
                 run_dir.write_languages(model_dir, info.languages)
             run_lib.write_info(model_dir, info)
-        writer = metrics_lib.MetricsWriter(model_dir, start)
-        cleanup.callback(writer.close)
-        bar = tqdm(total=num_steps, initial=start, desc="finetune", dynamic_ncols=True,
-                   disable=not cfg.progress_bar or jax.process_index() != 0)
-        cleanup.callback(bar.close)
+        # Pretraining's interval means: over the finite steps, with throughput (rows x
+        # length a step, padding included; no MFU).
+        run = cleanup.enter_context(session.opened(
+            model_dir, start, num_steps, "finetune", cfg.progress_bar, stop_signal,
+            cfg.log_every, metrics_lib.IntervalMetrics(cfg.batch_size * cfg.max_length, 0.0,
+                                                       None, start)))
+        writer = run.writer
         with partitioning.activate(mesh, rules):
-            summary = _loop(model_dir, cfg, step_fns, state, train, validation, num_steps,
-                            eval_every, evaluations, latest, best, writer, bar, place,
-                            stop_signal, stop_after)
+            summary = _loop(run, cfg, step_fns, state, _Data(train, validation, place),
+                            num_steps, eval_every, evaluations, latest, best, stop_after)
             summary.update(num_steps=num_steps, steps_per_epoch=per_epoch,
                            train_examples=len(train))
             if "preempted_at_step" in summary:
@@ -243,31 +244,37 @@ def _keep_only_best(best, evaluations) -> None:
             best.delete(step)
 
 
-def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, train,
-          validation, num_steps: int, eval_every: int, evaluations, latest, best,
-          writer, bar, place, stop_signal, stop_after: Optional[int]) -> dict:
-    start = int(state["step"])
-    began = time.perf_counter()
-    # Pretraining's interval means: over the finite steps, with throughput (rows x length a
-    # step, padding included; no MFU).
-    interval = metrics_lib.IntervalMetrics(cfg.batch_size * cfg.max_length, 0.0, None, start)
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """The examples a fine-tuning session reads, and how a host's batch is placed."""
+
+    train: data_lib.Examples
+    validation: Dict[str, data_lib.Examples]
+    place: Callable
+
+
+def _loop(run: session.Session, cfg: FinetuneConfig, step_fns: FinetuneStep, state,
+          data: _Data, num_steps: int, eval_every: int, evaluations, latest, best,
+          stop_after: Optional[int]) -> dict:
+    """Step, log, evaluate on validation (keeping the best params) and checkpoint when due;
+    stop early, on a signal or at `stop_after`."""
+    start, began = int(state["step"]), time.perf_counter()
+    model_dir, writer, bar = run.model_dir, run.writer, run.bar
     stopped_early, done = None, start
     for done in range(start + 1, num_steps + 1):
-        batch = place(data_lib.batch_at(train, done - 1, cfg.batch_size, cfg.seed))
+        batch = data.place(data_lib.batch_at(data.train, done - 1, cfg.batch_size, cfg.seed))
         state, metrics = step_fns.train(state, batch)
-        interval.add(metrics)
+        run.interval.add(metrics)
         if done % cfg.log_every == 0 or done == num_steps:
-            scalars = {f"train/{k}": v for k, v in interval.report(done).items()}
-            writer.write(done, scalars)
+            scalars = run.log_interval(done)
             if "train/loss" in scalars:  # absent when every step of the interval was skipped
                 bar.set_postfix_str(f"loss={scalars['train/loss']:.3f} "
                                     f"acc={scalars['train/accuracy']:.3f}")
-        bar.update(1)
-        preempted = stop_signal.agreed(every=1 if jax.process_count() == 1 else cfg.log_every,
-                                       step=done) or done == stop_after
+        preempted = run.step_done(done) or done == stop_after
         if done % eval_every == 0 or done == num_steps:
-            scores = evaluate_lib.per_language(step_fns.predict, state["params"], validation,
-                                               cfg.eval_batch_size, place)
+            scores = evaluate_lib.per_language(step_fns.predict, state["params"],
+                                               data.validation, cfg.eval_batch_size,
+                                               data.place)
             accuracy = {lang: s["accuracy"] for lang, s in scores.items()}
             record = {"step": done, "accuracy": float(np.mean(list(accuracy.values()))),
                       "per_language": accuracy}
@@ -294,8 +301,7 @@ def _loop(model_dir: str, cfg: FinetuneConfig, step_fns: FinetuneStep, state, tr
         elif preempted:
             checkpoints.save_state(latest, done, state)
         if preempted:
-            bar.write(f"stopping at step {done} on {stop_signal.name or 'request'}: checkpoint "
-                      f"written to {model_dir}; rerun the same command to resume")
+            run.say_stopping(done)
             return {"preempted_at_step": done}
     return {"session/steps": done - start, "session/seconds": time.perf_counter() - began,
             "stopped_early_at": stopped_early}

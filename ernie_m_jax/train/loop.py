@@ -14,11 +14,11 @@ from typing import Callable, Dict, Optional, Tuple
 import gin
 import jax
 import seqio
-from tqdm import tqdm
 
 from ernie_m_jax import checkpoints, partitioning, preemption, profiling, run_dir
 from ernie_m_jax import metrics as metrics_lib
 from ernie_m_jax.data import languages, pipeline
+from ernie_m_jax.train import session
 from ernie_m_jax.train.config import Experiment, TrainConfig
 from ernie_m_jax.train.evaluate import eval_tasks, evaluate
 from ernie_m_jax.train.resolve import resolve
@@ -100,23 +100,20 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
         if start >= cfg.num_steps:
             return {"already_at_step": start}
         _describe_run(model_dir, exp, start)
-        writer = metrics_lib.MetricsWriter(model_dir, start)
-        cleanup.callback(writer.close)
-        bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True,
-                   disable=not cfg.progress_bar or jax.process_index() != 0)
-        cleanup.callback(bar.close)
+        run = cleanup.enter_context(session.opened(
+            model_dir, start, cfg.num_steps, "train", cfg.progress_bar, stop_signal,
+            cfg.log_every))
         stage_steps = _stage_steps(exp, mesh, train_step)
         profile = profiling.ProfileWindow(model_dir, tuple(cfg.profile_steps))
         cleanup.callback(profile.stop)  # a run stopped inside the window still writes it
         with partitioning.activate(mesh, rules):
-            return _loop(model_dir, exp, stage_steps, state, iterator, mngr, writer, bar, mesh,
-                         stop_after, stop_signal, profile)
+            return _loop(run, exp, stage_steps, state, iterator, mngr, mesh, stop_after,
+                         profile)
 
 
-def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], TrainStep],
-          state: State, iterator, mngr, writer: metrics_lib.MetricsWriter, bar: tqdm, mesh,
-          stop_after: Optional[int], stop_signal: preemption.SignalWatcher,
-          profile: profiling.ProfileWindow) -> Dict[str, float]:
+def _loop(run: session.Session, exp: Experiment,
+          stage_steps: Dict[Tuple[str, ...], TrainStep], state: State, iterator, mngr, mesh,
+          stop_after: Optional[int], profile: profiling.ProfileWindow) -> Dict[str, float]:
     """Step (with the step of the stage it is in), then log / checkpoint / evaluate when
     due; returns the last metrics."""
     cfg, rules, start = exp.train, exp.mesh.rules, int(state["step"])
@@ -128,7 +125,7 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
     boundaries = cfg.stage_boundaries()  # log there: an interval never spans two stages
     summary: Dict[str, float] = {}
     checked = None  # the last step whose non-finite counters were read
-    current, interval, tokens = None, None, 0
+    current, tokens, bar = None, 0, run.bar
     began, done = time.perf_counter(), start
     for done in range(start + 1, cfg.num_steps + 1):
         active = cfg.active(done - 1)
@@ -138,7 +135,7 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
                 bar.write(f"after step {done - 1}: {', '.join(joining)} "
                           f"join{'s' if len(joining) == 1 else ''} the run")
             current = stage_steps[active]
-            interval = _interval_metrics(exp, current, peak, done - 1)
+            run.interval = _interval_metrics(exp, current, peak, done - 1)
         local = {o: b for o, b in next(iterator).items() if o in current.batch_shapes}
         with profile.step(done):
             state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
@@ -146,34 +143,29 @@ def _loop(model_dir: str, exp: Experiment, stage_steps: Dict[Tuple[str, ...], Tr
         if traced:
             bar.write(traced)
         tokens += current.tokens_per_step
-        interval.add(step_metrics)
+        run.interval.add(step_metrics)
         if done == start + 1:  # compilation included
             jax.block_until_ready(state["step"])
             summary["session/first_step_seconds"] = time.perf_counter() - began
         if _due(done, cfg.log_every, cfg.num_steps) or done in boundaries:
-            scalars = {**interval.report(done), **_nonfinite_check(state, cfg, done, mngr)}
+            scalars = run.log_interval(done, _nonfinite_check(state, cfg, done, mngr))
             checked = done
-            scalars = {f"train/{k}": v for k, v in scalars.items()}
-            writer.write(done, scalars)
             summary.update(scalars)
             bar.set_postfix_str(_progress_line(scalars, cfg))
-        bar.update(1)
-        preempted = stop_signal.agreed(every=1 if jax.process_count() == 1 else cfg.log_every,
-                                       step=done)
+        preempted = run.step_done(done)
         if _due(done, cfg.checkpoint_every, cfg.num_steps) or preempted:
             if checked != done:
                 _nonfinite_check(state, cfg, done, mngr)
             checkpoints.save(mngr, done, state, iterator)
         if preempted:
-            bar.write(f"stopping at step {done} on {stop_signal.name}: checkpoint "
-                      f"written to {model_dir}; rerun the same command to resume")
+            run.say_stopping(done)
             summary["preempted_at_step"] = done
             break
         if done == stop_after:
             break
         if _due(done, cfg.eval_every, cfg.num_steps):
             results = evaluate(eval_fn, state["params"], tasks_to_eval, exp, mesh)
-            writer.write(done, results)
+            run.writer.write(done, results)
             summary.update(results)
             if "eval/accuracy" in results:
                 bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "

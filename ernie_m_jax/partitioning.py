@@ -160,11 +160,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_divides(batch_size: int, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> None:
-    """Fail early (before compiling) if the global batch cannot be split over the mesh."""
+def batch_shards(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> int:
+    """How many parts the batch axis is split into on `mesh`."""
     spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
     axes = spec if isinstance(spec, tuple) else (() if spec is None else (spec,))
-    shards = math.prod(mesh.shape[a] for a in axes)
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def check_batch_divides(batch_size: int, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> None:
+    """Fail early (before compiling) if the global batch cannot be split over the mesh."""
+    shards = batch_shards(mesh, rules)
     if batch_size % shards:
         raise ValueError(
             f"global batch size {batch_size} is not divisible by the {shards} batch shards of "

@@ -97,6 +97,12 @@ HOSTILE_COMPILES = {  # what a user may type wrong -> the start of the one error
                            "differ in length"),
     "batch that does not split": (["--topology=v5e-8", "--gin.BATCH_SIZE=12"],
                                   "global batch size 12 is not divisible by the 8 batch shards"),
+    # Accumulating 16 rows in 4 steps leaves microbatches of 4 rows for 8 shards: the step
+    # used to compile and train on non-finite losses.
+    "microbatch that does not split": (
+        ["--topology=v5e-8", "--gin.BATCH_SIZE=16", "--gin.TrainConfig.grad_accum_steps=4"],
+        "batch_sizes['mmlm']=16 in grad_accum_steps=4 microbatches of 4 rows does not split "
+        "over the 8 batch shards"),
     "batch that does not split over slices": (
         ["--topology=v5e-8", "--num_slices=2", "--gin.BATCH_SIZE=8"],
         "global batch size 8 is not divisible by the 16 batch shards"),

@@ -228,6 +228,13 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
         if rows % cfg.grad_accum_steps:
             raise ValueError(f"batch_sizes[{name!r}]={rows} is not divisible by "
                              f"grad_accum_steps={cfg.grad_accum_steps}")
+        shards, micro = partitioning.batch_shards(mesh, rules), rows // cfg.grad_accum_steps
+        if micro % shards:  # a microbatch is laid over the batch shards as the batch is
+            raise ValueError(
+                f"batch_sizes[{name!r}]={rows} in grad_accum_steps={cfg.grad_accum_steps} "
+                f"microbatches of {micro} rows does not split over the {shards} batch shards "
+                f"of mesh {dict(mesh.shape)}; use a multiple of "
+                f"{cfg.grad_accum_steps * shards} rows or fewer accumulation steps")
     btmlm = exp.btmlm
     model = ErnieM(exp.model)
     objectives = make_objectives(model, exp.tokens, exp.masking,

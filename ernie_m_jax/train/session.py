@@ -23,7 +23,7 @@ class Session:
     def __init__(self, model_dir: os.PathLike, start: int, total: int, desc: str,
                  show_progress: bool, stop_signal: preemption.SignalWatcher, log_every: int,
                  interval: Optional[metrics_lib.IntervalMetrics] = None):
-        self.model_dir, self.start, self.log_every = str(model_dir), start, log_every
+        self.model_dir, self.log_every = str(model_dir), log_every
         self.stop_signal, self.interval = stop_signal, interval
         self.writer = metrics_lib.MetricsWriter(model_dir, start)
         self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True,

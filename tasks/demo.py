@@ -28,6 +28,7 @@ _REGISTERED: set = set()
 MONO_MIXTURE = "ernie_m.demo.mono"
 PARA_MIXTURE = "ernie_m.demo.para"
 DATA_DIR_ENV = "ERNIE_M_JAX_DATA_DIR"
+DEFAULT_VOCAB_SIZE = 8000
 
 
 def default_data_dir() -> Path:
@@ -94,7 +95,7 @@ def _check_same_vocabulary(names, vocabulary) -> None:
 
 
 @gin.configurable
-def register_demo(data_dir: Optional[str] = None, vocab_size: int = 8000,
+def register_demo(data_dir: Optional[str] = None, vocab_size: int = DEFAULT_VOCAB_SIZE,
                   languages: Sequence[str] = (), vocabulary_path: Optional[str] = None,
                   alpha: float = registry.DEFAULT_ALPHA,
                   tokens: Optional[SpecialTokens] = None,

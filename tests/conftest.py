@@ -2,6 +2,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import filelock
 import flax.linen as nn
 import jax
 import pytest
@@ -42,9 +43,20 @@ def tiny_params(tiny_config):
 
 
 @pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory):
-    """One demo corpus and vocabulary for every test that registers the demo tasks."""
-    return str(tmp_path_factory.mktemp("demo_data"))
+def demo_data_dir(tmp_path_factory, worker_id):
+    """One demo corpus and vocabulary for every test that registers the demo tasks, built
+    once per run: under pytest-xdist the first worker builds it in the run's shared temporary
+    folder while the others wait on the lock, then all read it."""
+    from tasks import demo  # seqio and TensorFlow: only for the tests that use the demo data
+
+    if worker_id == "master":  # one process: this session's own folder
+        path = tmp_path_factory.mktemp("demo_data")
+    else:
+        path = tmp_path_factory.getbasetemp().parent / "demo_data"
+    with filelock.FileLock(f"{path}.lock"):
+        path.mkdir(exist_ok=True)
+        demo.demo_vocabulary(*demo.demo_corpus(path), demo.DEFAULT_VOCAB_SIZE)
+    return str(path)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -54,3 +54,27 @@ def test_bad_inputs_are_named():
         transfer.fit_linear_probe(np.zeros((3, 2)), np.array([0, 1, 3]), 3)
     with pytest.raises(ValueError, match="need \\[n, dim\\] features"):
         transfer.fit_linear_probe(np.zeros((3, 2)), np.array([0, 1]), 3)
+
+
+def test_columns_constant_in_training_leave_the_probe_as_it_was():
+    """The fit skips training-constant columns (a bag of subwords is mostly unused ids); the
+    probe must be the one a fit over every column gives: their weights stay zero, so even a
+    test row that uses such a column is scored as before."""
+    rng = np.random.default_rng(4)
+    x, y = _clusters(rng, 200, dim=8)
+    padded = np.concatenate([x[:, :3], np.zeros((200, 5)), x[:, 3:], np.full((200, 2), 7.0)],
+                            axis=1)
+    plain = transfer.fit_linear_probe(x, y, 3)
+    probe = transfer.fit_linear_probe(padded, y, 3)
+    constant = [3, 4, 5, 6, 7, 13, 14]
+    assert np.all(probe.weights[constant] == 0)
+    np.testing.assert_allclose(np.delete(probe.weights, constant, axis=0), plain.weights,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probe.bias, plain.bias, rtol=1e-5, atol=1e-6)
+    test_x, _ = _clusters(rng, 50, dim=8)
+    test_padded = np.concatenate([test_x[:, :3], rng.normal(size=(50, 5)), test_x[:, 3:],
+                                  np.full((50, 2), -1.0)], axis=1)
+    np.testing.assert_allclose(probe.logits(test_padded), plain.logits(test_x), rtol=1e-4,
+                               atol=1e-4)
+    # A column that varies is fitted (positive control): it gets weight.
+    assert np.abs(probe.weights[np.delete(np.arange(15), constant)]).max() > 0.1

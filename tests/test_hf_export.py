@@ -30,10 +30,8 @@ SENTENCES = ["Dies wird auch 1 Übersetzung löschen.", "Seite speichern",
 
 
 @pytest.fixture(scope="module")
-def trained(demo_data_dir, tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("hf") / "run"
-    run(model_dir, tiny_bindings(demo_data_dir, 6, **{"TrainConfig.checkpoint_every": 6}))
-    loaded = saved_run.load(str(model_dir))
+def trained(six_step_run):
+    loaded = saved_run.load(str(six_step_run))  # read only: exports write elsewhere
     gin.clear_config()
     return loaded
 
@@ -265,6 +263,22 @@ def test_embed_cli_writes_the_models_pooled_vectors(trained, tmp_path, capsys):
     gin.clear_config()
     assert "line 2 is not valid UTF-8" in capsys.readouterr().err
     assert not (tmp_path / "bad.npy").exists()
+
+
+def test_encoders_of_one_model_shape_share_their_compiled_forward(trained):
+    """Scoring several runs of one size (the experiments' arms) compiles once per batch
+    shape, not once per run; another layer is another program (positive control)."""
+    from ernie_m_jax.evaluation import embedding
+
+    rows = _our_rows(trained, SENTENCES)
+    first = embedding.SentenceEncoder(trained, layer=None, batch_size=4)
+    vectors = first.embed_ids(rows, trained.language_id("de"))
+    compiled = embedding._pooled_hidden._cache_size()
+    second = embedding.SentenceEncoder(trained, layer=None, batch_size=4)
+    np.testing.assert_array_equal(second.embed_ids(rows, trained.language_id("de")), vectors)
+    assert embedding._pooled_hidden._cache_size() == compiled
+    embedding.SentenceEncoder(trained, layer=1, batch_size=4).embed_ids(rows)
+    assert embedding._pooled_hidden._cache_size() > compiled
 
 
 def test_retrieval_accuracy_on_sets_with_known_answers():

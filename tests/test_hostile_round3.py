@@ -28,11 +28,9 @@ def _no_gin_left_behind():
 
 
 @pytest.fixture(scope="module")
-def trained(demo_data_dir, tmp_path_factory):
+def trained(six_step_run):
     """A tiny run with checkpoints at steps 3 and 6 (never damaged itself: tests copy it)."""
-    model_dir = tmp_path_factory.mktemp("round3") / "run"
-    run(model_dir, tiny_bindings(demo_data_dir, 6))
-    return model_dir
+    return six_step_run
 
 
 @pytest.fixture(scope="module")

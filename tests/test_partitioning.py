@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +6,7 @@ import jax
 import pytest
 
 from ernie_m_jax import partitioning
+from tests.train_runs import eight_device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,8 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_sharded_model_equals_single_device_on_eight_simulated_devices():
     # The device count must be fixed before JAX starts, hence a fresh interpreter.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     result = subprocess.run([sys.executable, "-m", "tests.sharded_forward_check"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -46,9 +46,8 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes(demo_data_di
 
 
 @pytest.mark.slow
-def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, caplog):
-    model_dir = tmp_path / "run"
-    run(model_dir, tiny_bindings(demo_data_dir, 6))  # checkpoints at 3 and 6
+def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, copied_run, caplog):
+    model_dir = copied_run  # checkpoints at 3 and 6
     ckpt = model_dir / "checkpoints"
     # A write killed half-way leaves an orbax temporary directory: never listed.
     (ckpt / "9.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
@@ -71,10 +70,9 @@ def test_a_damaged_or_unfinished_checkpoint_is_skipped(demo_data_dir, tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
-def test_a_checkpoint_with_damaged_array_data_is_set_aside(damage, demo_data_dir, tmp_path,
+def test_a_checkpoint_with_damaged_array_data_is_set_aside(damage, demo_data_dir, copied_run,
                                                           caplog):
-    model_dir = tmp_path / "run"
-    run(model_dir, tiny_bindings(demo_data_dir, 6))  # checkpoints at 3 and 6
+    model_dir = copied_run  # checkpoints at 3 and 6
     ckpt = model_dir / "checkpoints"
     data = [p for p in (ckpt / "6" / "state").glob("ocdbt.process_*/d/*") if p.is_file()]
     assert data

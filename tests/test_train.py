@@ -17,7 +17,7 @@ from ernie_m_jax.configs import BTMLMConfig, MaskingConfig
 from ernie_m_jax.metrics import read_metrics
 from ernie_m_jax.objectives import make_objectives, make_prediction_counters, weighted_loss
 from tests import synthetic
-from tests.train_runs import ROOT, as_flags, run, tiny_bindings
+from tests.train_runs import ROOT, as_flags, eight_device_env, run, tiny_bindings
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +105,14 @@ def test_cli_trains_every_objective_and_leaves_checkpoints_and_metrics(data_dir,
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
+def test_interrupted_run_resumes_to_the_same_parameters(data_dir, six_step_run, tmp_path):
     bindings = tiny_bindings(data_dir, 6)
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    summary = run(straight, bindings)
-    assert summary["train_step_compilations"] == 1  # no recompilation after step 1
+    straight, interrupted = six_step_run, tmp_path / "interrupted"  # straight: read only
     run(interrupted, bindings, stop_after=3)
     assert checkpoints.latest_step(interrupted / "checkpoints") == 3
-    run(interrupted, bindings)  # same model_dir: picks up params, optimizer, rng and data
+    # Same model_dir: picks up params, optimizer, rng and data.
+    summary = run(interrupted, bindings)
+    assert summary["train_step_compilations"] == 1  # no recompilation after its first step
     step_a, params_a = _final_params(straight)
     step_b, params_b = _final_params(interrupted)
     assert step_a == step_b == 6
@@ -129,8 +129,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, tmp_path):
 
     # The 1-device checkpoint, restored onto 8 devices with FSDP and trained there with the
     # FSDP and tensor-parallel presets, gives the single-device losses.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = eight_device_env()
     result = subprocess.run(
         [sys.executable, "-m", "tests.train_sharding_check", data_dir, str(tmp_path / "multi"),
          str(straight)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -1,5 +1,6 @@
 """Tiny training runs through the real gin files, for the train tests (in and out of process)."""
 
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -45,3 +46,10 @@ def run(model_dir: str, bindings: Sequence[str], files: Sequence[str] = ("runs/d
                            input_fn=input_fn)
     finally:
         gin.clear_config()
+
+
+def eight_device_env() -> Dict[str, str]:
+    """This process's environment for a child with 8 simulated CPU devices (the count must be
+    set before JAX starts, hence a fresh interpreter), keeping the suite's XLA flags."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")

@@ -7,6 +7,7 @@ and to a multiple of `length_multiple` positions, so a whole file compiles a han
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Iterable, List, Optional, Sequence, Union
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ernie_m_jax.configs import ModelConfig
 from ernie_m_jax.data import vocab
 from ernie_m_jax.model import ErnieM
 from ernie_m_jax.saved_run import SavedRun
@@ -42,6 +44,21 @@ def framed_batch(rows: Sequence[Sequence[int]], tokens, batch_size: int,
     return ids
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _pooled_hidden(config: ModelConfig, layer: Optional[int], pooling: str, params,
+                   ids: jax.Array, language_ids: jax.Array) -> jax.Array:
+    """Pooled vectors of one layer ([rows, hidden]) or of every layer ([rows, layers + 1,
+    hidden]). One compiled program per model config, layer, pooling and batch shape, shared
+    by every encoder of the process: scoring several runs of one size compiles once."""
+    keys = ids != config.pad_id
+    out = ErnieM(config).apply({"params": params}, ids, attention_mask=keys,
+                               language_ids=language_ids, output_hidden_states=True)
+    hidden = out["all_hidden_states"].astype(jnp.float32)
+    if layer is not None:
+        return pool(hidden[layer], keys, pooling)
+    return jnp.stack([pool(h, keys, pooling) for h in hidden], axis=1)
+
+
 class SentenceEncoder:
     """`layer`: 0 = the embeddings, 1..N = the layers' outputs, negative counts from the last;
     None gives every layer at once ([texts, N + 1, hidden])."""
@@ -61,19 +78,11 @@ class SentenceEncoder:
         self.length_multiple = length_multiple
         self.max_length = run.model.max_length
         self._text_ids = None
-        model = ErnieM(run.model)
         self._params = jax.device_put(run.params)
 
-        def forward(params, ids, language_ids):
-            keys = ids != run.model.pad_id
-            out = model.apply({"params": params}, ids, attention_mask=keys,
-                              language_ids=language_ids, output_hidden_states=True)
-            hidden = out["all_hidden_states"].astype(jnp.float32)
-            if self.layer is not None:
-                return pool(hidden[self.layer], keys, pooling)
-            return jnp.stack([pool(h, keys, pooling) for h in hidden], axis=1)
-
-        self._forward = jax.jit(forward)
+    def _forward(self, params, ids: np.ndarray, language_ids: np.ndarray) -> jax.Array:
+        return _pooled_hidden(self.run.model, self.layer, self.pooling, params, ids,
+                              language_ids)
 
     @property
     def text_ids(self) -> vocab.TextIds:

@@ -29,7 +29,7 @@ from ernie_m_jax.finetune import run as run_lib
 from ernie_m_jax.finetune.config import ClassificationData, FinetuneConfig
 from ernie_m_jax.finetune.model import ENCODER
 from ernie_m_jax.finetune.step import FinetuneStep, build_finetune_step
-from ernie_m_jax.train import session
+from ernie_m_jax.train import core, session
 
 
 def _start_point(cfg: FinetuneConfig, model_dir: str
@@ -253,58 +253,76 @@ class _Data:
     place: Callable
 
 
+class _Finetuning:
+    """Fine-tuning's part of the shared loop (`core.run_steps`): batches chosen by the step
+    (`data.batch_at`); evaluation on validation that keeps the best params, records the
+    selection and stops early after `patience` evaluations without improvement."""
+
+    def __init__(self, run: session.Session, cfg: FinetuneConfig, step_fns: FinetuneStep,
+                 data: _Data, num_steps: int, evaluations, latest, best):
+        self.run, self.cfg, self.step_fns, self.data = run, cfg, step_fns, data
+        self.num_steps, self.evaluations, self.latest, self.best = (num_steps, evaluations,
+                                                                    latest, best)
+
+    def step(self, state, done: int):
+        batch = self.data.place(data_lib.batch_at(self.data.train, done - 1,
+                                                  self.cfg.batch_size, self.cfg.seed))
+        return self.step_fns.train(state, batch)
+
+    def log_extra(self, state, done: int) -> Dict[str, float]:
+        return {}
+
+    def logged(self, scalars: Mapping[str, float]) -> str:
+        if "train/loss" not in scalars:  # every step of the interval was skipped
+            return ""
+        return f"loss={scalars['train/loss']:.3f} acc={scalars['train/accuracy']:.3f}"
+
+    def evaluate(self, state, done: int, stopping: bool) -> bool:
+        """Validation accuracy; the params saved as the best first, then the record. A
+        stopping job evaluates too: model selection must not miss a step it saves."""
+        scores = evaluate_lib.per_language(self.step_fns.predict, state["params"],
+                                           self.data.validation, self.cfg.eval_batch_size,
+                                           self.data.place)
+        accuracy = {lang: s["accuracy"] for lang, s in scores.items()}
+        record = {"step": done, "accuracy": float(np.mean(list(accuracy.values()))),
+                  "per_language": accuracy}
+        self.run.writer.write(done, {"validation/accuracy": record["accuracy"],
+                                     **{f"validation/{k}/accuracy": v
+                                        for k, v in accuracy.items()}})
+        evaluations = self.evaluations
+        if not evaluations or record["accuracy"] > run_lib.best_of(evaluations)["accuracy"]:
+            checkpoints.save_state(self.best, done, {"params": state["params"]})
+        evaluations.append(record)
+        chosen = run_lib.best_of(evaluations)
+        since_best = sum(e["step"] > chosen["step"] for e in evaluations)
+        stop = bool(self.cfg.patience and since_best >= self.cfg.patience
+                    and done < self.num_steps)
+        if jax.process_index() == 0:
+            run_lib.write_selection(self.run.model_dir, evaluations, done if stop else None)
+        _keep_only_best(self.best, evaluations)
+        self.run.bar.write(f"step {done}: validation accuracy {record['accuracy']:.3f} "
+                           f"(best {chosen['accuracy']:.3f} at step {chosen['step']})")
+        if stop:
+            self.run.bar.write(f"stopping early: no improvement in {self.cfg.patience} "
+                               "evaluations")
+        return stop
+
+    def save(self, state, done: int) -> None:
+        checkpoints.save_state(self.latest, done, state)
+
+
 def _loop(run: session.Session, cfg: FinetuneConfig, step_fns: FinetuneStep, state,
           data: _Data, num_steps: int, eval_every: int, evaluations, latest, best,
           stop_after: Optional[int]) -> dict:
-    """Step, log, evaluate on validation (keeping the best params) and checkpoint when due;
-    stop early, on a signal or at `stop_after`."""
-    start, began = int(state["step"]), time.perf_counter()
-    model_dir, writer, bar = run.model_dir, run.writer, run.bar
-    stopped_early, done = None, start
-    for done in range(start + 1, num_steps + 1):
-        batch = data.place(data_lib.batch_at(data.train, done - 1, cfg.batch_size, cfg.seed))
-        state, metrics = step_fns.train(state, batch)
-        run.interval.add(metrics)
-        if done % cfg.log_every == 0 or done == num_steps:
-            scalars = run.log_interval(done)
-            if "train/loss" in scalars:  # absent when every step of the interval was skipped
-                bar.set_postfix_str(f"loss={scalars['train/loss']:.3f} "
-                                    f"acc={scalars['train/accuracy']:.3f}")
-        preempted = run.step_done(done) or done == stop_after
-        if done % eval_every == 0 or done == num_steps:
-            scores = evaluate_lib.per_language(step_fns.predict, state["params"],
-                                               data.validation, cfg.eval_batch_size,
-                                               data.place)
-            accuracy = {lang: s["accuracy"] for lang, s in scores.items()}
-            record = {"step": done, "accuracy": float(np.mean(list(accuracy.values()))),
-                      "per_language": accuracy}
-            writer.write(done, {"validation/accuracy": record["accuracy"],
-                                **{f"validation/{k}/accuracy": v for k, v in accuracy.items()}})
-            improved = not evaluations or record["accuracy"] > run_lib.best_of(
-                evaluations)["accuracy"]
-            if improved:  # the best params first, then the state, then the record
-                checkpoints.save_state(best, done, {"params": state["params"]})
-            checkpoints.save_state(latest, done, state)
-            evaluations.append(record)
-            chosen = run_lib.best_of(evaluations)
-            since_best = sum(e["step"] > chosen["step"] for e in evaluations)
-            if cfg.patience and since_best >= cfg.patience and done < num_steps:
-                stopped_early = done
-            if jax.process_index() == 0:
-                run_lib.write_selection(model_dir, evaluations, stopped_early)
-            _keep_only_best(best, evaluations)
-            bar.write(f"step {done}: validation accuracy {record['accuracy']:.3f} "
-                      f"(best {chosen['accuracy']:.3f} at step {chosen['step']})")
-            if stopped_early:
-                bar.write(f"stopping early: no improvement in {cfg.patience} evaluations")
-                break
-        elif preempted:
-            checkpoints.save_state(latest, done, state)
-        if preempted:
-            run.say_stopping(done)
-            return {"preempted_at_step": done}
-    return {"session/steps": done - start, "session/seconds": time.perf_counter() - began,
-            "stopped_early_at": stopped_early}
+    """The shared loop with fine-tuning's part: a checkpoint at every evaluation."""
+    began = time.perf_counter()
+    trainer = _Finetuning(run, cfg, step_fns, data, num_steps, evaluations, latest, best)
+    cadence = core.Cadence(num_steps, cfg.log_every, eval_every, checkpoint_every=eval_every)
+    end = core.run_steps(run, trainer, state, cadence, stop_after)
+    if end.stopped in ("preempted", "stop_after"):
+        return {"preempted_at_step": end.step}
+    return {"session/steps": end.steps_run, "session/seconds": time.perf_counter() - began,
+            "stopped_early_at": end.step if end.stopped == "early" else None}
 
 
 def evaluate(model_dir: str, split: str = "test", which: str = run_lib.BEST,

@@ -1,9 +1,11 @@
 """The fine-tuning step and its state, sharded and jitted like pretraining's: the state is
-placed by its logical axes, the batch over the batch axes, and donated to the step."""
+placed by its logical axes (`train.state.placed`, as pretraining's is), the batch over the
+batch axes, and donated to the step."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Dict, Tuple
 
 import flax.linen as nn
@@ -11,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ernie_m_jax import checkpoints, partitioning
+from ernie_m_jax import partitioning
 from ernie_m_jax.configs import ModelConfig
 from ernie_m_jax.finetune.config import FinetuneConfig
 from ernie_m_jax.finetune.data import FIELDS
 from ernie_m_jax.finetune.model import ErnieMClassifier, init_boxed
 from ernie_m_jax.finetune.optimizer import finetune_optimizer
+from ernie_m_jax.train import state as state_lib
 from ernie_m_jax.train.update import apply_if_finite, reported
 
 State = Dict[str, object]
@@ -77,9 +80,7 @@ def build_finetune_step(model_config: ModelConfig, num_labels: int, cfg: Finetun
         return {"params": params, "opt_state": optimizer.init(params), "step": zero,
                 "rng": jax.random.key_data(jax.random.key(cfg.seed + 1))}
 
-    boxed = jax.eval_shape(boxed_state)
-    shardings = partitioning.logical_shardings(boxed, mesh, rules)
-    abstract = checkpoints.abstract_like(nn.unbox(boxed), shardings)
+    abstract, shardings = state_lib.placed(boxed_state, mesh, rules)
     rows = partitioning.data_sharding(mesh, rules)
     batch_shardings = {f: rows if f != "labels" else partitioning.data_sharding(mesh, rules, 1)
                        for f in FIELDS}
@@ -95,5 +96,5 @@ def build_finetune_step(model_config: ModelConfig, num_labels: int, cfg: Finetun
 
     predict = jax.jit(predict, in_shardings=(shardings["params"], batch_shardings),
                       out_shardings=replicated)
-    init = jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)
-    return FinetuneStep(train, predict, model, abstract, shardings, batch_shardings, init)
+    return FinetuneStep(train, predict, model, abstract, shardings, batch_shardings,
+                        functools.partial(state_lib.created, boxed_state, shardings))

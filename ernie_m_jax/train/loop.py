@@ -1,6 +1,7 @@
-"""The training loop: build the step, restore or initialise the state, then step, log,
-checkpoint and evaluate when due. Everything it runs is built elsewhere: the step and its
-shardings (`step.py`), the state (`state.py`), the data (`data/pipeline.py`)."""
+"""Pretraining: build the step, restore or initialise the state, then run the loop both
+trainers share (`core.py`) with pretraining's part of it. Everything it runs is built
+elsewhere: the step and its shardings (`step.py`), the state (`state.py`), the data
+(`data/pipeline.py`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import seqio
 from ernie_m_jax import checkpoints, partitioning, preemption, profiling, run_dir
 from ernie_m_jax import metrics as metrics_lib
 from ernie_m_jax.data import languages, pipeline
-from ernie_m_jax.train import session
+from ernie_m_jax.train import core, session
 from ernie_m_jax.train.config import Experiment, TrainConfig
 from ernie_m_jax.train.evaluate import eval_tasks, evaluate
 from ernie_m_jax.train.resolve import resolve
@@ -26,18 +27,13 @@ from ernie_m_jax.train.state import COUNTERS, State, init_state
 from ernie_m_jax.train.step import TrainStep, build_train_step, global_batch, make_eval_step
 
 
-def _due(step: int, every: int, last: int) -> bool:
-    """Time to log / save / evaluate: every `every` steps (0: never) and at the last step."""
-    return step == last or bool(every) and step % every == 0
-
-
 def train(model_dir: str, exp: Optional[Experiment] = None,
           stop_after: Optional[int] = None,
           input_fn: Optional[Callable[[seqio.ShardInfo], object]] = None) -> Dict[str, float]:
     """Train (or resume) in `model_dir`; returns the last logged and evaluated metrics.
 
-    `stop_after` ends the job early at that step, as a preemption would (after its
-    checkpoint, if one was due); a rerun with the same `model_dir` carries on.
+    `stop_after` ends the job early at that step with a checkpoint, as a preemption would;
+    a rerun with the same `model_dir` carries on.
     `input_fn(shard_info)` replaces the configured input (a tf.data.Dataset of this host's
     share of each batch).
     """
@@ -111,72 +107,90 @@ def _run(model_dir: str, exp: Experiment, stop_after: Optional[int], input_fn,
                          profile)
 
 
+class _Pretraining:
+    """Pretraining's part of the shared loop (`core.run_steps`): the step of the stage a
+    step is in, fed from the input pipeline; the non-finite policy at each log and save;
+    evaluation on the eval tasks; checkpoints with the input pipeline's position."""
+
+    def __init__(self, run: session.Session, exp: Experiment,
+                 stage_steps: Dict[Tuple[str, ...], TrainStep], iterator, mngr, mesh,
+                 profile: profiling.ProfileWindow, start: int):
+        self.run, self.exp, self.stage_steps = run, exp, stage_steps
+        self.iterator, self.mngr, self.mesh, self.profile = iterator, mngr, mesh, profile
+        self.eval_fn = jax.jit(make_eval_step(stage_steps[exp.train.enabled].model, exp),
+                               out_shardings=partitioning.replicated(mesh))
+        self.tasks_to_eval = eval_tasks(exp)
+        self.peak = metrics_lib.peak_flops(jax.devices()[0])
+        self.summary: Dict[str, float] = {}
+        self.current: Optional[TrainStep] = None
+        self.tokens, self.start, self.began = 0, start, time.perf_counter()
+
+    def step(self, state: State, done: int):
+        active = self.exp.train.active(done - 1)
+        if self.stage_steps[active] is not self.current:
+            if self.current is not None:
+                joining = [o.upper() for o in active if o not in self.current.batch_shapes]
+                self.run.bar.write(f"after step {done - 1}: {', '.join(joining)} "
+                                   f"join{'s' if len(joining) == 1 else ''} the run")
+            self.current = self.stage_steps[active]
+            self.run.interval = _interval_metrics(self.exp, self.current, self.peak, done - 1)
+        local = {o: b for o, b in next(self.iterator).items() if o in self.current.batch_shapes}
+        with self.profile.step(done):
+            state, step_metrics = self.current.fn(
+                state, global_batch(local, self.mesh, self.exp.mesh.rules))
+        traced = self.profile.after(done, state)
+        if traced:
+            self.run.bar.write(traced)
+        self.tokens += self.current.tokens_per_step
+        if done == self.start + 1:  # compilation included
+            jax.block_until_ready(state["step"])
+            self.summary["session/first_step_seconds"] = time.perf_counter() - self.began
+        return state, step_metrics
+
+    def log_extra(self, state: State, done: int) -> Dict[str, float]:
+        return _nonfinite_check(state, self.exp.train, done, self.mngr)
+
+    def logged(self, scalars: Dict[str, float]) -> str:
+        self.summary.update(scalars)
+        return _progress_line(scalars, self.exp.train)
+
+    def evaluate(self, state: State, done: int, stopping: bool) -> bool:
+        if stopping:  # a preempted job saves and goes; the rerun evaluates later
+            return False
+        results = evaluate(self.eval_fn, state["params"], self.tasks_to_eval, self.exp,
+                           self.mesh)
+        self.run.writer.write(done, results)
+        self.summary.update(results)
+        if "eval/accuracy" in results:
+            self.run.bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
+                               f"over {len(self.tasks_to_eval)} languages")
+        return False
+
+    def save(self, state: State, done: int) -> None:
+        _nonfinite_check(state, self.exp.train, done, self.mngr)  # never save past 'stop'
+        checkpoints.save(self.mngr, done, state, self.iterator)
+
+
 def _loop(run: session.Session, exp: Experiment,
           stage_steps: Dict[Tuple[str, ...], TrainStep], state: State, iterator, mngr, mesh,
           stop_after: Optional[int], profile: profiling.ProfileWindow) -> Dict[str, float]:
-    """Step (with the step of the stage it is in), then log / checkpoint / evaluate when
-    due; returns the last metrics."""
-    cfg, rules, start = exp.train, exp.mesh.rules, int(state["step"])
-    train_step = stage_steps[cfg.enabled]
-    eval_fn = jax.jit(make_eval_step(train_step.model, exp),
-                      out_shardings=partitioning.replicated(mesh))
-    tasks_to_eval = eval_tasks(exp)
-    peak = metrics_lib.peak_flops(jax.devices()[0])
-    boundaries = cfg.stage_boundaries()  # log there: an interval never spans two stages
-    summary: Dict[str, float] = {}
-    checked = None  # the last step whose non-finite counters were read
-    current, tokens, bar = None, 0, run.bar
-    began, done = time.perf_counter(), start
-    for done in range(start + 1, cfg.num_steps + 1):
-        active = cfg.active(done - 1)
-        if stage_steps[active] is not current:
-            if current is not None:
-                joining = [o.upper() for o in active if o not in current.batch_shapes]
-                bar.write(f"after step {done - 1}: {', '.join(joining)} "
-                          f"join{'s' if len(joining) == 1 else ''} the run")
-            current = stage_steps[active]
-            run.interval = _interval_metrics(exp, current, peak, done - 1)
-        local = {o: b for o, b in next(iterator).items() if o in current.batch_shapes}
-        with profile.step(done):
-            state, step_metrics = current.fn(state, global_batch(local, mesh, rules))
-        traced = profile.after(done, state)
-        if traced:
-            bar.write(traced)
-        tokens += current.tokens_per_step
-        run.interval.add(step_metrics)
-        if done == start + 1:  # compilation included
-            jax.block_until_ready(state["step"])
-            summary["session/first_step_seconds"] = time.perf_counter() - began
-        if _due(done, cfg.log_every, cfg.num_steps) or done in boundaries:
-            scalars = run.log_interval(done, _nonfinite_check(state, cfg, done, mngr))
-            checked = done
-            summary.update(scalars)
-            bar.set_postfix_str(_progress_line(scalars, cfg))
-        preempted = run.step_done(done)
-        if _due(done, cfg.checkpoint_every, cfg.num_steps) or preempted:
-            if checked != done:
-                _nonfinite_check(state, cfg, done, mngr)
-            checkpoints.save(mngr, done, state, iterator)
-        if preempted:
-            run.say_stopping(done)
-            summary["preempted_at_step"] = done
-            break
-        if done == stop_after:
-            break
-        if _due(done, cfg.eval_every, cfg.num_steps):
-            results = evaluate(eval_fn, state["params"], tasks_to_eval, exp, mesh)
-            run.writer.write(done, results)
-            summary.update(results)
-            if "eval/accuracy" in results:
-                bar.write(f"step {done}: eval accuracy {results['eval/accuracy']:.3f} "
-                          f"over {len(tasks_to_eval)} languages")
+    """The shared loop with pretraining's part; returns the last metrics and the session's
+    totals."""
+    cfg, start = exp.train, int(state["step"])
+    trainer = _Pretraining(run, exp, stage_steps, iterator, mngr, mesh, profile, start)
+    cadence = core.Cadence(cfg.num_steps, cfg.log_every, cfg.eval_every, cfg.checkpoint_every,
+                           frozenset(cfg.stage_boundaries()))
+    end = core.run_steps(run, trainer, state, cadence, stop_after)
+    summary = trainer.summary
+    if end.stopped == "preempted":
+        summary["preempted_at_step"] = end.step
     compiled = [s.fn._cache_size() for s in stage_steps.values() if hasattr(s.fn, "_cache_size")]
     if compiled:
         summary["train_step_compilations"] = sum(compiled)
     # This session's totals (compilation, checkpoints and evaluations included).
-    summary.update({"session/steps": done - start, "session/last_step": done,
-                    "session/tokens": tokens,
-                    "session/seconds": time.perf_counter() - began})
+    summary.update({"session/steps": end.steps_run, "session/last_step": end.step,
+                    "session/tokens": trainer.tokens,
+                    "session/seconds": time.perf_counter() - trainer.began})
     return summary
 
 

@@ -8,7 +8,8 @@ replicated. Nothing here is initialised until `init_state`; no device holds the 
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import functools
+from typing import Callable, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -33,20 +34,32 @@ def _boxed_state(model_config: ModelConfig, optimizer: optax.GradientTransformat
             **{k: zero for k in COUNTERS}}
 
 
-def abstract_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
-                   seed: int, mesh: jax.sharding.Mesh, rules) -> Tuple[State, State]:
-    """(ShapeDtypeStructs carrying their shardings, the shardings) of the state; no compute."""
-    boxed = jax.eval_shape(lambda: _boxed_state(model_config, optimizer, seed))
+def placed(boxed_state: Callable[[], State], mesh: jax.sharding.Mesh, rules
+           ) -> Tuple[State, State]:
+    """(ShapeDtypeStructs carrying their shardings, the shardings) of the state that
+    `boxed_state()` builds with boxed parameters; no compute. Pretraining's and
+    fine-tuning's states are both placed here."""
+    boxed = jax.eval_shape(boxed_state)
     shardings = partitioning.logical_shardings(boxed, mesh, rules)
     return checkpoints.abstract_like(nn.unbox(boxed), shardings), shardings
 
 
-def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
-               shardings: State) -> State:
+def created(boxed_state: Callable[[], State], shardings: State) -> State:
     """A fresh state, created directly in its shardings by one compiled function.
 
     (Not under the mesh's logical rules: flax's DenseGeneral would constrain its flat
     pre-reshape kernel with the names of the final shape; placement comes from the shardings.)
     """
-    fresh = lambda: nn.unbox(_boxed_state(model_config, optimizer, seed))
-    return jax.jit(fresh, out_shardings=shardings)()
+    return jax.jit(lambda: nn.unbox(boxed_state()), out_shardings=shardings)()
+
+
+def abstract_state(model_config: ModelConfig, optimizer: optax.GradientTransformation,
+                   seed: int, mesh: jax.sharding.Mesh, rules) -> Tuple[State, State]:
+    """(ShapeDtypeStructs carrying their shardings, the shardings) of the state; no compute."""
+    return placed(functools.partial(_boxed_state, model_config, optimizer, seed), mesh, rules)
+
+
+def init_state(model_config: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
+               shardings: State) -> State:
+    """A fresh pretraining state in its shardings (`created`)."""
+    return created(functools.partial(_boxed_state, model_config, optimizer, seed), shardings)

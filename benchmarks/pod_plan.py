@@ -206,6 +206,26 @@ def fixes_table() -> str:
                                "collective-permutes fused into the matmuls.")
 
 
+DCN_SUM = ROOT / "benchmarks" / "results" / "pod_scale"
+DCN_SUM_LABELS = {"1_before": "before", "2_one_dcn_sum": "one cross-slice sum"}
+
+
+def dcn_sum_table() -> str:
+    """Before/after figures of one cross-slice gradient sum a step (`train.GradientSum`),
+    from their compile JSONs: base, stage 1 and 2, on 2 x v5e-256."""
+    lines = ["| step | HBM/chip | ICI | DCN | DCN transfers |", "|---|---|---|---|---|"]
+    for stage in ("stage1", "stage2"):
+        for name, label in DCN_SUM_LABELS.items():
+            result = json.loads((DCN_SUM / f"base_{stage}_2xv5e-256_fsdp_{name}.json")
+                                .read_text())
+            ici, dcn = result["networks"]["ici"], result["networks"]["dcn"]
+            lines.append(f"| {stage.replace('stage', 'stage ')}, {label} | "
+                         f"{result['memory_bytes']['total'] / 2 ** 30:.2f} GiB | "
+                         f"{ici['bytes'] / 2 ** 30:.2f} GiB | {dcn['bytes'] / 2 ** 20:.2f} MiB | "
+                         f"{dcn['executions']} |")
+    return "\n".join(lines)
+
+
 def plan_block(results: Dict[str, dict]) -> str:
     """The README's pod-plan block: the table and how much of the plan it covers, per mesh."""
     mesh_of = {key(row): row["mesh"] for row in plan()}
@@ -229,6 +249,7 @@ def plan_block(results: Dict[str, dict]) -> str:
 
 def update_readme(results: Dict[str, dict]) -> None:
     files.replace_marked_block(README, "fsdp_fixes", fixes_table())
+    files.replace_marked_block(README, "one_dcn_sum", dcn_sum_table())
     files.replace_marked_block(README, MARKER, plan_block(results))
 
 

@@ -111,3 +111,35 @@ def test_pod_flops_per_useful_token_with_a_hand_counted_row(tmp_path):
     assert got["packed"]["useful_tokens_per_step"] == 20 + 10 + 10
     assert got["row"] == "toy_row"
     assert packing.pod_flops_per_useful_token(fractions, tmp_path / "missing.json") is None
+
+
+def test_step_profile_classes_ops_by_name_and_scope_with_known_answers():
+    """The profile's split (#41) on a hand-made trace: each event lands in the class its name
+    and JAX scope say, runtime and loop events are left out (their ops have events of their
+    own), and the totals are per step."""
+    from benchmarks import step_profile as sp
+
+    hlo = "\n".join([
+        '  %ynn_fusion.3 = f32[8,8]{1,0} fusion(%a, %b), metadata={op_name="jit(s)/jvp(M)/dot"}',
+        '  %copy_bitcast_fusion.1 = f32[8,8]{1,0} fusion(%c), metadata={op_name="jit(s)/'
+        'transpose(jvp(M))/add_any"}',
+        '  %add_select_fusion.2 = f32[8]{0} fusion(%d), metadata={op_name="jit(s)/jvp(M)/'
+        'dropout/jit(_bernoulli)/jit(_uniform)/add"}',
+        '  %multiply_add_fusion.4 = f32[8]{0} fusion(%e), metadata={op_name="jit(s)/mul"}',
+        '  %negate_exponential_fusion = f32[8]{0} fusion(%f), metadata={op_name="jit(s)/jvp(M)/'
+        'gelu/exp"}'])
+    names = sp.hlo_op_names(hlo)
+    assert names["copy_bitcast_fusion.1"] == "jit(s)/transpose(jvp(M))/add_any"
+    events = [("ynn_fusion.3", 6.0), ("dot.7", 2.0), ("copy_bitcast_fusion.1", 4.0),
+              ("add_select_fusion.2", 1.0), ("multiply_add_fusion.4", 3.0),
+              ("negate_exponential_fusion", 5.0), ("while.2", 100.0),
+              ("ThunkExecutor::Execute", 50.0), ("$api.py:2479 block_until_ready", 9.0)]
+    split = sp.split(events, lambda n: sp.xla_op_class(n, names), steps=2)
+    assert split == {"matmul": 4.0, "copy / transpose": 2.0, "dropout RNG": 0.5,
+                     "optimizer": 1.5, "other element-wise": 2.5}
+    torch_events = [("aten::mm", 10.0), ("aten::addmm", 4.0), ("aten::bernoulli_", 2.0),
+                    ("aten::copy_", 1.0), ("Optimizer.step#AdamW.step", 3.0),
+                    ("aten::gelu", 2.0), ("autograd::engine::evaluate_function: X", 40.0)]
+    assert sp.split(torch_events, sp.torch_op_class, steps=1) == {
+        "matmul": 14.0, "copy / transpose": 1.0, "dropout RNG": 2.0, "optimizer": 3.0,
+        "other element-wise": 2.0}

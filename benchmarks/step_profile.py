@@ -1,0 +1,201 @@
+"""Where the CPU train step's time goes, op class by op class, ours beside PyTorch eager (#41).
+
+    python -m benchmarks.step_profile --size small --length 128 --batch 16
+
+Ours: the compiled MMLM step of `benchmarks.train_step.jax_step`'s configuration, traced with
+`jax.profiler` (XLA:CPU records one event per executed op, on every thread it uses). PyTorch:
+the same step as `benchmarks.train_step.torch_step`, under `torch.profiler` (self time of each
+aten op on the calling thread; its matmuls run multi-threaded inside). Both are split into
+the same classes and printed per step; op time is summed over threads, so on 2 cores ours
+adds up to about twice the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import re
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+CLASSES = ("matmul", "copy / transpose", "dropout RNG", "optimizer", "other element-wise")
+
+
+RNG_SCOPES = ("_bernoulli", "threefry", "_uniform", "random_bits")
+
+
+def hlo_op_names(hlo_text: str) -> Dict[str, str]:
+    """{instruction name: the JAX op it came from (`metadata.op_name`)} of compiled HLO."""
+    return dict(re.findall(r"%?([\w.-]+) = [^\n]*?metadata=\{op_name=\"([^\"]*)\"",
+                           hlo_text))
+
+
+def xla_op_class(name: str, op_names: Mapping[str, str]) -> Optional[str]:
+    """The class of one XLA:CPU op event (a fusion or thunk name; `op_names` from
+    `hlo_op_names`), None for the runtime's own events (executor, waits, Python frames) and
+    for loops and calls, whose ops have events of their own. Fusions are named after their
+    root op and carry their JAX op's name scope: matmuls by name, the rest by scope (random
+    bits inside dropout, the update outside the loss's `jvp`)."""
+    if name.startswith(("ThunkExecutor", "SlinkyThreadPool", "$")) or ":" in name:
+        return None
+    kind = re.sub(r"\.\d+$", "", name)
+    if kind in ("while", "call", "conditional"):
+        return None
+    if kind in ("dot", "convolution") or kind.startswith(("ynn_fusion", "xnn_fusion",
+                                                           "onednn")):
+        return "matmul"
+    scope = op_names.get(name, "")
+    if any(s in scope for s in RNG_SCOPES):
+        return "dropout RNG"
+    if kind in ("copy", "transpose") or kind.startswith(("copy_", "transpose_")):
+        return "copy / transpose"
+    if scope and "jvp(" not in scope:
+        return "optimizer"
+    return "other element-wise"
+
+
+def torch_op_class(name: str) -> Optional[str]:
+    """The class of one aten op (or profiler range) by its name; None for ranges that only
+    enclose other ops (their self time is bookkeeping)."""
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::baddbmm"):
+        return "matmul"
+    if name in ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"):
+        return "copy / transpose"
+    if name in ("aten::bernoulli_", "aten::dropout", "aten::native_dropout"):
+        return "dropout RNG"
+    if name.startswith("Optimizer.") or name in ("aten::lerp_", "aten::addcdiv_",
+                                                  "aten::addcmul_", "aten::sqrt",
+                                                  "aten::_foreach_lerp_",
+                                                  "aten::_foreach_addcdiv_",
+                                                  "aten::_foreach_addcmul_",
+                                                  "aten::_foreach_sqrt"):
+        return "optimizer"
+    if name.startswith("aten::"):
+        return "other element-wise"
+    return None
+
+
+def split(events: Iterable[Tuple[str, float]], classify: Callable[[str], Optional[str]],
+          steps: int) -> Dict[str, float]:
+    """{class: milliseconds per step} from (name, milliseconds) events of `steps` steps."""
+    out = dict.fromkeys(CLASSES, 0.0)
+    for name, ms in events:
+        kind = classify(name)
+        if kind is not None:
+            out[kind] += ms / steps
+    return out
+
+
+def _jax_events(size: str, length: int, batch: int, steps: int
+                ) -> Tuple[float, Sequence[Tuple[str, float]], Dict[str, str]]:
+    import jax
+
+    from benchmarks import train_step as bench
+    from ernie_m_jax import partitioning, train
+    from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
+    from ernie_m_jax.data.pipeline import DataConfig
+    from ernie_m_jax.optimizer import OptimizerConfig
+
+    config = bench._model_config(size, "float32")
+    exp = train.Experiment(
+        train.TrainConfig(num_steps=1000, objective_weights={"mmlm": 1.0}), config,
+        DataConfig(batch_sizes={"mmlm": batch}, mono_length=length, pair_length=length),
+        partitioning.MeshConfig(shape=(-1, 1, 1)), OptimizerConfig(), MaskingConfig(),
+        BTMLMConfig(), SpecialTokens())
+    mesh = partitioning.make_mesh(exp.mesh)
+    built = train.build_train_step(exp, mesh)
+    state = train.init_state(config, built.optimizer, 0, built.state_shardings)
+    with partitioning.activate(mesh, exp.mesh.rules):
+        batches = train.global_batch({"mmlm": bench._batch(config, batch, length)}, mesh,
+                                     exp.mesh.rules)
+        compiled = built.fn.lower(state, batches).compile()
+        holder = {"state": state}
+
+        def one():
+            holder["state"], out = compiled(holder["state"], batches)
+            jax.block_until_ready(out)
+
+        step_s = statistics.median(bench._median_seconds(one, steps, 2))
+        with tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                for _ in range(steps):
+                    one()
+            path = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
+            trace = json.load(gzip.open(path))
+    events = [(e["name"], e["dur"] / 1e3) for e in trace["traceEvents"] if e.get("ph") == "X"]
+    return step_s, events, hlo_op_names(compiled.as_text())
+
+
+def _torch_events(size: str, length: int, batch: int, steps: int
+                  ) -> Tuple[float, Sequence[Tuple[str, float]]]:
+    import torch
+
+    from benchmarks import train_step as bench
+
+    captured = {}
+
+    def keep(fn, steps_, warmup):  # the benchmark's own step function, timed here
+        captured["one"] = fn
+        return [1.0]
+
+    original, bench._median_seconds = bench._median_seconds, keep
+    try:
+        bench.torch_step(bench._model_config(size, "float32"), batch, length, 1, 0)
+    finally:
+        bench._median_seconds = original
+    one = captured["one"]
+    step_s = statistics.median(bench._median_seconds(one, steps, 2))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            one()
+    return step_s, [(e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()]
+
+
+def profile(size: str, length: int, batch: int, steps: int = 3) -> Dict[str, object]:
+    jax_step_s, jax_events, op_names = _jax_events(size, length, batch, steps)
+    torch_step_s, torch_events = _torch_events(size, length, batch, steps)
+    return {"size": size, "length": length, "batch": batch, "steps": steps,
+            "ours": {"step_ms": jax_step_s * 1e3,
+                     "split_ms": split(jax_events, lambda n: xla_op_class(n, op_names),
+                                       steps)},
+            "pytorch": {"step_ms": torch_step_s * 1e3,
+                        "split_ms": split(torch_events, torch_op_class, steps)}}
+
+
+def markdown(result: Mapping[str, object]) -> str:
+    ours, theirs = result["ours"], result["pytorch"]
+    lines = [f"{result['size']}@{result['length']}, batch {result['batch']}: step "
+             f"{ours['step_ms']:.0f} ms (ours) vs {theirs['step_ms']:.0f} ms (PyTorch eager)",
+             "", "| op class | ours: op time summed over threads (ms/step) | PyTorch: self time "
+             "on the calling thread (ms/step) |", "|---|---|---|"]
+    for kind in CLASSES:
+        lines.append(f"| {kind} | {ours['split_ms'][kind]:.0f} | "
+                     f"{theirs['split_ms'][kind]:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="small")
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--output", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    started = time.time()
+    result = profile(args.size, args.length, args.batch, args.steps)
+    print(markdown(result))
+    print(f"({time.time() - started:.0f} s)")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

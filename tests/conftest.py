@@ -55,13 +55,13 @@ def tiny_params(tiny_config):
 
 
 @pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory, worker_id):
+def demo_data_dir(tmp_path_factory):
     """One demo corpus and vocabulary for every test that registers the demo tasks, built
     once per run: under pytest-xdist the first worker builds it in the run's shared temporary
     folder while the others wait on the lock, then all read it."""
     from tasks import demo  # seqio and TensorFlow: only for the tests that use the demo data
 
-    if worker_id == "master":  # one process: this session's own folder
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: this session's own folder
         path = tmp_path_factory.mktemp("demo_data")
     else:
         path = tmp_path_factory.getbasetemp().parent / "demo_data"

@@ -1,13 +1,15 @@
 """`ernie-m-jax compile`: the real train step compiled for TPU topologies on this CPU host
 (libtpu's compile-only devices), its memory, FLOPs and collectives."""
 
+import contextlib
+import io
 import json
 
 import gin
 import pytest
 
 from ernie_m_jax import cli
-from ernie_m_jax.aot import hardware
+from ernie_m_jax.aot import compile_step, hardware
 
 TINY = ["--gin_file=runs/pretrain_stage2.gin", "--gin_file=models/tiny.gin",
         "--gin.MONO_MIXTURE='none.mono'", "--gin.PARA_MIXTURE='none.para'",
@@ -40,15 +42,17 @@ def test_accelerator_names_follow_cloud_tpu():
 def v4_8_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "v4-8.json"
     gin.clear_config()
-    code = cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16",
-                     f"--output={out}"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16",
+                         f"--output={out}"])
     gin.clear_config()
-    return code, json.loads(out.read_text())
+    return code, json.loads(out.read_text()), printed.getvalue()
 
 
 @pytest.mark.slow
 def test_compile_reports_memory_flops_and_fsdp_collectives(v4_8_report, capsys):
-    code, report = v4_8_report
+    code, report, _ = v4_8_report
     assert code == 0
     assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     assert report["objectives"] == ["mmlm", "tlm", "camlm", "btmlm"]
@@ -67,6 +71,29 @@ def test_compile_reports_memory_flops_and_fsdp_collectives(v4_8_report, capsys):
     assert collectives["collective-permute"]["count"] == 0
     assert 0 < report["roofline_estimate"]["mfu_serial"] <= report["roofline_estimate"][
         "mfu_overlapped"] <= 1
+
+
+@pytest.mark.slow
+def test_an_interconnect_bound_step_is_told_the_rows_that_would_hide_its_collectives(
+        v4_8_report):
+    """The tiny model on 4 chips computes next to nothing, so its weights' traffic dwarfs
+    the compute: the report names the rows for 25%, by `rows_for_overlap`."""
+    code, report, printed = v4_8_report
+    r = report["roofline_estimate"]
+    ratio = (r["ici_seconds"] + r["dcn_seconds"]) / r["compute_seconds"]
+    assert ratio > compile_step.OVERLAP_TARGET
+    rows = {o: b for o, (b, _) in report["batch_shapes"].items()}
+    expected = ", ".join(f"{o} {b} -> {compile_step.rows_for_overlap(b, ratio, 4)}"
+                         for o, b in rows.items())
+    assert f"collectives take {ratio:.0%} of the compute" in printed
+    assert expected in printed
+
+
+def test_rows_for_overlap_with_known_answers():
+    # Base stage 2 on v5e-256 (pod plan): 268% at 512 rows over 256 shards.
+    assert compile_step.rows_for_overlap(512, 2.68, 256) == 5632  # 5488 up to 22 x 256
+    assert compile_step.rows_for_overlap(64, 0.5, 8) == 128  # twice the rows, half the share
+    assert compile_step.rows_for_overlap(512, 0.1, 256) == 512  # already hidden: never fewer
 
 
 @pytest.mark.slow

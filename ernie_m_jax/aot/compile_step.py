@@ -244,6 +244,37 @@ def compile_train_step(exp: Experiment, accelerator: Accelerator,
     return report, (text if keep_hlo else None)
 
 
+# Collective time over compute time that a step can hide behind its matmuls with room to
+# spare: above it, `format_report` says how many rows would get there.
+OVERLAP_TARGET = 0.25
+
+
+def rows_for_overlap(rows: int, ratio: float, shards: int,
+                     target: float = OVERLAP_TARGET) -> int:
+    """Global rows (a multiple of the batch `shards`) at which collectives would take
+    `target` of the compute time, from one compile at `rows` where they take `ratio`. It
+    assumes the collectives do not grow with the rows, which holds for FSDP's weight gathers
+    and gradient reductions and for data parallelism's gradient sums (not for tensor
+    parallelism's activations): compute grows with the rows, collectives stay. An estimate
+    to check by compiling at the rows it names (memory grows with the rows too)."""
+    needed = rows * ratio / target
+    return max(rows, math.ceil(needed / shards) * shards)
+
+
+def _overlap_advice(report: "CompileReport", ratio: float) -> List[str]:
+    mesh = report.mesh
+    if ratio <= OVERLAP_TARGET or mesh.get("tensor", 1) > 1:
+        return []
+    shards = mesh.get("data", 1) * mesh.get("fsdp", 1)
+    rows = {o: b for o, (b, _) in report.experiment.batch_shapes().items()}
+    more = {o: rows_for_overlap(b, ratio, shards) for o, b in rows.items()}
+    per_objective = ", ".join(f"{o} {rows[o]} -> {more[o]}" for o in rows)
+    return [f"what would help: collectives take {ratio:.0%} of the compute; with the "
+            f"weights' traffic fixed, about these global rows would bring them to "
+            f"{OVERLAP_TARGET:.0%} ({per_objective}); an estimate: compile again at those "
+            "rows to see that it fits"]
+
+
 def _gib(x: float) -> str:
     return f"{x / GiB:7.2f} GiB"
 
@@ -306,5 +337,6 @@ def format_report(report: CompileReport) -> str:
         f"{r['mfu_overlapped']:.0%} / {r['mfu_serial']:.0%}; collectives / compute "
         f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%}",
     ]
+    lines += _overlap_advice(report, (r["ici_seconds"] + r["dcn_seconds"]) / r["compute_seconds"])
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

@@ -95,39 +95,17 @@ def _jax_events(size: str, length: int, batch: int, steps: int
     import jax
 
     from benchmarks import train_step as bench
-    from ernie_m_jax import partitioning, train
-    from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
-    from ernie_m_jax.data.pipeline import DataConfig
-    from ernie_m_jax.optimizer import OptimizerConfig
 
-    config = bench._model_config(size, "float32")
-    exp = train.Experiment(
-        train.TrainConfig(num_steps=1000, objective_weights={"mmlm": 1.0}), config,
-        DataConfig(batch_sizes={"mmlm": batch}, mono_length=length, pair_length=length),
-        partitioning.MeshConfig(shape=(-1, 1, 1)), OptimizerConfig(), MaskingConfig(),
-        BTMLMConfig(), SpecialTokens())
-    mesh = partitioning.make_mesh(exp.mesh)
-    built = train.build_train_step(exp, mesh)
-    state = train.init_state(config, built.optimizer, 0, built.state_shardings)
-    with partitioning.activate(mesh, exp.mesh.rules):
-        batches = train.global_batch({"mmlm": bench._batch(config, batch, length)}, mesh,
-                                     exp.mesh.rules)
-        compiled = built.fn.lower(state, batches).compile()
-        holder = {"state": state}
-
-        def one():
-            holder["state"], out = compiled(holder["state"], batches)
-            jax.block_until_ready(out)
-
-        step_s = statistics.median(bench._median_seconds(one, steps, 2))
-        with tempfile.TemporaryDirectory() as trace_dir:
-            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-                for _ in range(steps):
-                    one()
-            path = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
-            trace = json.load(gzip.open(path))
+    step = bench.compiled_step(bench._model_config(size, "float32"), batch, length)
+    step_s = statistics.median(bench._median_seconds(step.one, steps, 2))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(steps):
+                step.one()
+        path = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
+        trace = json.load(gzip.open(path))
     events = [(e["name"], e["dur"] / 1e3) for e in trace["traceEvents"] if e.get("ph") == "X"]
-    return step_s, events, hlo_op_names(compiled.as_text())
+    return step_s, events, hlo_op_names(step.compiled.as_text())
 
 
 def _torch_events(size: str, length: int, batch: int, steps: int
@@ -136,18 +114,7 @@ def _torch_events(size: str, length: int, batch: int, steps: int
 
     from benchmarks import train_step as bench
 
-    captured = {}
-
-    def keep(fn, steps_, warmup):  # the benchmark's own step function, timed here
-        captured["one"] = fn
-        return [1.0]
-
-    original, bench._median_seconds = bench._median_seconds, keep
-    try:
-        bench.torch_step(bench._model_config(size, "float32"), batch, length, 1, 0)
-    finally:
-        bench._median_seconds = original
-    one = captured["one"]
+    one = bench.torch_step_fn(bench._model_config(size, "float32"), batch, length)
     step_s = statistics.median(bench._median_seconds(one, steps, 2))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):

@@ -16,6 +16,7 @@ after the steps (CPU) or the device's dense bf16 peak (GPU/TPU, `metrics.PEAK_FL
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ernie_m_jax import files
 
@@ -93,14 +94,25 @@ def _batch(config, batch: int, length: int, seed: int = 0):
             "language_ids": np.zeros_like(ids)}
 
 
-def jax_step(config, batch: int, length: int, objective: str = "mmlm",
-             mesh_shape=(-1, 1, 1), steps: int = 3, warmup: int = 2,
-             placeholders: Optional[int] = None) -> Dict[str, float]:
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """One objective's train step compiled for timing: `one()` runs a step on its batch."""
+
+    exp: object  # train.Experiment
+    btmlm: object  # BTMLMConfig when the objective is BTMLM, else None
+    compiled: object  # the compiled executable
+    compile_s: float
+    devices: int
+    one: Callable[[], None]
+
+
+def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
+                  mesh_shape=(-1, 1, 1), placeholders: Optional[int] = None) -> CompiledStep:
     """One objective's full train step (loss, grads, AdamW), jit with shardings and donation,
-    built by the same `train.build_train_step` that training uses."""
+    built by the same `train.build_train_step` that training uses, and compiled."""
     import jax
 
-    from ernie_m_jax import metrics, partitioning, train
+    from ernie_m_jax import partitioning, train
     from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
     from ernie_m_jax.data.pipeline import DataConfig
     from ernie_m_jax.optimizer import OptimizerConfig
@@ -115,35 +127,47 @@ def jax_step(config, batch: int, length: int, objective: str = "mmlm",
     rules = exp.mesh.rules
     built = train.build_train_step(exp, mesh)
     state = train.init_state(config, built.optimizer, exp.train.seed, built.state_shardings)
-    step_fn = built.fn
     with partitioning.activate(mesh, rules):
         batches = train.global_batch({objective: _batch(config, batch, length)}, mesh, rules)
         start = time.perf_counter()
-        compiled = step_fn.lower(state, batches).compile()
+        compiled = built.fn.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
-        holder = {"state": state}
+    holder = {"state": state}
 
-        def one():
-            holder["state"], out = compiled(holder["state"], batches)
-            jax.block_until_ready(out)
+    def one():
+        holder["state"], out = compiled(holder["state"], batches)
+        jax.block_until_ready(out)
 
-        times = _median_seconds(one, steps, warmup)
-    memory = compiled.memory_analysis()
-    flops = metrics.step_flops(config, {objective: (batch, length)}, exp.masking, btmlm)
+    return CompiledStep(exp, btmlm, compiled, compile_s, mesh.size, one)
+
+
+def jax_step(config, batch: int, length: int, objective: str = "mmlm",
+             mesh_shape=(-1, 1, 1), steps: int = 3, warmup: int = 2,
+             placeholders: Optional[int] = None) -> Dict[str, float]:
+    """`compiled_step`'s step timed: median of `steps` after `warmup`, with its FLOPs and
+    compiled memory."""
+    from ernie_m_jax import metrics
+
+    step = compiled_step(config, batch, length, objective, mesh_shape, placeholders)
+    times = _median_seconds(step.one, steps, warmup)
+    memory = step.compiled.memory_analysis()
+    flops = metrics.step_flops(config, {objective: (batch, length)}, step.exp.masking,
+                               step.btmlm)
     tokens = batch * (length + (placeholders or 0))
     median = statistics.median(times)
-    result = {"compile_s": compile_s, "step_s": median, "step_s_all": times,
+    result = {"compile_s": step.compile_s, "step_s": median, "step_s_all": times,
               "tokens_per_s": tokens / median, "model_flops": flops,
-              "devices": mesh.size}
+              "devices": step.devices}
     if memory is not None:
         result["compiled_bytes"] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                        + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
     return result
 
 
-def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict[str, float]:
+def torch_step_fn(config, batch: int, length: int) -> Callable[[], None]:
     """The same MLM step in PyTorch eager f32: transformers' ErnieMModel + an XLM-R-style head
-    (tied decoder), logits only at the masked positions (as ours), AdamW, clipping at 1.0."""
+    (tied decoder), logits only at the masked positions (as ours), AdamW, clipping at 1.0;
+    each call runs one step on all cores."""
     import numpy as np
     import torch
     import transformers
@@ -186,7 +210,14 @@ def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
 
-    times = _median_seconds(one, steps, warmup)
+    return one
+
+
+def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict[str, float]:
+    """`torch_step_fn`'s step timed: median of `steps` after `warmup`."""
+    import torch
+
+    times = _median_seconds(torch_step_fn(config, batch, length), steps, warmup)
     median = statistics.median(times)
     return {"step_s": median, "step_s_all": times, "tokens_per_s": batch * length / median,
             "torch": torch.__version__, "threads": torch.get_num_threads()}

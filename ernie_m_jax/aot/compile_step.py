@@ -265,7 +265,8 @@ def _overlap_advice(report: "CompileReport", ratio: float) -> List[str]:
     mesh = report.mesh
     if ratio <= OVERLAP_TARGET or mesh.get("tensor", 1) > 1:
         return []
-    shards = mesh.get("data", 1) * mesh.get("fsdp", 1)
+    shards = partitioning.batch_shards(jax.sharding.AbstractMesh(
+        tuple(mesh.values()), tuple(mesh)), report.experiment.mesh.rules)
     rows = {o: b for o, (b, _) in report.experiment.batch_shapes().items()}
     more = {o: rows_for_overlap(b, ratio, shards) for o, b in rows.items()}
     per_objective = ", ".join(f"{o} {rows[o]} -> {more[o]}" for o in rows)
@@ -284,6 +285,7 @@ def format_report(report: CompileReport) -> str:
     acc, chip, m, exp = report.accelerator, report.accelerator.chip, report.memory, \
         report.experiment
     r = report.roofline()
+    collective_share = (r["ici_seconds"] + r["dcn_seconds"]) / r["compute_seconds"]
     verdict = (f"fits, headroom {_gib(report.hbm_bytes - m['total']).strip()}" if report.fits
                else "DOES NOT FIT")
     shapes = ", ".join(f"{o} {b}x{n}" for o, (b, n) in exp.batch_shapes().items())
@@ -335,8 +337,8 @@ def format_report(report: CompileReport) -> str:
         f"  step >= {r['step_seconds_overlapped'] * 1e3:.1f} ms (collectives hidden) or "
         f"{r['step_seconds_serial'] * 1e3:.1f} ms (not hidden): MFU at most "
         f"{r['mfu_overlapped']:.0%} / {r['mfu_serial']:.0%}; collectives / compute "
-        f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%}",
+        f"{collective_share:.0%}",
     ]
-    lines += _overlap_advice(report, (r["ici_seconds"] + r["dcn_seconds"]) / r["compute_seconds"])
+    lines += _overlap_advice(report, collective_share)
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines)

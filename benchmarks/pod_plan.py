@@ -97,6 +97,12 @@ def compile_one(row: Dict[str, object], timeout_s: float) -> Dict[str, object]:
     return result
 
 
+def load_one(row: Dict[str, object]):
+    """One configuration's JSON, or None where it was not compiled."""
+    path = RESULTS / f"{key(row)}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load() -> Dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
 
@@ -226,6 +232,40 @@ def dcn_sum_table() -> str:
     return "\n".join(lines)
 
 
+GATHER = ROOT / "benchmarks" / "results" / "pod_gather"
+GATHER_LABELS = {
+    "1_before": ("before: plain FSDP, the table alone gathered once", 512),
+    "2_gathered_once_512": ("every weight gathered once (`gather_weights_once='all'`); XLA "
+                            "sums each layer's gradient inside the backward loops", 512),
+    "3_one_sum_512": ("... and each chip's gradient a part, summed once a step "
+                      "(`GradientSum` over the batch axes)", 512),
+    "4_one_sum_1024": ("the same at 1,024 rows per objective (`gin/mesh/fsdp_gathered.gin`)",
+                       1024),
+    "5_one_sum_16x16_1024": ("the same on data 16 x FSDP 16 (groups along one torus axis: "
+                             "half the links)", 1024),
+}
+
+
+def gather_table() -> str:
+    """Before/after figures of gathering every weight once (base stage 2 on v5e-256, remat
+    'dots'), from their compile JSONs; the first row is the pod plan's own compile."""
+    lines = ["| step | rows/objective | HBM/chip | all-gather | all-reduce | ICI sent/chip | "
+             "est. collective time / compute time |", "|---|---|---|---|---|---|---|"]
+    for name, (label, rows) in GATHER_LABELS.items():
+        path = (RESULTS / "base_stage2_v5e-256_fsdp_dots.json" if name == "1_before"
+                else GATHER / f"{name}.json")
+        result = json.loads(path.read_text())
+        assert result["batch_shapes"]["mmlm"][0] == rows, (name, result["batch_shapes"])
+        c, r = result["collectives"], result["roofline_estimate"]
+        cells = [f"{c[k]['executions']} runs, {c[k]['bytes'] / 2 ** 30:.2f} GiB"
+                 for k in ("all-gather", "all-reduce")]
+        lines.append(f"| {label} | {rows} | {result['memory_bytes']['total'] / 2 ** 30:.2f} GiB "
+                     f"| {' | '.join(cells)} | "
+                     f"{result['networks']['ici']['bytes'] / 2 ** 30:.2f} GiB | "
+                     f"{(r['ici_seconds'] + r['dcn_seconds']) / r['compute_seconds']:.0%} |")
+    return "\n".join(lines)
+
+
 def plan_block(results: Dict[str, dict]) -> str:
     """The README's pod-plan block: the table and how much of the plan it covers, per mesh."""
     mesh_of = {key(row): row["mesh"] for row in plan()}
@@ -250,6 +290,7 @@ def plan_block(results: Dict[str, dict]) -> str:
 def update_readme(results: Dict[str, dict]) -> None:
     files.replace_marked_block(README, "fsdp_fixes", fixes_table())
     files.replace_marked_block(README, "one_dcn_sum", dcn_sum_table())
+    files.replace_marked_block(README, "gather_once", gather_table())
     files.replace_marked_block(README, MARKER, plan_block(results))
 
 

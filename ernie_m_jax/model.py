@@ -318,40 +318,76 @@ class ErnieM(nn.Module):
         return outputs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _gathered(table: Array, dtype, table_dtype) -> Array:
-    return nn.with_logical_constraint(table.astype(dtype), ("vocab", None))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _gathered(weight: Array, dtype, weight_dtype, names, gathered_names) -> Array:
+    return nn.with_logical_constraint(weight.astype(dtype), gathered_names)
 
 
-def _gathered_forward(table: Array, dtype, table_dtype):
-    return _gathered(table, dtype, table_dtype), None
+def _gathered_forward(weight: Array, dtype, weight_dtype, names, gathered_names):
+    return _gathered(weight, dtype, weight_dtype, names, gathered_names), None
 
 
-def _gathered_backward(dtype, table_dtype, _, cotangent: Array):
-    # Summed over the batch shards straight into the table's own sharding: one
+def _gathered_backward(dtype, weight_dtype, names, gathered_names, _, cotangent: Array):
+    # Summed over the batch shards straight into the weight's own sharding: one
     # reduce-scatter in the compute dtype, where the transpose of the gather would sum it
-    # into a replicated table first (an all-reduce of twice the bytes) and slice it after.
-    sharded = nn.with_logical_constraint(cotangent, ("vocab", "embed"))
-    return (sharded.astype(table_dtype),)
+    # into a replicated weight first (an all-reduce of twice the bytes) and slice it after.
+    sharded = nn.with_logical_constraint(cotangent, names)
+    return (sharded.astype(weight_dtype),)
 
 
 _gathered.defvjp(_gathered_forward, _gathered_backward)
 
+# Leaves the model reads in its compute dtype (Projection, nn.Embed); LayerNorm and the MLM
+# head's vocabulary bias read theirs in float32.
+_CAST_IN_THE_MODEL = ("kernel", "embedding")
+GATHER_CHOICES = ("word_embeddings", "all")
+
+
+def param_logical_names(config: ModelConfig):
+    """The logical axis names of every parameter (a tree like the params, of tuples)."""
+    boxed = jax.eval_shape(lambda: init_params(config, jax.random.key(0))["params"])
+    specs = nn.get_partition_spec(boxed)
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def with_gathered_weights(params, config: ModelConfig, which: str = "word_embeddings",
+                          names=None, gathered_axes=("embed",)):
+    """`params` with weights cast to the compute dtype and gathered whole along their
+    `gathered_axes` (the logical axes FSDP splits; the others keep their rules), once, for
+    every use in a step; their gradients are reduce-scattered once, in the compute dtype.
+
+    `which="word_embeddings"`: only the tied table. Every objective looks ids up in it and
+    scores its predictions against it, and BTMLM's generation does both again; under FSDP
+    each use gathered the largest weight anew. `which="all"`: every weight (ZeRO-2 rather
+    than ZeRO-3): one gather and one reduce-scatter of the model a step instead of one per
+    layer per encoder pass (five passes in stage 2, plus recomputation), for a copy of the
+    model in the compute dtype on every chip. Vectors (biases, LayerNorm) are gathered but
+    keep their dtype. Numerically nothing changes: the model computes its matmuls and
+    lookups in `config.compute_dtype` anyway.
+
+    `names`: `param_logical_names(config)`, needed for `which="all"` (computed if omitted).
+    """
+    if which not in GATHER_CHOICES:
+        raise ValueError(f"weights gathered once: {which!r}; choose from {GATHER_CHOICES}")
+    dropped = set(gathered_axes)
+
+    def gather(weight, weight_names, cast=True):
+        gathered_names = tuple(None if n in dropped else n for n in weight_names)
+        dtype = config.compute_dtype if cast else weight.dtype
+        return _gathered(weight, dtype, weight.dtype, tuple(weight_names), gathered_names)
+
+    if which == "word_embeddings":
+        embeddings = params["embeddings"]
+        table = gather(embeddings["word_embeddings"]["embedding"], ("vocab", "embed"))
+        return {**params, "embeddings": {**embeddings, "word_embeddings": {"embedding": table}}}
+    names = param_logical_names(config) if names is None else names
+    return jax.tree_util.tree_map_with_path(
+        lambda path, w, n: gather(w, n, cast=path[-1].key in _CAST_IN_THE_MODEL), params, names)
+
 
 def with_gathered_word_embeddings(params, config: ModelConfig):
-    """`params` with the word embedding cast to the compute dtype and gathered whole along
-    its `embed` axis (its `vocab` axis keeps its rule), once, for every use in a step.
-
-    Every objective looks ids up in the table and scores its predictions against it (the
-    tied MLM head), and BTMLM's generation does both again. Under FSDP each of those uses
-    gathered the largest weight anew (and reduced its gradient separately); gathered once
-    here, they share one copy and their gradients are summed before one reduce-scatter.
-    The cast changes nothing numerically: the model computes in `config.dtype` anyway.
-    """
-    embeddings = params["embeddings"]
-    table = embeddings["word_embeddings"]["embedding"]
-    table = _gathered(table, config.compute_dtype, table.dtype)
-    return {**params, "embeddings": {**embeddings, "word_embeddings": {"embedding": table}}}
+    """`with_gathered_weights` of the tied word table alone (what the step did first)."""
+    return with_gathered_weights(params, config, "word_embeddings")
 
 
 def init_params(config: ModelConfig, rng: Array, length: int = 8):

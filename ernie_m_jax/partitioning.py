@@ -151,6 +151,13 @@ def without_axes(rules, axes):
     return tuple((name, drop(target)) for name, target in rules)
 
 
+def logical_axes_on(rules, mesh_axis: str) -> set:
+    """The logical axis names that `rules` split over `mesh_axis` (alone or with others)."""
+    def targets(target):
+        return target if isinstance(target, (tuple, list)) else (target,)
+    return {name for name, target in rules if mesh_axis in targets(target)}
+
+
 def num_slices(devices) -> int:
     """TPU slices the devices span (1 off TPU multislice)."""
     return len({getattr(d, "slice_index", 0) or 0 for d in devices})
@@ -160,11 +167,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_shards(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> int:
-    """How many parts the batch axis is split into on `mesh`."""
+def batch_axes(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Tuple[str, ...]:
+    """The mesh axes the batch axis is split over on `mesh`."""
     spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
     axes = spec if isinstance(spec, tuple) else (() if spec is None else (spec,))
-    return math.prod(mesh.shape[a] for a in axes)
+    return tuple(a for a in axes if a in mesh.shape)
+
+
+def batch_shards(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> int:
+    """How many parts the batch axis is split into on `mesh`."""
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
 
 
 def check_batch_divides(batch_size: int, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> None:

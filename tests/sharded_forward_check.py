@@ -15,7 +15,7 @@ import numpy as np
 
 from ernie_m_jax import partitioning
 from ernie_m_jax.configs import MaskingConfig, model_config
-from ernie_m_jax.model import ErnieM, init_params
+from ernie_m_jax.model import ErnieM, init_params, with_gathered_weights
 from ernie_m_jax.objectives import camlm_loss
 from tests.synthetic import TOKENS, pair_batch
 
@@ -71,6 +71,9 @@ def main():
     else:
         raise AssertionError("batch 6 on 4 batch shards was accepted")
     gradient_sum_step_equals_accumulation(model, mesh, variables["params"])
+    weights_gathered_once_leave_no_collective_in_the_layer_loop(config)
+    for shape in ((1, 8, 1), (2, 2, 2), (2, 4, 1)):
+        scattered_sum_is_the_sum_in_each_weights_shards(shape)
     print("SHARDED OK")
 
 
@@ -101,24 +104,50 @@ def gradient_sum_step_equals_accumulation(model, mesh, params):
              **{k: jax.numpy.zeros((), "int32") for k in train.COUNTERS}}
     data = partitioning.data_sharding(mesh)
     rules = partitioning.LOGICAL_AXIS_RULES
-    variants = {  # name -> (accumulation steps, GradientSum)
-        "accumulated": (2, None),
-        "data": (1, train.GradientSum(mesh, rules)),
-        "data_bf16": (1, train.GradientSum(mesh, rules, dtype="bfloat16")),
+    specs = jax.tree.map(lambda x: x.sharding.spec, params)
+    every_weight = functools.partial(with_gathered_weights, config=model.config, which="all")
+    variants = {  # name -> (accumulation steps, GradientSum, weights gathered once)
+        "accumulated": (2, None, lambda p: p),
+        "data": (1, train.GradientSum(mesh, rules), lambda p: p),
+        "data_bf16": (1, train.GradientSum(mesh, rules, dtype="bfloat16"), lambda p: p),
+        "data_gathered": (1, train.GradientSum(mesh, rules), every_weight),
+        # Every chip's rows a part, each sum scattered into the weights' shards (what
+        # gather_weights_once="all" builds): the same step as 4 microbatches (on one
+        # device: 4 microbatches of one row per batch shard differ on this mesh, see below).
+        "accumulated4_one_device": (4, None, lambda p: p),
+        "scattered": (1, train.GradientSum(mesh, rules, ("data", "fsdp"), scatter_to=specs),
+                      every_weight),
     }
     results = {}
-    for name, (accum, parts) in variants.items():
+    for name, (accum, parts, shared) in variants.items():
         step = train.make_train_step(objectives, weights, sgd, optax.constant_schedule(1.0),
-                                     accum, prediction_counters=counters, gradient_sum=parts)
-        with partitioning.activate(mesh):
-            new_state, metrics = jax.jit(step)(state, jax.device_put(batches, data))
+                                     accum, prediction_counters=counters, gradient_sum=parts,
+                                     shared_params=shared)
+        if name.endswith("_one_device"):
+            one = jax.devices()[0]
+            new_state, metrics = jax.jit(step)(jax.device_put(jax.tree.map(np.asarray, state),
+                                                              one), jax.device_put(batches, one))
+        else:
+            with partitioning.activate(mesh):
+                new_state, metrics = jax.jit(step)(state, jax.device_put(batches, data))
         results[name] = (new_state["params"], {k: float(v) for k, v in metrics.items()})
     assert all(r[1]["finite"] == 1.0 for r in results.values())
     reference_params, reference = results["accumulated"]
     params_f32, metrics_f32 = results["data"]
     for key in reference:
-        np.testing.assert_allclose(metrics_f32[key], reference[key], rtol=2e-5, atol=1e-6,
-                                   err_msg=key)
+        for name in ("data", "data_gathered"):
+            np.testing.assert_allclose(results[name][1][key], reference[key], rtol=2e-5,
+                                       atol=1e-6, err_msg=f"{name}: {key}")
+    for a, b in zip(jax.tree.leaves(results["data_gathered"][0]),
+                    jax.tree.leaves(reference_params)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    for key in reference:
+        np.testing.assert_allclose(results["scattered"][1][key],
+                                   results["accumulated4_one_device"][1][key], rtol=2e-5,
+                                   atol=1e-6, err_msg=f"scattered: {key}")
+    for a, b in zip(jax.tree.leaves(results["scattered"][0]),
+                    jax.tree.leaves(results["accumulated4_one_device"][0])):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
     assert reference["mmlm/num_predictions"] > 0 and reference["btmlm/num_predictions"] > 0
     gaps = []
     for a, b, c in zip(jax.tree.leaves(params_f32), jax.tree.leaves(reference_params),
@@ -126,6 +155,65 @@ def gradient_sum_step_equals_accumulation(model, mesh, params):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
         gaps.append(float(np.max(np.abs(np.asarray(c) - np.asarray(b)))))
     assert 1e-6 < max(gaps) < 1e-1, max(gaps)
+
+
+def weights_gathered_once_leave_no_collective_in_the_layer_loop(config):
+    """On an FSDP mesh of 8, the step that gathers every weight once (`TrainConfig.
+    gather_weights_once="all"`) runs no collective inside the scanned layer loops: each
+    chip's rows are a part whose gradient is summed with the others' once
+    (`train.GradientSum` over the batch axes). The table-only step (the control) gathers
+    each layer's weights there, per layer per pass."""
+    from ernie_m_jax import optimizer, train
+    from ernie_m_jax.aot import hlo
+    from ernie_m_jax.configs import BTMLMConfig, SpecialTokens
+    from ernie_m_jax.data import pipeline
+
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(shape=(1, 8, 1)))
+    looped = {}
+    for which in ("word_embeddings", "all"):
+        exp = train.Experiment(
+            train.TrainConfig(num_steps=10, objective_weights={"mmlm": 1.0, "tlm": 1.0},
+                              gather_weights_once=which),
+            config, pipeline.DataConfig(batch_sizes={"mmlm": 8, "tlm": 8}, mono_length=16,
+                                        pair_length=16),
+            partitioning.MeshConfig(shape=(1, 8, 1)), optimizer.OptimizerConfig(),
+            MaskingConfig(), BTMLMConfig(), SpecialTokens())
+        step = train.build_train_step(exp, mesh)
+        with partitioning.activate(mesh, exp.mesh.rules):
+            text = step.fn.lower(step.abstract_state, step.abstract_batches()).compile().as_text()
+        collectives = hlo.parse(text)
+        assert collectives, which
+        # Collectives run in a loop: executions beyond the instruction's pieces.
+        looped[which] = sum(c.executions - c.pieces for c in collectives)
+    assert looped["word_embeddings"] > 0, looped
+    assert looped["all"] == 0, looped
+
+
+def scattered_sum_is_the_sum_in_each_weights_shards(shape):
+    """`train.scattered_sum` of parts laid over the batch axes equals their plain sum,
+    returned in each weight's FSDP sharding, whichever dimension FSDP splits."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from ernie_m_jax.train.step import scattered_sum
+
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(shape=shape))
+    axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+    parts = int(np.prod([mesh.shape[a] for a in axes]))
+    rng = np.random.default_rng(0)
+    stacked = {"rows": rng.normal(size=(parts, 8, 6)).astype(np.float32),
+               "columns": rng.normal(size=(parts, 3, 16, 4)).astype(np.float32),
+               "bias": rng.normal(size=(parts, 4)).astype(np.float32)}
+    specs = {"rows": P("fsdp", "tensor"), "columns": P(None, "fsdp", "tensor"),
+             "bias": P("tensor")}
+    with jax.set_mesh(mesh):
+        placed = jax.device_put(stacked, NamedSharding(mesh, P(axes)))
+        summed = jax.jit(lambda t: scattered_sum(t, specs, mesh, axes))(placed)
+    for name, value in stacked.items():
+        np.testing.assert_allclose(summed[name], value.sum(0), rtol=1e-5, atol=1e-5)
+        fsdp_dims = [d for d, e in enumerate(specs[name]) if e == "fsdp"]
+        assert [d for d, e in enumerate(summed[name].sharding.spec) if e == "fsdp"] == \
+            fsdp_dims, (name, summed[name].sharding.spec)
 
 
 if __name__ == "__main__":

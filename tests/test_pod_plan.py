@@ -54,6 +54,7 @@ def test_the_readme_tables_are_the_committed_json():
     assert files.read_marked_block(pod_plan.README, pod_plan.MARKER) == pod_plan.plan_block(results)
     assert files.read_marked_block(pod_plan.README, "fsdp_fixes") == pod_plan.fixes_table()
     assert files.read_marked_block(pod_plan.README, "one_dcn_sum") == pod_plan.dcn_sum_table()
+    assert files.read_marked_block(pod_plan.README, "gather_once") == pod_plan.gather_table()
     done = sum("error" not in r for r in results.values())
     assert f"{done} of {len(pod_plan.plan())} configurations compiled" in \
         files.read_marked_block(pod_plan.README, pod_plan.MARKER)

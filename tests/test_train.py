@@ -324,15 +324,17 @@ def test_gradient_accumulation_is_the_whole_batch_on_the_real_objectives(tiny_mo
     assert float(gap) > 0.05 * float(optax.tree.norm(exact))
 
 
+@pytest.mark.parametrize("which", ["word_embeddings", "all"])
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-6), ("bfloat16", 2e-2)])
 @pytest.mark.slow
-def test_gathering_the_word_embedding_once_changes_no_loss_or_gradient(dtype, tolerance,
-                                                                        tiny_config, tiny_params):
-    """The step gathers the tied table once for every objective (and reduce-scatters its
-    gradient once, `model.with_gathered_word_embeddings`); the maths must be untouched."""
+def test_gathering_weights_once_changes_no_loss_or_gradient(which, dtype, tolerance,
+                                                             tiny_config, tiny_params):
+    """The step gathers the tied table (or every weight) once for every objective and
+    reduce-scatters the gradient once (`model.with_gathered_weights`); the maths must be
+    untouched, and the gradients come back in the weights' own dtype."""
     import dataclasses
 
-    from ernie_m_jax.model import ErnieM, with_gathered_word_embeddings
+    from ernie_m_jax.model import ErnieM, with_gathered_weights
 
     config = dataclasses.replace(tiny_config, dtype=dtype)
     objectives = make_objectives(ErnieM(config), synthetic.TOKENS, EVERY_WORD,
@@ -342,16 +344,43 @@ def test_gathering_the_word_embedding_once_changes_no_loss_or_gradient(dtype, to
     batches = _uneven_batches()
 
     def loss(params, shared):
-        params = with_gathered_word_embeddings(params, config) if shared else params
+        params = with_gathered_weights(params, config, which) if shared else params
         return weighted_loss(params, batches, jax.random.key(3), objectives, weights)[0]
 
     plain, plain_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(tiny_params)
     shared, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(tiny_params)
     assert float(shared) == pytest.approx(float(plain), rel=1e-6)
-    assert grads["embeddings"]["word_embeddings"]["embedding"].dtype == jnp.float32
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
         scale = float(jnp.max(jnp.abs(b))) + 1e-12
         assert float(jnp.max(jnp.abs(a - b))) <= tolerance * scale
+
+
+def test_gathering_all_weights_casts_what_the_model_casts_and_names_bad_choices(tiny_config,
+                                                                                tiny_params):
+    """Kernels and embedding tables come out in the compute dtype (the model casts them
+    anyway); biases and LayerNorm keep float32 (the model reads LayerNorm and the vocabulary
+    bias in float32). An unknown choice is refused by name, here and in TrainConfig."""
+    import dataclasses
+
+    from ernie_m_jax.model import with_gathered_weights
+
+    config = dataclasses.replace(tiny_config, dtype="bfloat16")
+    gathered = with_gathered_weights(tiny_params, config, "all")
+    flat = {jax.tree_util.keystr(p): v.dtype
+            for p, v in jax.tree_util.tree_flatten_with_path(gathered)[0]}
+    kernels = {k for k in flat if k.endswith("['kernel']") or k.endswith("['embedding']")}
+    assert {"['embeddings']['word_embeddings']['embedding']", "['pooler']['kernel']",
+            "['encoder']['layers']['self_attn']['q_proj']['kernel']"} <= kernels
+    assert all(flat[k] == jnp.bfloat16 for k in kernels)
+    assert all(flat[k] == jnp.float32 for k in set(flat) - kernels)
+    only_table = with_gathered_weights(tiny_params, config, "word_embeddings")
+    assert only_table["embeddings"]["word_embeddings"]["embedding"].dtype == jnp.bfloat16
+    assert only_table["pooler"]["kernel"].dtype == jnp.float32
+    with pytest.raises(ValueError, match="'layers'.*choose from"):
+        with_gathered_weights(tiny_params, config, "layers")
+    with pytest.raises(ValueError, match="gather_weights_once must be one of"):
+        train.TrainConfig(gather_weights_once="layers")
 
 
 def test_accumulation_needs_counters_and_rows_that_split(tiny_model, tiny_params):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ernie_m_jax import metrics, partitioning
-from ernie_m_jax.aot import hardware, hlo
+from ernie_m_jax.aot import hardware, hlo, recommended
 from ernie_m_jax.aot.hardware import Accelerator, GiB
 from ernie_m_jax.train.config import Experiment
 from ernie_m_jax.train.resolve import resolve
@@ -68,7 +68,8 @@ def _setting(exp: Experiment, accelerator: Accelerator, mesh: Dict[str, int]) ->
                                 "remat": exp.model.remat_policy},
         "objectives": list(exp.train.enabled),
         "batch_shapes": {o: list(s) for o, s in exp.batch_shapes().items()},
-        "grad_accum_steps": exp.train.grad_accum_steps}
+        "grad_accum_steps": exp.train.grad_accum_steps,
+        "gather_weights_once": exp.train.gather_weights_once}
 
 
 def refused_for_memory(err: Exception, exp: Experiment, accelerator: Accelerator,
@@ -270,10 +271,24 @@ def _overlap_advice(report: "CompileReport", ratio: float) -> List[str]:
     rows = {o: b for o, (b, _) in report.experiment.batch_shapes().items()}
     more = {o: rows_for_overlap(b, ratio, shards) for o, b in rows.items()}
     per_objective = ", ".join(f"{o} {rows[o]} -> {more[o]}" for o in rows)
-    return [f"what would help: collectives take {ratio:.0%} of the compute; with the "
-            f"weights' traffic fixed, about these global rows would bring them to "
-            f"{OVERLAP_TARGET:.0%} ({per_objective}); an estimate: compile again at those "
-            "rows to see that it fits"]
+    lines = [f"what would help: collectives take {ratio:.0%} of the compute; with the "
+             f"weights' traffic fixed, about these global rows would bring them to "
+             f"{OVERLAP_TARGET:.0%} ({per_objective}); an estimate: compile again at those "
+             "rows to see that it fits"]
+    return lines + _recommendation(report)
+
+
+def _recommendation(report: "CompileReport") -> List[str]:
+    """The pod plan's recommended configuration for this model, stage and slice, where it
+    has one (`recommended.json`)."""
+    exp, acc = report.experiment, report.accelerator
+    size = recommended.model_size(exp.model)
+    stage = recommended.stage(exp.train.enabled)
+    entry = recommended.find(size, stage, acc.name, acc.num_slices)
+    if entry is None:
+        return []
+    return [f"the pod plan recommends for {size} {stage} on {acc.label}: "
+            f"{recommended.describe(entry)}"]
 
 
 def _gib(x: float) -> str:

@@ -11,6 +11,7 @@ import gin
 from ernie_m_jax import partitioning, profiling
 from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, ModelConfig, SpecialTokens
 from ernie_m_jax.data import pipeline
+from ernie_m_jax.model import GATHER_CHOICES
 from ernie_m_jax.objectives import OBJECTIVES
 from ernie_m_jax.optimizer import OptimizerConfig
 
@@ -31,6 +32,12 @@ class TrainConfig:
     # Microbatches per step: their summed losses are divided by the whole batch's number of
     # predictions, so the update is the whole batch's.
     grad_accum_steps: int = 1
+    # Weights gathered whole (over FSDP's shards) once a step, in the compute dtype, for
+    # every objective and layer, their gradients reduce-scattered once:
+    # "word_embeddings" (the tied table) or "all" (ZeRO-2 rather than ZeRO-3: far fewer
+    # collectives on big slices for a compute-dtype copy of the model per chip; README,
+    # "Compile for a pod").
+    gather_weights_once: str = "word_embeddings"
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -64,6 +71,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"TrainConfig.objective_weights: unknown objectives "
                              f"{sorted(unknown)}; choose from {OBJECTIVES}")
+        if self.gather_weights_once not in GATHER_CHOICES:
+            raise ValueError(f"TrainConfig.gather_weights_once must be one of {GATHER_CHOICES}, "
+                             f"got {self.gather_weights_once!r}")
         if self.nonfinite_policy not in ("skip", "stop"):
             raise ValueError(f"TrainConfig.nonfinite_policy must be 'skip' or 'stop', "
                              f"got {self.nonfinite_policy!r}")

@@ -23,7 +23,7 @@ import optax
 from ernie_m_jax import partitioning
 from ernie_m_jax.configs import BTMLMConfig
 from ernie_m_jax.data import features
-from ernie_m_jax.model import ErnieM, with_gathered_word_embeddings
+from ernie_m_jax.model import ErnieM, param_logical_names, with_gathered_weights
 from ernie_m_jax.objectives import (
     make_objectives,
     make_prediction_counters,
@@ -58,6 +58,48 @@ class GradientSum:
     rules: tuple
     axes: Tuple[str, ...] = ("data",)
     dtype: object = jnp.float32
+    # The params' mesh PartitionSpecs: the parts are then summed straight into each weight's
+    # shard (`scattered_sum`), one reduce-scatter per weight, instead of a sum XLA may run
+    # as an all-reduce of the whole weight (it does where FSDP's shards are 3 columns).
+    scatter_to: Optional[object] = None
+
+
+def _as_axes(entry) -> Tuple[str, ...]:
+    return tuple(entry) if isinstance(entry, (tuple, list)) else (() if entry is None
+                                                                   else (entry,))
+
+
+def scattered_sum(stacked, specs, mesh: jax.sharding.Mesh, axes: Tuple[str, ...]):
+    """Sum `stacked` ([parts, *shape] leaves, parts laid over the mesh `axes`) over its parts,
+    each result in its PartitionSpec of `specs`: a reduce-scatter over the part axes that
+    split the weight (along the dimension they split) and a sum over the others, written out
+    in a shard_map so that XLA cannot turn it into an all-reduce of the whole weight."""
+    manual = set(axes)
+
+    def manual_only(spec):
+        return jax.sharding.PartitionSpec(*(
+            tuple(a for a in _as_axes(e) if a in manual) or None for e in spec))
+
+    def one(g, spec):
+        g, done = g[0], []
+        for dim, entry in enumerate(spec):
+            mine = tuple(a for a in _as_axes(entry) if a in manual)
+            if mine:
+                # Scattered along the leading axis: TPU's compiler runs a reduce-scatter
+                # along a minor one (3 columns of 768 on 256 chips) as an all-reduce.
+                g = jnp.moveaxis(g, dim, 0)
+                g = jax.lax.psum_scatter(g, mine, scatter_dimension=0, tiled=True)
+                g = jnp.moveaxis(g, 0, dim)
+                done += mine
+        rest = tuple(a for a in axes if a not in done)
+        return jax.lax.psum(g, rest) if rest else g
+
+    out_specs = jax.tree.map(manual_only, specs,
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    body = lambda tree: jax.tree.map(one, tree, specs,  # noqa: E731
+                                     is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return jax.shard_map(body, mesh=mesh, in_specs=(jax.sharding.PartitionSpec(axes),),
+                         out_specs=out_specs, axis_names=manual, check_vma=False)(stacked)
 
 
 def make_train_step(objectives, weights: Mapping[str, float], optimizer,
@@ -79,7 +121,7 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
     and bumps the counters (`update.apply_if_finite`, which fine-tuning applies too).
 
     `shared_params(params)` runs once per (micro)batch before the objectives: the place to
-    gather a weight that every objective uses (`model.with_gathered_word_embeddings`).
+    gather weights that every objective uses (`model.with_gathered_weights`).
     """
     if accum_steps > 1 or gradient_sum is not None:
         missing = sorted(o for o, w in weights.items()
@@ -136,7 +178,11 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
 
         metrics, grads = jax.vmap(one_part, spmd_axis_name=axes)(stacked, keys)
         metrics = jax.tree.map(lambda m: m.sum(0), metrics)
-        return metrics, jax.tree.map(lambda g: g.sum(0).astype(jnp.float32), grads)
+        if gradient_sum.scatter_to is None:
+            summed = jax.tree.map(lambda g: g.sum(0), grads)
+        else:
+            summed = scattered_sum(grads, gradient_sum.scatter_to, gradient_sum.mesh, axes)
+        return metrics, jax.tree.map(lambda g: g.astype(jnp.float32), summed)
 
     def gradients(params, batches, rng, poison):
         if accum_steps == 1 and gradient_sum is None:
@@ -209,12 +255,37 @@ class TrainStep:
                 for o, shardings in self.batch_shardings.items()}
 
 
-def _gradient_sum(exp: Experiment, mesh: jax.sharding.Mesh) -> Optional[GradientSum]:
-    """On a mesh over several TPU slices, the data axis's parts sum their gradients once a
-    step, in the model's compute dtype (bf16 on pods: half the DCN bytes of f32)."""
+def _gradient_sum(exp: Experiment, mesh: jax.sharding.Mesh,
+                  param_shardings) -> Optional[GradientSum]:
+    """Where the step's gradient is summed from parts, once, in the model's compute dtype.
+
+    With every weight gathered once (`gather_weights_once="all"`), each batch shard (every
+    index of the data and FSDP axes) is a part: it computes its rows' gradient whole and
+    locally, and one reduce-scatter a step sums the parts into the weights' shards (left to
+    XLA, each layer's gradient of each objective was all-reduced inside the backward
+    loops), each weight's sum scattered straight into its shards (`scattered_sum`).
+    Otherwise, on a mesh over several TPU slices, the data axis's parts sum theirs
+    once, so the data-centre network carries each gradient shard once a step (bf16 on
+    pods: half the DCN bytes of f32)."""
+    if exp.train.gather_weights_once == "all":
+        axes = tuple(a for a in partitioning.batch_axes(mesh, exp.mesh.rules)
+                     if mesh.shape[a] > 1)
+        if axes:
+            specs = jax.tree.map(lambda sharding: sharding.spec, param_shardings)
+            return GradientSum(mesh, exp.mesh.rules, axes, exp.model.compute_dtype, specs)
     if partitioning.num_slices(mesh.devices.flat) < 2 or "data" not in mesh.shape:
         return None
     return GradientSum(mesh, exp.mesh.rules, ("data",), exp.model.compute_dtype)
+
+
+def _shared_params(exp: Experiment) -> Callable:
+    """The weights gathered once a step (`TrainConfig.gather_weights_once`), along the
+    logical axes that the rules split over the FSDP mesh axis."""
+    fsdp_axes = partitioning.logical_axes_on(exp.mesh.rules, "fsdp") - {"batch"}
+    which = exp.train.gather_weights_once
+    names = param_logical_names(exp.model) if which == "all" else None
+    return functools.partial(with_gathered_weights, config=exp.model, which=which,
+                             names=names, gathered_axes=tuple(sorted(fsdp_axes)))
 
 
 def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
@@ -248,8 +319,8 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
                            learning_rate_schedule(exp.optimizer, cfg.num_steps),
                            cfg.grad_accum_steps, cfg.inject_nonfinite_steps,
                            make_prediction_counters(exp.tokens, exp.masking),
-                           functools.partial(with_gathered_word_embeddings, config=exp.model),
-                           _gradient_sum(exp, mesh))
+                           _shared_params(exp),
+                           _gradient_sum(exp, mesh, state_shardings["params"]))
     fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))

@@ -19,7 +19,8 @@ def _fake(share, fits=True):
             "memory_bytes": {"total": (4 if fits else 20) * 2 ** 30},
             "networks": {"ici": {"bytes": 2 ** 30}, "dcn": {"bytes": 0, "executions": 0}},
             "roofline_estimate": {"ici_seconds": share, "dcn_seconds": 0.0,
-                                  "compute_seconds": 1.0, "mfu_overlapped": 1.0},
+                                  "compute_seconds": 1.0, "mfu_overlapped": 1.0,
+                                  "mfu_serial": 1 / (1 + share)},
             "gather_weights_once": "all"}
 
 

@@ -124,3 +124,26 @@ def test_the_compile_names_the_recommendation_for_its_model_stage_and_slice():
         "--gin_file=gin/mesh/fsdp_gathered.gin --gin.BATCH_SIZE=1536 "
         "--gin.ModelConfig.remat_policy='dots' (compiled: collectives 21% of compute, "
         "4.1 of 14.9 GiB per chip)")
+
+
+def test_a_compile_that_misses_is_told_the_committed_recommendation():
+    """The line `ernie-m-jax compile` adds to its advice, for base stage 2 on v5e-256 (a
+    report stand-in: the advice reads only the model, the objectives and the slice)."""
+    from types import SimpleNamespace
+
+    from ernie_m_jax.aot import compile_step, hardware
+    from ernie_m_jax.configs import model_config
+
+    entry = recommended.find("base", "stage2", "v5e-256", 1)
+    assert entry is not None and entry["reaches_target"]
+    report = SimpleNamespace(
+        experiment=SimpleNamespace(model=model_config("base"),
+                                   train=SimpleNamespace(enabled=("mmlm", "tlm", "camlm",
+                                                                  "btmlm"))),
+        accelerator=hardware.parse("v5e-256"))
+    assert compile_step._recommendation(report) == [
+        f"the pod plan recommends for base stage2 on v5e-256: {recommended.describe(entry)}"]
+    tiny = SimpleNamespace(experiment=SimpleNamespace(
+        model=model_config("tiny"), train=report.experiment.train),
+        accelerator=report.accelerator)
+    assert compile_step._recommendation(tiny) == []

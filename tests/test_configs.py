@@ -75,3 +75,21 @@ def test_reading_a_config_in_isolation_leaves_the_callers_config_as_it_was():
     after = train.Experiment.from_gin()
     assert after == before and after.data.batch_sizes["tlm"] == 16
     assert gin.config_str() == text and after.train.data_setup is before.train.data_setup
+
+
+@pytest.mark.parametrize("mesh,shape,gathered", [
+    ("data_parallel", (-1, 1, 1), "word_embeddings"),
+    ("fsdp", (1, -1, 1), "word_embeddings"),
+    ("fsdp_tensor", (1, -1, 2), "word_embeddings"),
+    ("fsdp_gathered", (1, -1, 1), "all"),
+])
+def test_mesh_presets_bind_the_mesh_and_what_is_gathered_once(mesh, shape, gathered):
+    """The presets the README's launch examples and the pod plan's recommendations use, on
+    top of a run file: `fsdp_gathered.gin` is FSDP's mesh with every weight gathered once."""
+    from ernie_m_jax import gin_config, train
+
+    gin_config.parse(["runs/pretrain_stage1.gin", f"mesh/{mesh}.gin"],
+                     ["MONO_MIXTURE = 'm'", "PARA_MIXTURE = 'p'", "NUM_STEPS = 10"])
+    exp = train.Experiment.from_gin()
+    assert exp.mesh.shape == shape
+    assert exp.train.gather_weights_once == gathered

@@ -71,27 +71,35 @@ def command(row: Dict[str, object], output: Path) -> List[str]:
             f"--output={output}"]
 
 
+def run_compile(make_command, output: Path, timeout_s: float):
+    """(JSON, None, seconds) of a compile run in a child process, or (None, its last error
+    line, seconds). It writes a fresh file beside `output`, which stays untouched."""
+    fresh = output.with_name(output.name + ".new")
+    fresh.unlink(missing_ok=True)
+    started = time.time()
+    try:
+        done = subprocess.run(make_command(fresh), cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout_s)
+        error = None if fresh.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
+    except subprocess.TimeoutExpired:
+        error = f"compile took longer than {timeout_s:.0f} s"
+    if error is not None:
+        return None, error, time.time() - started
+    result = json.loads(fresh.read_text())
+    fresh.unlink()
+    return result, None, time.time() - started
+
+
 def compile_one(row: Dict[str, object], timeout_s: float) -> Dict[str, object]:
     """Compile one configuration into its JSON. The compile writes a fresh file beside the
     result and replaces it only once done: a stale result that fails to recompile is kept,
     with the error beside it."""
     output = RESULTS / f"{key(row)}.json"
-    fresh = output.with_name(output.name + ".new")
-    fresh.unlink(missing_ok=True)
-    started = time.time()
-    try:
-        done = subprocess.run(command(row, fresh), cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s)
-        error = None if fresh.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
-    except subprocess.TimeoutExpired:
-        error = f"compile took longer than {timeout_s:.0f} s"
-    if error is None:
-        result = json.loads(fresh.read_text())
-        fresh.unlink()
-    elif output.exists() and is_stale(json.loads(output.read_text())):
+    result, error, seconds = run_compile(lambda fresh: command(row, fresh), output, timeout_s)
+    if error is not None and output.exists() and is_stale(json.loads(output.read_text())):
         result = {**json.loads(output.read_text()), "recompile_error": error}
-    else:
-        result = {"error": error, "seconds": round(time.time() - started)}
+    elif error is not None:
+        result = {"error": error, "seconds": round(seconds)}
     result["config"] = row
     files.write_json_atomic(output, result)
     return result

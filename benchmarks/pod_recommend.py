@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,20 +70,10 @@ def compiled(target: Dict, mesh: str, remat: str, rows: int, accum: int,
     if not budget.allows():
         return None
     print(f"{output.stem} ...", flush=True)
-    fresh = output.with_name(output.name + ".new")
-    fresh.unlink(missing_ok=True)
-    started = time.time()
-    try:
-        done = subprocess.run(command(target, mesh, remat, rows, accum, fresh), cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout_s)
-        error = None if fresh.exists() else (done.stderr.strip().splitlines() or ["?"])[-1]
-    except subprocess.TimeoutExpired:
-        error = f"compile took longer than {timeout_s:.0f} s"
-    if error is None:
-        result = json.loads(fresh.read_text())
-        fresh.unlink()
-    else:
-        result = {"error": error, "seconds": round(time.time() - started)}
+    result, error, seconds = pod_plan.run_compile(
+        lambda fresh: command(target, mesh, remat, rows, accum, fresh), output, timeout_s)
+    if error is not None:
+        result = {"error": error, "seconds": round(seconds)}
     files.write_json_atomic(output, result)
     print(f"  {_summary(result)}", flush=True)
     return result

@@ -222,6 +222,11 @@ class MLMHead(nn.Module):
         h = _dense(cfg, cfg.hidden_size, ("embed", "embed_out"), "dense")(hidden)
         h = nn.gelu(h, approximate=False)
         h = _layer_norm(cfg, "layer_norm")(h)
+        # Back to the `embed` layout before the tied decoder: left to propagate, the dense
+        # layer's `embed_out` split (over `tensor`) met the table's `vocab` split and XLA's
+        # partitioner produced wrong gradients on a data x FSDP x tensor mesh with one row
+        # per batch shard (tests/mesh_gradient_check.py).
+        h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
         logits = embeddings.attend(h).astype(jnp.float32)
         bias = self.param("bias", _zeros(("vocab",)), (cfg.vocab_size,), cfg.weight_dtype)
         # Added as the rank-1 product ones x bias (exactly the broadcast sum) so that the

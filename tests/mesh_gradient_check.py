@@ -1,10 +1,10 @@
 """Run in a subprocess with 8 simulated CPU devices (see test_partitioning.py).
 
-A known wrong gradient: on a data x FSDP x tensor = 2x2x2 mesh with one row per batch shard
-(4 rows), the MLM head's logits at 8 or more slots per row give the same loss as on one
-device but other gradients (0.1-0.5 off; 3 slots agree, as do 16 rows, and every other
-8-device mesh tried: 1x4x2, 2x2x1, 4x1x2, 1x4x1, 4x1x1, 2x4x1). Exits 0 when the gradients
-agree, 1 when they differ.
+On a data x FSDP x tensor = 2x2x2 mesh with one row per batch shard (4 rows), the MLM
+head's logits at 8 or more slots per row gave the same loss as on one device but other
+gradients (0.1-0.5 off; 3-7 slots agreed, as did 2 rows per shard and every other 8-device
+mesh tried), until `model.MLMHead` put its hidden state back in the `embed` layout before
+the tied decoder. Exits 0 when the gradients agree with one device's, 1 when they differ.
 """
 
 import functools

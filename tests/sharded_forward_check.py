@@ -112,8 +112,8 @@ def gradient_sum_step_equals_accumulation(model, mesh, params):
         "data_bf16": (1, train.GradientSum(mesh, rules, dtype="bfloat16"), lambda p: p),
         "data_gathered": (1, train.GradientSum(mesh, rules), every_weight),
         # Every chip's rows a part, each sum scattered into the weights' shards (what
-        # gather_weights_once="all" builds): the same step as 4 microbatches (on one
-        # device: 4 microbatches of one row per batch shard differ on this mesh, see below).
+        # gather_weights_once="all" builds): the same step as 4 microbatches, on one device
+        # (the reference that found tests/mesh_gradient_check.py's wrong gradients).
         "accumulated4_one_device": (4, None, lambda p: p),
         "scattered": (1, train.GradientSum(mesh, rules, ("data", "fsdp"), scatter_to=specs),
                       every_weight),

@@ -161,7 +161,8 @@ def choose(target: Dict, timeout_s: float, budget: Budget) -> Optional[Dict]:
 
 def block(entries: Sequence[Dict]) -> str:
     lines = ["| model | stage | slice | flags (on the run and model files) | GiB/chip (HBM) | "
-             "ICI sent/chip a step | DCN | est. collective time / compute time | MFU bound |",
+             "ICI sent/chip a step | DCN | est. collective time / compute time | "
+             "MFU at most (hidden / not) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         slice_name = (f"{e['slices']} x {e['accelerator']}" if e["slices"] > 1

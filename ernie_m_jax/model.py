@@ -390,11 +390,6 @@ def with_gathered_weights(params, config: ModelConfig, which: str = "word_embedd
         lambda path, w, n: gather(w, n, cast=path[-1].key in _CAST_IN_THE_MODEL), params, names)
 
 
-def with_gathered_word_embeddings(params, config: ModelConfig):
-    """`with_gathered_weights` of the tied word table alone (what the step did first)."""
-    return with_gathered_weights(params, config, "word_embeddings")
-
-
 def init_params(config: ModelConfig, rng: Array, length: int = 8):
     """Boxed (logically annotated) variables of a freshly initialised model."""
     model = ErnieM(config)

@@ -139,23 +139,26 @@ def data_sharding(mesh: Mesh, rules=LOGICAL_AXIS_RULES, ndim: int = 2) -> NamedS
     return NamedSharding(mesh, spec)
 
 
+def mesh_axes(entry) -> Tuple[str, ...]:
+    """A rule's target, or a PartitionSpec entry, as a tuple of mesh axes (None: none)."""
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
 def without_axes(rules, axes):
     """`rules` with the mesh `axes` taken out of every rule: the rules inside a function
     mapped over those axes (a vmap with them as its SPMD axes), where constraints may not
     name them again."""
     def drop(target):
-        if isinstance(target, (tuple, list)):
-            kept = tuple(a for a in target if a not in axes)
-            return kept if len(kept) > 1 else (kept[0] if kept else None)
-        return None if target in axes else target
+        kept = tuple(a for a in mesh_axes(target) if a not in axes)
+        return kept if len(kept) > 1 else (kept[0] if kept else None)
     return tuple((name, drop(target)) for name, target in rules)
 
 
 def logical_axes_on(rules, mesh_axis: str) -> set:
     """The logical axis names that `rules` split over `mesh_axis` (alone or with others)."""
-    def targets(target):
-        return target if isinstance(target, (tuple, list)) else (target,)
-    return {name for name, target in rules if mesh_axis in targets(target)}
+    return {name for name, target in rules if mesh_axis in mesh_axes(target)}
 
 
 def num_slices(devices) -> int:
@@ -170,8 +173,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_axes(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Tuple[str, ...]:
     """The mesh axes the batch axis is split over on `mesh`."""
     spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
-    axes = spec if isinstance(spec, tuple) else (() if spec is None else (spec,))
-    return tuple(a for a in axes if a in mesh.shape)
+    return tuple(a for a in mesh_axes(spec) if a in mesh.shape)
 
 
 def batch_shards(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> int:

@@ -64,11 +64,6 @@ class GradientSum:
     scatter_to: Optional[object] = None
 
 
-def _as_axes(entry) -> Tuple[str, ...]:
-    return tuple(entry) if isinstance(entry, (tuple, list)) else (() if entry is None
-                                                                   else (entry,))
-
-
 def scattered_sum(stacked, specs, mesh: jax.sharding.Mesh, axes: Tuple[str, ...]):
     """Sum `stacked` ([parts, *shape] leaves, parts laid over the mesh `axes`) over its parts,
     each result in its PartitionSpec of `specs`: a reduce-scatter over the part axes that
@@ -78,12 +73,12 @@ def scattered_sum(stacked, specs, mesh: jax.sharding.Mesh, axes: Tuple[str, ...]
 
     def manual_only(spec):
         return jax.sharding.PartitionSpec(*(
-            tuple(a for a in _as_axes(e) if a in manual) or None for e in spec))
+            tuple(a for a in partitioning.mesh_axes(e) if a in manual) or None for e in spec))
 
     def one(g, spec):
         g, done = g[0], []
         for dim, entry in enumerate(spec):
-            mine = tuple(a for a in _as_axes(entry) if a in manual)
+            mine = tuple(a for a in partitioning.mesh_axes(entry) if a in manual)
             if mine:
                 # Scattered along the leading axis: TPU's compiler runs a reduce-scatter
                 # along a minor one (3 columns of 768 on 256 chips) as an all-reduce.

@@ -59,8 +59,7 @@ class GradientSum:
     axes: Tuple[str, ...] = ("data",)
     dtype: object = jnp.float32
     # The params' mesh PartitionSpecs: the parts are then summed straight into each weight's
-    # shard (`scattered_sum`), one reduce-scatter per weight, instead of a sum XLA may run
-    # as an all-reduce of the whole weight (it does where FSDP's shards are 3 columns).
+    # shard (`scattered_sum`), written as one reduce-scatter per weight.
     scatter_to: Optional[object] = None
 
 
@@ -68,7 +67,8 @@ def scattered_sum(stacked, specs, mesh: jax.sharding.Mesh, axes: Tuple[str, ...]
     """Sum `stacked` ([parts, *shape] leaves, parts laid over the mesh `axes`) over its parts,
     each result in its PartitionSpec of `specs`: a reduce-scatter over the part axes that
     split the weight (along the dimension they split) and a sum over the others, written out
-    in a shard_map so that XLA cannot turn it into an all-reduce of the whole weight."""
+    in a shard_map. (XLA's TPU compiler still runs the reduce-scatter as an all-reduce of
+    the whole weight, along either axis: README, "Every weight gathered once".)"""
     manual = set(axes)
 
     def manual_only(spec):
@@ -80,11 +80,7 @@ def scattered_sum(stacked, specs, mesh: jax.sharding.Mesh, axes: Tuple[str, ...]
         for dim, entry in enumerate(spec):
             mine = tuple(a for a in partitioning.mesh_axes(entry) if a in manual)
             if mine:
-                # Scattered along the leading axis: TPU's compiler runs a reduce-scatter
-                # along a minor one (3 columns of 768 on 256 chips) as an all-reduce.
-                g = jnp.moveaxis(g, dim, 0)
-                g = jax.lax.psum_scatter(g, mine, scatter_dimension=0, tiled=True)
-                g = jnp.moveaxis(g, 0, dim)
+                g = jax.lax.psum_scatter(g, mine, scatter_dimension=dim, tiled=True)
                 done += mine
         rest = tuple(a for a in axes if a not in done)
         return jax.lax.psum(g, rest) if rest else g

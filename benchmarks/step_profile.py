@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+from ernie_m_jax import host_memory
+
 CLASSES = ("matmul", "copy / transpose", "dropout RNG", "optimizer", "other element-wise")
 
 
@@ -165,4 +167,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.configure()  # before JAX starts its threads
     raise SystemExit(main())

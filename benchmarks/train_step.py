@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ernie_m_jax import files
+from ernie_m_jax import files, host_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -468,4 +468,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    host_memory.configure()  # before JAX starts its threads
     sys.exit(main())

@@ -1,3 +1,6 @@
+import math
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -182,3 +185,37 @@ def test_mlm_bias_is_a_plain_per_token_bias_with_a_summed_gradient(tiny_config):
     np.testing.assert_array_equal(head(params), head(without_bias) + bias)
     grad = jax.grad(lambda p: (head(p) * weights).sum())(params)["mlm_head"]["bias"]
     np.testing.assert_allclose(grad, weights.sum((0, 1)), rtol=1e-5, atol=1e-5)
+
+
+def _activation_sized_copies(hlo: str, elements: int) -> int:
+    """Copies and transposes (fused or not) of an activation-sized f32 array in compiled HLO."""
+    ops = re.findall(r"%(\w+)(?:\.\d+)? = f32\[([\d,]+)\]\S* (\w+)\(", hlo)
+    return sum(1 for name, dims, op in ops
+               if (op in ("copy", "transpose") or name.startswith(("copy", "transpose")))
+               and math.prod(map(int, dims.split(","))) == elements)
+
+
+def test_projection_gradients_read_activations_in_place_on_cpu():
+    """The weight gradient of a projection over [batch, length, features] contracts tokens: as
+    one 2-D matmul XLA:CPU reads the activation gradient in place, where contracting the two
+    leading axes directly first writes a transposed copy of it (the control)."""
+    from ernie_m_jax.model import Projection
+
+    config = model_config("tiny")
+    x = jnp.ones((4, 16, 32))
+    layer = Projection((64,), ("embed", "mlp"), config)
+    params = nn.unbox(layer.init(jax.random.key(0), x))["params"]
+
+    def loss(p, x):
+        return jnp.sum(jnp.sin(layer.apply({"params": p}, x)))
+
+    def loss_contracting_two_axes(p, x):
+        y = jax.lax.dot_general(x, p["kernel"], (((2,), (0,)), ((), ()))) + p["bias"]
+        return jnp.sum(jnp.sin(y))
+
+    def copies(fn):
+        grads = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(params, x).compile().as_text()
+        return _activation_sized_copies(grads, 4 * 16 * 64)
+
+    assert copies(loss_contracting_two_axes) >= 1  # control: the layout XLA:CPU inserts
+    assert copies(loss) == 0

@@ -33,7 +33,7 @@ from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ernie_m_jax import files, host_memory
+from ernie_m_jax import files
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "packing.json"
@@ -311,5 +311,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    host_memory.configure()  # before JAX starts its threads
     sys.exit(main())

@@ -23,8 +23,6 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-from ernie_m_jax import host_memory
-
 CLASSES = ("matmul", "copy / transpose", "dropout RNG", "optimizer", "other element-wise")
 
 
@@ -143,7 +141,6 @@ def profile(size: str, length: int, batch: int, steps: int = 3) -> Dict[str, obj
     jax_step_s, jax_host, jax_events, op_names = _jax_events(size, length, batch, steps)
     torch_step_s, torch_host, torch_events = _torch_events(size, length, batch, steps)
     return {"size": size, "length": length, "batch": batch, "steps": steps,
-            "host_memory": host_memory.configure(),
             "ours": {"step_ms": jax_step_s * 1e3, "host": jax_host,
                      "split_ms": split(jax_events, lambda n: xla_op_class(n, op_names),
                                        steps)},
@@ -189,5 +186,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    host_memory.configure()  # before JAX starts its threads
     raise SystemExit(main())

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ernie_m_jax import files, host_memory
+from ernie_m_jax import files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -468,5 +468,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    host_memory.configure()  # before JAX starts its threads
     sys.exit(main())

@@ -472,11 +472,9 @@ USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError, Arithmetic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ernie_m_jax import host_memory
     from ernie_m_jax.gin_config import split_gin_flags
 
     started = time.perf_counter()
-    host_memory.configure()  # before TensorFlow or JAX start threads
     parser = build_parser()
     try:
         rest, bindings = split_gin_flags(sys.argv[1:] if argv is None else argv)

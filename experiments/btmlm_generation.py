@@ -18,8 +18,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ernie_m_jax import host_memory
-
 
 def piece_statistics(generated: Sequence[Sequence[int]], sources: Sequence[Sequence[int]],
                      references: Sequence[Sequence[int]]) -> Dict[str, float]:
@@ -222,5 +220,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    host_memory.configure()  # before JAX starts its threads
     sys.exit(main())

@@ -8,12 +8,8 @@ import flax.linen as nn
 import jax
 import pytest
 
-from ernie_m_jax import host_memory
 from ernie_m_jax.configs import model_config
 from ernie_m_jax.model import ErnieM, init_params
-
-# As every command does: freed host buffers stay mapped for the next step (host_memory.py).
-host_memory.configure()
 
 # One persistent XLA compilation cache for the whole suite, this process and every
 # subprocess a test starts (they inherit the environment): the ~45 tiny trainings compile the

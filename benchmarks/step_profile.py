@@ -6,8 +6,9 @@ Ours: the compiled MMLM step of `benchmarks.train_step.jax_step`'s configuration
 `jax.profiler` (XLA:CPU records one event per executed op, on every thread it uses). PyTorch:
 the same step as `benchmarks.train_step.torch_step`, under `torch.profiler` (self time of each
 aten op on the calling thread; its matmuls run multi-threaded inside). Both are split into
-the same classes and printed per step; op time is summed over threads, so on 2 cores ours
-adds up to about twice the step.
+the same classes and printed per step; op time is summed over threads. Beside them, each
+side's system CPU time and minor page faults per step (`getrusage`): the kernel's work of
+mapping fresh buffers, which lands inside whichever op first writes one.
 """
 
 from __future__ import annotations

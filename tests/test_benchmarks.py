@@ -143,3 +143,24 @@ def test_step_profile_classes_ops_by_name_and_scope_with_known_answers():
     assert sp.split(torch_events, sp.torch_op_class, steps=1) == {
         "matmul": 14.0, "copy / transpose": 1.0, "dropout RNG": 2.0, "optimizer": 3.0,
         "other element-wise": 2.0}
+
+
+def test_step_profile_host_cost_counts_the_pages_a_call_maps_afresh():
+    """`host_cost`'s page faults with known answers: a call that allocates a fresh 64 MiB
+    block (glibc maps a block that large anew each time) and writes a byte of every page
+    faults in at least those 16,384 pages; the same writes into one kept block fault none."""
+    from benchmarks import step_profile as sp
+
+    size = 64 * 2 ** 20
+    pages = size // 4096
+    ones = b"\x01" * pages
+
+    def touch(block):
+        block[::4096] = ones
+
+    fresh = sp.host_cost(lambda: touch(bytearray(size)), steps=3)
+    kept = bytearray(size)
+    reused = sp.host_cost(lambda: touch(kept), steps=3)
+    assert fresh["page_faults"] >= pages
+    assert reused["page_faults"] < pages // 10
+    assert fresh["system_ms"] >= 0 and reused["system_ms"] >= 0

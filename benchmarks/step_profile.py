@@ -158,12 +158,10 @@ def markdown(result: Mapping[str, object]) -> str:
     for kind in CLASSES:
         lines.append(f"| {kind} | {ours['split_ms'][kind]:.0f} | "
                      f"{theirs['split_ms'][kind]:.0f} |")
-    for key, label, digits in (("system_ms", "system CPU time, whole process (ms/step)", 0),
-                               ("page_faults", "minor page faults, whole process (per step)",
-                                0)):
+    for key, label in (("system_ms", "system CPU time, whole process (ms/step)"),
+                       ("page_faults", "minor page faults, whole process (per step)")):
         if key in ours.get("host", {}):
-            lines.append(f"| {label} | {ours['host'][key]:,.{digits}f} | "
-                         f"{theirs['host'][key]:,.{digits}f} |")
+            lines.append(f"| {label} | {ours['host'][key]:,.0f} | {theirs['host'][key]:,.0f} |")
     return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ class Projection(nn.Module):
     The matmul is one 2-D product, tokens x inputs by inputs x outputs. Contracting
     [batch, length, in] directly makes the kernel's gradient contract two leading axes,
     which XLA:CPU lays out again as a transposed copy of every activation gradient first
-    (a fifth of the small model's CPU step); as a 2-D product the BLAS reads it in place.
+    (505 -> 428 ms at small@128 once removed); as a 2-D product the BLAS reads it in place.
     """
 
     features: Tuple[int, ...]

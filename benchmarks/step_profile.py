@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
+from ernie_m_jax import huge_pages
+
 CLASSES = ("matmul", "copy / transpose", "dropout RNG", "optimizer", "other element-wise")
 
 
@@ -185,4 +187,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # as every `ernie-m-jax` command runs, both sides
     raise SystemExit(main())

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ernie_m_jax import files
+from ernie_m_jax import files, huge_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -468,4 +468,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # as every `ernie-m-jax` command runs, both sides
     sys.exit(main())

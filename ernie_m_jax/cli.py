@@ -15,6 +15,7 @@ import time
 import tokenize
 from typing import Optional, Sequence
 
+from ernie_m_jax import huge_pages
 from ernie_m_jax.files import split_lines
 
 
@@ -472,6 +473,11 @@ USER_ERRORS = (ValueError, OSError, SyntaxError, tokenize.TokenError, Arithmetic
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `ernie-m-jax` command. Without `argv` it is the process's entry point, which
+    first restarts itself with huge pages for glibc's large blocks where they apply
+    (`huge_pages`: XLA:CPU's per-step buffers otherwise fault in page by page)."""
+    if argv is None:
+        huge_pages.restart_with_huge_pages()
     from ernie_m_jax.gin_config import split_gin_flags
 
     started = time.perf_counter()

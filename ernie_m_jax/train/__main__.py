@@ -2,6 +2,7 @@
 
 import sys
 
-from ernie_m_jax import cli
+from ernie_m_jax import cli, huge_pages
 
+huge_pages.restart_with_huge_pages()
 sys.exit(cli.main(["train", *sys.argv[1:]]))

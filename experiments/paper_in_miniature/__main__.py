@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ernie_m_jax import files
+from ernie_m_jax import files, huge_pages
 from ernie_m_jax.gin_config import split_gin_flags
 from experiments.paper_in_miniature import report
 from experiments.paper_in_miniature.finetuning import run_finetuning
@@ -116,4 +116,5 @@ def _show(table: str, block: str, update_readme: bool) -> int:
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # as `ernie-m-jax train` runs
     sys.exit(main())

@@ -179,3 +179,41 @@ def test_step_profile_host_cost_counts_the_pages_a_call_maps_afresh():
     assert fresh["page_faults"] >= pages
     assert reused["page_faults"] < pages // 10
     assert fresh["system_ms"] >= 0 and reused["system_ms"] >= 0
+
+
+def test_huge_pages_ab_arms_and_table_with_known_answers():
+    """The default arm opts out of the restart, the other leaves it to the child; neither
+    inherits the parent's tunable. The table's change is huge pages over default, per round."""
+    from benchmarks import huge_pages_ab as ab
+
+    parent = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+              "ERNIE_M_JAX_HUGE_PAGES": "1"}
+    assert ab.arm_environment("default", parent) == {"PATH": "/bin",
+                                                     "ERNIE_M_JAX_HUGE_PAGES": "0"}
+    assert ab.arm_environment("huge pages", parent) == {"PATH": "/bin"}
+    row = lambda ms, best, faults: {"ms": ms, "best_ms": best, "page_faults": faults}  # noqa: E731
+    table = ab.markdown({"small@128": {
+        "default": [row(500, 480, 1_000_000), row(400, 390, 1_200_000)],
+        "huge pages": [row(450, 420, 200_000), row(400, 380, 300_000)]}})
+    assert table.splitlines()[-1] == (
+        "| small@128 | 500, 400 | 450, 400 | -10%, +0% | 390 / 380 | 1.10M / 0.25M |")
+
+
+@pytest.mark.slow
+def test_huge_pages_ab_children_run_with_the_tunable_only_in_their_arm():
+    """One round of the tiny step in two fresh processes: the huge-pages child restarted itself
+    with the tunable exactly where this host offers huge pages (the same test the commands
+    make), the default child never did (the control)."""
+    import os
+
+    from benchmarks import huge_pages_ab as ab
+    from ernie_m_jax import huge_pages
+
+    results = ab.run(["tiny@128"], rounds=1)["tiny@128"]
+    (off,), (on,) = results["default"], results["huge pages"]
+    offered = huge_pages.environment_with_huge_pages(
+        ab.arm_environment("huge pages", os.environ), huge_pages.thp_mode(),
+        huge_pages.glibc_version()) is not None
+    assert off["tunables"] == ""
+    assert ("glibc.malloc.hugetlb=1" in on["tunables"]) == offered
+    assert off["ms"] > 0 and on["ms"] > 0 and off["page_faults"] > 0

@@ -113,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     results = run(cases, args.rounds)
-    RESULT.write_text(json.dumps(results, indent=1) + "\n")
+    files.write_json_atomic(RESULT, results)
     table = markdown(results)
     print(table)
     if args.update_readme:

@@ -229,3 +229,20 @@ def test_huge_pages_ab_children_run_with_the_tunable_only_in_their_arm():
     assert off["tunables"] == ""
     assert ("glibc.malloc.hugetlb=1" in on["tunables"]) == offered
     assert off["ms"] > 0 and on["ms"] > 0 and off["page_faults"] > 0
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--cases", "huge@128"], "'huge@128'"),  # no such size
+    (["--cases", "small@100"], "'small@100'"),  # 100 does not divide 2048
+    (["--cases", "small"], "'small'"),  # no length
+    (["--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_huge_pages_ab_refuses_bad_arguments_before_running_anything(argv, named, capsys,
+                                                                     monkeypatch):
+    from benchmarks import huge_pages_ab as ab
+
+    monkeypatch.setattr(ab, "run", lambda *a: pytest.fail("ran with bad arguments"))
+    with pytest.raises(SystemExit) as exit_info:
+        ab.main(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err

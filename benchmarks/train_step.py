@@ -5,8 +5,9 @@ beside a PyTorch eager baseline, plus the overheads that matter (BTMLM, FSDP, in
     python -m benchmarks.train_step --preset gpu         # one GPU, bf16, <= 8 minutes
     python -m benchmarks.train_step --preset quick       # seconds: checks the script runs
 
-Every figure comes from this one run on this one machine, so ratios are meaningful even on
-noisy machines; absolute numbers are not comparable across runs. FLOPs are counted as
+Every figure comes from this one run on this one machine, and the steps compared in a ratio
+(ours against PyTorch's, BTMLM against MMLM) are taken in turns, so ratios are meaningful even
+on noisy machines; absolute numbers are not comparable across runs. FLOPs are counted as
 MaxText/MLPerf do (`metrics.step_flops`): matmuls x 3 for forward + backward, attention not
 halved, recomputation not counted, the MLM head only where logits are computed, BTMLM's
 generation pass added. MFU's peak is the best rate of large matmuls timed here before and
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from ernie_m_jax import files, huge_pages
 
@@ -53,6 +54,34 @@ def _median_seconds(fn, steps: int, warmup: int) -> List[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def interleaved_seconds(fns: Mapping[str, Callable[[], None]], steps: int, warmup: int
+                        ) -> Dict[str, List[float]]:
+    """Each callable's step times, the steps taken in turns: round i runs every callable once,
+    starting at the (i mod n)-th, so a machine that slows down for a minute slows every side
+    alike and none always runs right after another (#41: these shared hosts drift by 20-40%
+    between minutes, which timing one side's steps after the other's turned into a ratio)."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for i in range(steps):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratios(slow: Sequence[float], fast: Sequence[float]) -> List[float]:
+    """Round by round, `slow`'s step over `fast`'s (times from `interleaved_seconds`): the
+    spread says how far one round's ratio can stray from the medians' ratio."""
+    if len(slow) != len(fast) or not slow:
+        raise ValueError(f"paired ratios need two equally long, non-empty series; got "
+                         f"{len(slow)} and {len(fast)} steps")
+    return [a / b for a, b in zip(slow, fast)]
 
 
 def best_matmul_rate(dtype: str, sizes: Sequence[int]) -> float:
@@ -144,12 +173,19 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
 def jax_step(config, batch: int, length: int, objective: str = "mmlm",
              mesh_shape=(-1, 1, 1), steps: int = 3, warmup: int = 2,
              placeholders: Optional[int] = None) -> Dict[str, float]:
-    """`compiled_step`'s step timed: median of `steps` after `warmup`, with its FLOPs and
-    compiled memory."""
+    """`compiled_step`'s step timed alone: median of `steps` after `warmup`, with its FLOPs
+    and compiled memory."""
+    step = compiled_step(config, batch, length, objective, mesh_shape, placeholders)
+    return jax_result(step, config, batch, length, _median_seconds(step.one, steps, warmup),
+                      objective, placeholders)
+
+
+def jax_result(step: CompiledStep, config, batch: int, length: int, times: Sequence[float],
+               objective: str = "mmlm", placeholders: Optional[int] = None) -> Dict[str, float]:
+    """A compiled step's timed steps as a report entry, with its FLOPs and compiled memory."""
     from ernie_m_jax import metrics
 
-    step = compiled_step(config, batch, length, objective, mesh_shape, placeholders)
-    times = _median_seconds(step.one, steps, warmup)
+    times = list(times)
     memory = step.compiled.memory_analysis()
     flops = metrics.step_flops(config, {objective: (batch, length)}, step.exp.masking,
                                step.btmlm)
@@ -214,10 +250,15 @@ def torch_step_fn(config, batch: int, length: int) -> Callable[[], None]:
 
 
 def torch_step(config, batch: int, length: int, steps: int, warmup: int) -> Dict[str, float]:
-    """`torch_step_fn`'s step timed: median of `steps` after `warmup`."""
+    """`torch_step_fn`'s step timed alone: median of `steps` after `warmup`."""
+    return torch_result(batch, length,
+                        _median_seconds(torch_step_fn(config, batch, length), steps, warmup))
+
+
+def torch_result(batch: int, length: int, times: Sequence[float]) -> Dict[str, float]:
     import torch
 
-    times = _median_seconds(torch_step_fn(config, batch, length), steps, warmup)
+    times = list(times)
     median = statistics.median(times)
     return {"step_s": median, "step_s_all": times, "tokens_per_s": batch * length / median,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -306,12 +347,17 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
             batch = max(1, p["tokens"] // length)
             config = _model_config(size, p["dtype"])
             row = {"size": size, "length": length, "batch": batch}
-            ours = jax_step(config, batch, length, steps=p["steps"], warmup=p["warmup"])
-            row["jax"] = ours
+            step = compiled_step(config, batch, length)
+            fns = {"jax": step.one}
             if p["torch"]:
-                theirs = torch_step(config, batch, length, p["steps"], p["warmup"])
-                row["torch"] = theirs
+                fns["torch"] = torch_step_fn(config, batch, length)
+            times = interleaved_seconds(fns, p["steps"], p["warmup"])
+            ours = row["jax"] = jax_result(step, config, batch, length, times["jax"])
+            if p["torch"]:
+                theirs = row["torch"] = torch_result(batch, length, times["torch"])
                 row["speedup_vs_torch"] = theirs["step_s"] / ours["step_s"]
+                row["paired_speedups"] = paired_ratios(times["torch"], times["jax"])
+            del step, fns  # both models' memory back before the next row
             _rate_against_peak(row, peak)
             report["rows"].append(row)
             print(_row_line(row), flush=True)
@@ -324,9 +370,13 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
         k = length // 2
         config = _model_config(size, p["dtype"])
         batch = max(1, p["tokens"] // (length + k))
-        mmlm = jax_step(config, batch, length + k, steps=p["steps"], warmup=p["warmup"])
-        btmlm = jax_step(config, batch, length, "btmlm", steps=p["steps"], warmup=p["warmup"],
-                         placeholders=k)
+        steps = {"mmlm": compiled_step(config, batch, length + k),
+                 "btmlm": compiled_step(config, batch, length, "btmlm", placeholders=k)}
+        times = interleaved_seconds({n: s.one for n, s in steps.items()}, p["steps"],
+                                    p["warmup"])
+        mmlm = jax_result(steps["mmlm"], config, batch, length + k, times["mmlm"])
+        btmlm = jax_result(steps["btmlm"], config, batch, length, times["btmlm"], "btmlm", k)
+        del steps
         report["btmlm_vs_mmlm"] = {
             "size": size, "source_length": length, "placeholders": k, "batch": batch,
             "mmlm_step_s": mmlm["step_s"], "btmlm_step_s": btmlm["step_s"],
@@ -388,6 +438,15 @@ def _best_to_best(row: dict) -> str:
     return f"{ours * 1e3:.0f} / {theirs * 1e3:.0f} ({theirs / ours:.2f}x)"
 
 
+def _speedup(row: dict) -> str:
+    """The medians' ratio, then the lowest and highest ratio of one round's two steps (taken
+    in turns), where the report has them."""
+    text = f"{row['speedup_vs_torch']:.2f}x"
+    if row.get("paired_speedups"):
+        text += f" ({min(row['paired_speedups']):.2f}-{max(row['paired_speedups']):.2f})"
+    return text
+
+
 def _rate_against_peak(row: dict, peak: float) -> None:
     """MFU, the step at 100% of the peak (nothing on this device can beat it) and so the
     largest speed-up over PyTorch that any implementation could show."""
@@ -411,17 +470,19 @@ def _row_line(row) -> str:
 
 def markdown(report: dict) -> str:
     cpu = f"{report['cpu']}, " if report.get("cpu") else ""
+    paired = any("paired_speedups" in r for r in report["rows"])
+    turns = ", ours and PyTorch's steps taken in turns" if paired else ""
     lines = [f"Device: {report['device']} ({cpu}{report['cores']} cores), jax {report['jax']}, "
              f"{report['dtype']}; peak {report['peak_flops'] / 1e9:.1f} GFLOP/s "
              f"({report['peak_source']}); median of {report['steps']} steps after "
-             f"{report['warmup']} warm-up.", "",
+             f"{report['warmup']} warm-up{turns}.", "",
              "| size | length | batch | step (ms) | compile (s) | tokens/s | MFU | PyTorch step "
-             "(ms) | speed-up vs PyTorch | at most (step at peak) | best step, ours / PyTorch "
-             "(ms) | compiled memory (GiB) |",
+             "(ms) | speed-up vs PyTorch (round by round) | at most (step at peak) | best step, "
+             "ours / PyTorch (ms) | compiled memory (GiB) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         torch_ms = f"{r['torch']['step_s'] * 1e3:.0f}" if "torch" in r else "–"
-        speed = f"{r['speedup_vs_torch']:.2f}x" if "torch" in r else "–"
+        speed = _speedup(r) if "torch" in r else "–"
         ceiling = (f"{r['speedup_ceiling_vs_torch']:.2f}x" if "speedup_ceiling_vs_torch" in r
                    else "–")
         best = _best_to_best(r) if "torch" in r else "–"

@@ -48,6 +48,11 @@ def test_both_step_timers_run_the_same_shapes():
     config = bench._model_config("tiny", "float32")
     ours = bench.jax_step(config, 4, 32, steps=2, warmup=1)
     theirs = bench.torch_step(config, 4, 32, steps=2, warmup=1)
+    step = bench.compiled_step(config, 4, 32)
+    turns = bench.interleaved_seconds({"jax": step.one,
+                                       "torch": bench.torch_step_fn(config, 4, 32)}, 2, 1)
+    assert bench.jax_result(step, config, 4, 32, turns["jax"])["step_s_all"] == turns["jax"]
+    assert bench.torch_result(4, 32, turns["torch"])["step_s_all"] == turns["torch"]
     for result in (ours, theirs):
         assert len(result["step_s_all"]) == 2 and result["step_s"] > 0
         assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_s"])
@@ -74,8 +79,37 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     line = bench.markdown(report).splitlines()[4]
     # Best to best: 5.6 s against 3.5 s.
     assert "| 75.0% | 6000 | 1.50x | 2.00x | 3500 / 5600 (1.60x) |" in line, line
+    # Steps taken in turns: each round's ratio, lowest and highest beside the medians' ratio.
+    row["paired_speedups"] = bench.paired_ratios(row["torch"]["step_s_all"],
+                                                 row["jax"]["step_s_all"])
+    assert row["paired_speedups"] == pytest.approx([6.0 / 4.2, 2.0, 1.4])
+    table = bench.markdown(report).splitlines()
+    assert "| 75.0% | 6000 | 1.50x (1.40-2.00) | 2.00x |" in table[4], table[4]
+    assert "warm-up, ours and PyTorch's steps taken in turns." in table[0], table[0]
     named = bench.markdown({**report, "cpu": "AMD EPYC"})
     assert named.startswith("Device: cpu (AMD EPYC, 2 cores)"), named
+
+
+def test_interleaved_timing_takes_the_steps_in_turns_and_times_each_call(monkeypatch):
+    calls, clock = [], {"now": 0.0}
+    cost = {"a": 1.0, "b": 2.0, "c": 4.0}
+
+    def step(name):
+        def one():
+            calls.append(name)
+            clock["now"] += cost[name]
+        return one
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
+    times = bench.interleaved_seconds({n: step(n) for n in "abc"}, steps=4, warmup=1)
+    monkeypatch.undo()
+    # Warm-up once each, then rounds starting at a, b, c, a: no side always follows another.
+    assert calls == list("abc" "abc" "bca" "cab" "abc"), calls
+    assert times == {"a": [1.0] * 4, "b": [2.0] * 4, "c": [4.0] * 4}
+    with pytest.raises(ValueError, match="equally long"):
+        bench.paired_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        bench.paired_ratios([], [])
 
 
 def test_cpu_model_reads_the_model_name(tmp_path):

@@ -34,14 +34,18 @@ from ernie_m_jax import files, huge_pages
 ROOT = Path(__file__).resolve().parents[1]
 
 PRESETS = {
-    # (sizes, lengths, tokens per step, timed steps, warm-up steps, dtype)
-    "cpu": dict(sizes=("tiny", "small", "base"), lengths=(128, 512), tokens=2048, steps=5,
-                warmup=2, dtype="float32", torch=True, btmlm=True, fsdp=True, pipeline=True),
-    "gpu": dict(sizes=("small", "base"), lengths=(128, 512), tokens=32768, steps=10,
-                warmup=3, dtype="bfloat16", torch=False, btmlm=True, fsdp=False,
-                pipeline=True),
-    "quick": dict(sizes=("tiny",), lengths=(32,), tokens=256, steps=2, warmup=1,
-                  dtype="float32", torch=True, btmlm=True, fsdp=False, pipeline=False),
+    # Sizes, lengths, tokens per step, dtype; steps compared in a ratio are timed in `rounds`
+    # turns of `turn_steps` (after `warmup`, each turn after one untimed step); the 8-device
+    # overhead times `steps` after `warmup`.
+    "cpu": dict(sizes=("tiny", "small", "base"), lengths=(128, 512), tokens=2048, rounds=3,
+                turn_steps=2, steps=5, warmup=1, dtype="float32", torch=True, btmlm=True,
+                fsdp=True, pipeline=True),
+    "gpu": dict(sizes=("small", "base"), lengths=(128, 512), tokens=32768, rounds=2,
+                turn_steps=5, steps=10, warmup=3, dtype="bfloat16", torch=False, btmlm=True,
+                fsdp=False, pipeline=True),
+    "quick": dict(sizes=("tiny",), lengths=(32,), tokens=256, rounds=2, turn_steps=1, steps=2,
+                  warmup=1, dtype="float32", torch=True, btmlm=True, fsdp=False,
+                  pipeline=False),
 }
 
 
@@ -56,32 +60,50 @@ def _median_seconds(fn, steps: int, warmup: int) -> List[float]:
     return times
 
 
-def interleaved_seconds(fns: Mapping[str, Callable[[], None]], steps: int, warmup: int
-                        ) -> Dict[str, List[float]]:
-    """Each callable's step times, the steps taken in turns: round i runs every callable once,
-    starting at the (i mod n)-th, so a machine that slows down for a minute slows every side
-    alike and none always runs right after another (#41: these shared hosts drift by 20-40%
-    between minutes, which timing one side's steps after the other's turned into a ratio)."""
+def interleaved_seconds(fns: Mapping[str, Callable[[], None]], rounds: int, steps: int,
+                        warmup: int, settle: int = 1) -> Dict[str, List[List[float]]]:
+    """Each callable's step times, taken in turns: every round gives each callable a turn
+    of `settle` untimed steps then `steps` timed ones, the round starting at the
+    (i mod n)-th callable. A machine that slows down for a minute slows every side alike
+    (#41: these shared hosts drift by 20-40% between minutes, which timing one side's steps
+    after the other's turned into a ratio), and each side is timed in its own steady state:
+    the settling step absorbs what the other side left behind (glibc and the kernel must
+    find huge pages again after PyTorch's allocations broke them up). Returns, per
+    callable, one list of timed steps per round."""
+    if rounds < 1 or steps < 1:
+        raise ValueError(f"taking turns needs at least one round of one timed step; got "
+                         f"rounds={rounds}, steps={steps}")
     names = list(fns)
     for name in names:
         for _ in range(warmup):
             fns[name]()
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    for i in range(steps):
+    times: Dict[str, List[List[float]]] = {name: [] for name in names}
+    for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(settle):
+                fns[name]()
+            turn = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                fns[name]()
+                turn.append(time.perf_counter() - start)
+            times[name].append(turn)
     return times
 
 
-def paired_ratios(slow: Sequence[float], fast: Sequence[float]) -> List[float]:
-    """Round by round, `slow`'s step over `fast`'s (times from `interleaved_seconds`): the
-    spread says how far one round's ratio can stray from the medians' ratio."""
-    if len(slow) != len(fast) or not slow:
-        raise ValueError(f"paired ratios need two equally long, non-empty series; got "
-                         f"{len(slow)} and {len(fast)} steps")
-    return [a / b for a, b in zip(slow, fast)]
+def flat(turns: Sequence[Sequence[float]]) -> List[float]:
+    return [t for turn in turns for t in turn]
+
+
+def paired_ratios(slow: Sequence[Sequence[float]], fast: Sequence[Sequence[float]]
+                  ) -> List[float]:
+    """Round by round, the median of `slow`'s turn over the median of `fast`'s (turns from
+    `interleaved_seconds`): the spread says how far one round's ratio strays from the
+    ratio of the medians."""
+    if len(slow) != len(fast) or not slow or not all(slow) or not all(fast):
+        raise ValueError(f"paired ratios need two equally long, non-empty series of turns; "
+                         f"got {len(slow)} and {len(fast)} rounds")
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(slow, fast)]
 
 
 def best_matmul_rate(dtype: str, sizes: Sequence[int]) -> float:
@@ -341,7 +363,8 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
               "cpu": cpu_model(), "cores": os.cpu_count(),
               "jax": jax.__version__, "dtype": p["dtype"], "matmul_flops_measured": measured,
               "peak_flops": peak, "peak_source": peak_source, "steps": p["steps"],
-              "warmup": p["warmup"], "rows": []}
+              "warmup": p["warmup"], "rounds": p["rounds"], "turn_steps": p["turn_steps"],
+              "rows": []}
     for size in sizes:
         for length in lengths:
             batch = max(1, p["tokens"] // length)
@@ -351,10 +374,10 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
             fns = {"jax": step.one}
             if p["torch"]:
                 fns["torch"] = torch_step_fn(config, batch, length)
-            times = interleaved_seconds(fns, p["steps"], p["warmup"])
-            ours = row["jax"] = jax_result(step, config, batch, length, times["jax"])
+            times = interleaved_seconds(fns, p["rounds"], p["turn_steps"], p["warmup"])
+            ours = row["jax"] = jax_result(step, config, batch, length, flat(times["jax"]))
             if p["torch"]:
-                theirs = row["torch"] = torch_result(batch, length, times["torch"])
+                theirs = row["torch"] = torch_result(batch, length, flat(times["torch"]))
                 row["speedup_vs_torch"] = theirs["step_s"] / ours["step_s"]
                 row["paired_speedups"] = paired_ratios(times["torch"], times["jax"])
             del step, fns  # both models' memory back before the next row
@@ -372,10 +395,11 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
         batch = max(1, p["tokens"] // (length + k))
         steps = {"mmlm": compiled_step(config, batch, length + k),
                  "btmlm": compiled_step(config, batch, length, "btmlm", placeholders=k)}
-        times = interleaved_seconds({n: s.one for n, s in steps.items()}, p["steps"],
-                                    p["warmup"])
-        mmlm = jax_result(steps["mmlm"], config, batch, length + k, times["mmlm"])
-        btmlm = jax_result(steps["btmlm"], config, batch, length, times["btmlm"], "btmlm", k)
+        times = interleaved_seconds({n: s.one for n, s in steps.items()}, p["rounds"],
+                                    p["turn_steps"], p["warmup"])
+        mmlm = jax_result(steps["mmlm"], config, batch, length + k, flat(times["mmlm"]))
+        btmlm = jax_result(steps["btmlm"], config, batch, length, flat(times["btmlm"]),
+                           "btmlm", k)
         del steps
         report["btmlm_vs_mmlm"] = {
             "size": size, "source_length": length, "placeholders": k, "batch": batch,
@@ -470,12 +494,16 @@ def _row_line(row) -> str:
 
 def markdown(report: dict) -> str:
     cpu = f"{report['cpu']}, " if report.get("cpu") else ""
-    paired = any("paired_speedups" in r for r in report["rows"])
-    turns = ", ours and PyTorch's steps taken in turns" if paired else ""
+    if "rounds" in report:  # steps taken in turns
+        timing = (f"median of {report['rounds'] * report['turn_steps']} steps: "
+                  f"{report['rounds']} turns of {report['turn_steps']} each, "
+                  f"ours and PyTorch's in turns, each turn after one untimed step, "
+                  f"after {report['warmup']} warm-up")
+    else:
+        timing = f"median of {report['steps']} steps after {report['warmup']} warm-up"
     lines = [f"Device: {report['device']} ({cpu}{report['cores']} cores), jax {report['jax']}, "
              f"{report['dtype']}; peak {report['peak_flops'] / 1e9:.1f} GFLOP/s "
-             f"({report['peak_source']}); median of {report['steps']} steps after "
-             f"{report['warmup']} warm-up{turns}.", "",
+             f"({report['peak_source']}); {timing}.", "",
              "| size | length | batch | step (ms) | compile (s) | tokens/s | MFU | PyTorch step "
              "(ms) | speed-up vs PyTorch (round by round) | at most (step at peak) | best step, "
              "ours / PyTorch (ms) | compiled memory (GiB) |",

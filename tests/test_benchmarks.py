@@ -50,9 +50,10 @@ def test_both_step_timers_run_the_same_shapes():
     theirs = bench.torch_step(config, 4, 32, steps=2, warmup=1)
     step = bench.compiled_step(config, 4, 32)
     turns = bench.interleaved_seconds({"jax": step.one,
-                                       "torch": bench.torch_step_fn(config, 4, 32)}, 2, 1)
-    assert bench.jax_result(step, config, 4, 32, turns["jax"])["step_s_all"] == turns["jax"]
-    assert bench.torch_result(4, 32, turns["torch"])["step_s_all"] == turns["torch"]
+                                       "torch": bench.torch_step_fn(config, 4, 32)}, 2, 1, 0)
+    ours_all, theirs_all = bench.flat(turns["jax"]), bench.flat(turns["torch"])
+    assert bench.jax_result(step, config, 4, 32, ours_all)["step_s_all"] == ours_all
+    assert bench.torch_result(4, 32, theirs_all)["step_s_all"] == theirs_all
     for result in (ours, theirs):
         assert len(result["step_s_all"]) == 2 and result["step_s"] > 0
         assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_s"])
@@ -80,12 +81,15 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     # Best to best: 5.6 s against 3.5 s.
     assert "| 75.0% | 6000 | 1.50x | 2.00x | 3500 / 5600 (1.60x) |" in line, line
     # Steps taken in turns: each round's ratio, lowest and highest beside the medians' ratio.
-    row["paired_speedups"] = bench.paired_ratios(row["torch"]["step_s_all"],
-                                                 row["jax"]["step_s_all"])
-    assert row["paired_speedups"] == pytest.approx([6.0 / 4.2, 2.0, 1.4])
-    table = bench.markdown(report).splitlines()
-    assert "| 75.0% | 6000 | 1.50x (1.40-2.00) | 2.00x |" in table[4], table[4]
-    assert "warm-up, ours and PyTorch's steps taken in turns." in table[0], table[0]
+    # Steps taken in turns: each round's ratio of the turns' medians, lowest and highest
+    # beside the medians' ratio.
+    row["paired_speedups"] = bench.paired_ratios([[6.0, 7.0], [5.6, 5.0]],
+                                                 [[4.2, 3.8], [3.5, 4.5]])
+    assert row["paired_speedups"] == pytest.approx([6.5 / 4.0, 5.3 / 4.0])
+    table = bench.markdown({**report, "rounds": 2, "turn_steps": 2}).splitlines()
+    assert "| 75.0% | 6000 | 1.50x (1.32-1.62) | 2.00x |" in table[4], table[4]
+    assert ("median of 4 steps: 2 turns of 2 each, ours and PyTorch's in turns, each turn "
+            "after one untimed step, after 2 warm-up." in table[0]), table[0]
     named = bench.markdown({**report, "cpu": "AMD EPYC"})
     assert named.startswith("Device: cpu (AMD EPYC, 2 cores)"), named
 
@@ -101,15 +105,22 @@ def test_interleaved_timing_takes_the_steps_in_turns_and_times_each_call(monkeyp
         return one
 
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["now"])
-    times = bench.interleaved_seconds({n: step(n) for n in "abc"}, steps=4, warmup=1)
+    times = bench.interleaved_seconds({n: step(n) for n in "abc"}, rounds=4, steps=2,
+                                      warmup=1)
     monkeypatch.undo()
-    # Warm-up once each, then rounds starting at a, b, c, a: no side always follows another.
-    assert calls == list("abc" "abc" "bca" "cab" "abc"), calls
-    assert times == {"a": [1.0] * 4, "b": [2.0] * 4, "c": [4.0] * 4}
+    # Warm-up once each, then rounds starting at a, b, c, a: no side always follows another,
+    # and each turn is one untimed step and two timed ones.
+    turns = "".join(name * 3 for name in "abc" "bca" "cab" "abc")
+    assert calls == list("abc" + turns), calls
+    assert times == {"a": [[1.0, 1.0]] * 4, "b": [[2.0, 2.0]] * 4, "c": [[4.0, 4.0]] * 4}
+    assert bench.flat(times["b"]) == [2.0] * 8
+    assert bench.paired_ratios(times["c"], times["a"]) == [4.0] * 4
+    with pytest.raises(ValueError, match="rounds=0"):
+        bench.interleaved_seconds({"a": step("a")}, rounds=0, steps=1, warmup=0)
     with pytest.raises(ValueError, match="equally long"):
-        bench.paired_ratios([1.0, 2.0], [1.0])
+        bench.paired_ratios([[1.0], [2.0]], [[1.0]])
     with pytest.raises(ValueError, match="non-empty"):
-        bench.paired_ratios([], [])
+        bench.paired_ratios([[]], [[1.0]])
 
 
 def test_cpu_model_reads_the_model_name(tmp_path):

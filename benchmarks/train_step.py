@@ -496,8 +496,8 @@ def markdown(report: dict) -> str:
     cpu = f"{report['cpu']}, " if report.get("cpu") else ""
     if "rounds" in report:  # steps taken in turns
         timing = (f"median of {report['rounds'] * report['turn_steps']} steps: "
-                  f"{report['rounds']} turns of {report['turn_steps']} each, "
-                  f"ours and PyTorch's in turns, each turn after one untimed step, "
+                  f"{report['rounds']} turns of {report['turn_steps']} each, the steps "
+                  f"compared in a ratio taking turns, each turn after one untimed step, "
                   f"after {report['warmup']} warm-up")
     else:
         timing = f"median of {report['steps']} steps after {report['warmup']} warm-up"

@@ -88,8 +88,8 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     assert row["paired_speedups"] == pytest.approx([6.5 / 4.0, 5.3 / 4.0])
     table = bench.markdown({**report, "rounds": 2, "turn_steps": 2}).splitlines()
     assert "| 75.0% | 6000 | 1.50x (1.32-1.62) | 2.00x |" in table[4], table[4]
-    assert ("median of 4 steps: 2 turns of 2 each, ours and PyTorch's in turns, each turn "
-            "after one untimed step, after 2 warm-up." in table[0]), table[0]
+    assert ("median of 4 steps: 2 turns of 2 each, the steps compared in a ratio taking "
+            "turns, each turn after one untimed step, after 2 warm-up." in table[0]), table[0]
     named = bench.markdown({**report, "cpu": "AMD EPYC"})
     assert named.startswith("Device: cpu (AMD EPYC, 2 cores)"), named
 

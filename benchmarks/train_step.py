@@ -50,14 +50,8 @@ PRESETS = {
 
 
 def _median_seconds(fn, steps: int, warmup: int) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+    """One callable's step times alone: `steps` timed after `warmup` (one turn, no settling)."""
+    return interleaved_seconds({"alone": fn}, 1, steps, warmup, settle=0)["alone"][0]
 
 
 def interleaved_seconds(fns: Mapping[str, Callable[[], None]], rounds: int, steps: int,

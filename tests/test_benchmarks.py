@@ -80,7 +80,6 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     line = bench.markdown(report).splitlines()[4]
     # Best to best: 5.6 s against 3.5 s.
     assert "| 75.0% | 6000 | 1.50x | 2.00x | 3500 / 5600 (1.60x) |" in line, line
-    # Steps taken in turns: each round's ratio, lowest and highest beside the medians' ratio.
     # Steps taken in turns: each round's ratio of the turns' medians, lowest and highest
     # beside the medians' ratio.
     row["paired_speedups"] = bench.paired_ratios([[6.0, 7.0], [5.6, 5.0]],

@@ -50,6 +50,11 @@ def run(model_dir: str, bindings: Sequence[str], files: Sequence[str] = ("runs/d
 
 def eight_device_env() -> Dict[str, str]:
     """This process's environment for a child with 8 simulated CPU devices (the count must be
-    set before JAX starts, hence a fresh interpreter), keeping the suite's XLA flags."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    set before JAX starts, hence a fresh interpreter), keeping the suite's XLA flags.
+
+    The 8 devices' collectives meet in a rendezvous that XLA:CPU aborts the process on after
+    40 s by default; on 2 cores shared with another test worker one device's thread can arrive
+    later than that (CI, stop 50), so the child waits up to 10 minutes, the tests' own limit."""
+    flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+             " --xla_cpu_collective_call_terminate_timeout_seconds=600")
     return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")

@@ -34,9 +34,11 @@ class ProfileWindow:
         self._first, self._last = steps if steps else (0, -1)
         self._tracing = False
 
-    def step(self, step: int) -> contextlib.AbstractContextManager:
-        """Wraps the call of train step `step` (counted from 1)."""
-        if not self._tracing and self._first <= step <= self._last:
+    def step(self, step: int, last: Optional[int] = None) -> contextlib.AbstractContextManager:
+        """Wraps the call of train step `step` (counted from 1), or of the steps `step` to
+        `last` where one call runs several."""
+        last = step if last is None else last
+        if not self._tracing and step <= self._last and self._first <= last:
             jax.profiler.start_trace(self._log_dir)
             self._tracing = True
         if self._tracing:

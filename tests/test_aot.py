@@ -164,6 +164,14 @@ def test_compile_uses_the_step_builder_that_train_uses(monkeypatch):
     with pytest.raises(RuntimeError, match="builder called"):
         cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16"])
     assert len(calls) == 1
+    # A run of several steps a call is compiled as its one step, whose figures the report
+    # gives (the call loops over it).
+    gin.clear_config()
+    with pytest.raises(RuntimeError, match="builder called"):
+        cli.main(["compile", *TINY, "--topology=v4-8", "--gin.BATCH_SIZE=16",
+                  "--gin.TrainConfig.steps_per_call=2", "--gin.TrainConfig.log_every=2",
+                  "--gin.TrainConfig.checkpoint_every=2"])
+    assert calls[1][0].train.steps_per_call == 1
 
 
 def test_tensor_parallel_meshes_split_torus_axes_where_they_must():

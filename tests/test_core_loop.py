@@ -19,12 +19,16 @@ class FakeTrainer:
     def __init__(self, stop_early_at=None, signal_at=None):
         self.calls, self.stop_early_at, self.signal_at = [], stop_early_at, signal_at
 
-    def step(self, state, step):
+    def step(self, state, step, count=1):
         assert state["step"] == step - 1  # steps run in order, from the state's step
-        if step == self.signal_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # a preemption arriving during the step
+        last = step + count - 1
+        if step <= (self.signal_at or 0) <= last:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption arriving during the call
         self.calls.append(("step", step))
-        return {"step": step}, {"loss": np.float32(1.0 / step), "finite": np.float32(1.0)}
+        self.calls.extend(("step", s) for s in range(step + 1, last + 1))
+        self.calls.append(("call", step, count))
+        loss = sum(np.float32(1.0 / s) for s in range(step, last + 1))
+        return {"step": last}, {"loss": loss, "finite": np.float32(count)}
 
     def log_extra(self, state, step):
         self.calls.append(("log", step))
@@ -106,3 +110,42 @@ def test_an_evaluation_that_asks_to_stop_ends_the_loop_with_a_save(tmp_path):
     # Asking at the last step is no early stop (positive control of the distinction).
     last = FakeTrainer(stop_early_at=12)
     assert _run(tmp_path / "last", last, core.Cadence(12, 2, 3, 3)).stopped is None
+
+
+def _calls(trainer):
+    return [(c[1], c[2]) for c in trainer.calls if c[0] == "call"]
+
+
+def test_several_steps_a_call_end_where_something_is_due_and_log_the_steps_means(tmp_path):
+    # Aligned: every call holds 4 steps; logs, evaluations and saves fall between calls.
+    aligned = FakeTrainer()
+    end = _run(tmp_path / "aligned", aligned, core.Cadence(
+        12, log_every=4, eval_every=8, checkpoint_every=8, steps_per_call=4))
+    assert _calls(aligned) == [(1, 4), (5, 4), (9, 4)]
+    assert (end.step, end.steps_run) == (12, 12)
+    assert _of(aligned.calls, "log") == [4, 8, 12]
+    assert _of(aligned.calls, "evaluate") == [8, 12] and _of(aligned.calls, "save") == [8, 12]
+    logged = [r for r in metrics.read_metrics(tmp_path / "aligned") if "train/loss" in r]
+    # Steps 5..8's mean loss, though the call returned their sum.
+    assert logged[1]["train/loss"] == pytest.approx(sum(1 / s for s in range(5, 9)) / 4,
+                                                    rel=1e-6)
+    assert logged[1]["train/steps_per_second"] > 0
+    # Not aligned (the loop alone does not refuse it): a call stops short at each due step
+    # and the next one realigns on the multiples of 4.
+    odd = FakeTrainer()
+    _run(tmp_path / "odd", odd, core.Cadence(12, log_every=3, eval_every=0, checkpoint_every=0,
+                                             steps_per_call=4))
+    assert _calls(odd) == [(1, 3), (4, 1), (5, 2), (7, 2), (9, 1), (10, 3)]
+    assert _of(odd.calls, "log") == [3, 6, 9, 12]
+    # stop_after inside a call ends it there; the resume realigns, then runs whole calls.
+    cadence = core.Cadence(12, log_every=4, eval_every=0, checkpoint_every=4, steps_per_call=4)
+    stopped = FakeTrainer()
+    assert _run(tmp_path / "s", stopped, cadence, stop_after=6).step == 6
+    assert _calls(stopped) == [(1, 4), (5, 2)] and _of(stopped.calls, "save") == [4, 6]
+    resumed = FakeTrainer()
+    _run(tmp_path / "s", resumed, cadence, start=6)
+    assert _calls(resumed) == [(7, 2), (9, 4)]
+    # A signal during a call stops the run at the call's end, with a save.
+    preempted = FakeTrainer(signal_at=6)
+    end = _run(tmp_path / "p", preempted, cadence)
+    assert (end.step, end.stopped) == (8, "preempted") and _of(preempted.calls, "save") == [4, 8]

@@ -152,6 +152,40 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, six_step_run, 
 
 
 @pytest.mark.slow
+def test_several_steps_a_call_train_what_one_step_a_call_trains(data_dir, six_step_run,
+                                                                  tmp_path):
+    # Three steps a call (one lax.scan), logged and saved every 3, interrupted inside a call
+    # (step 4) and resumed: the same params and per-step means as one step a call.
+    bindings = tiny_bindings(data_dir, 6, **{"TrainConfig.steps_per_call": 3,
+                                             "TrainConfig.log_every": 3})
+    calls = tmp_path / "calls"
+    first = run(calls, bindings, stop_after=4)
+    assert first["train_step_compilations"] == 2  # 3 steps, then 1 to stop at step 4
+    assert checkpoints.latest_step(calls / "checkpoints") == 4
+    second = run(calls, bindings)
+    assert second["train_step_compilations"] == 1  # steps 5-6 (realigned), one call
+    step_a, params_a = _final_params(six_step_run)
+    step_b, params_b = _final_params(calls)
+    assert step_a == step_b == 6
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    one_a_call = _losses(six_step_run)
+    logged = [r for r in read_metrics(calls) if "train/loss" in r]
+    assert [r["step"] for r in logged] == [3, 6]  # a stop saves; it does not log
+    for record, steps in zip(logged, ((0, 3), (4, 6))):
+        assert record["train/loss"] == pytest.approx(np.mean(one_a_call[slice(*steps)]),
+                                                     rel=1e-5)
+    # Positive control: the same steps from another seed end elsewhere.
+    other = tmp_path / "other"
+    run(other, tiny_bindings(data_dir, 3, **{"TrainConfig.steps_per_call": 3,
+                                             "TrainConfig.log_every": 3,
+                                             "TrainConfig.seed": 1}))
+    _, params_c = _final_params(other)
+    assert max(float(np.max(np.abs(a - c))) for a, c in
+               zip(jax.tree.leaves(params_a), jax.tree.leaves(params_c))) > 1e-4
+
+
+@pytest.mark.slow
 def test_stages_in_one_run_add_btmlm_at_its_step_and_resume_across_the_boundary(data_dir,
                                                                                tmp_path):
     bindings = tiny_bindings(data_dir, 6, **{"TrainConfig.objective_start_steps":
@@ -204,6 +238,12 @@ def test_stages_in_one_run_add_btmlm_at_its_step_and_resume_across_the_boundary(
     ("--gin.TrainConfig.objective_start_steps={'mmlm': 5, 'tlm': 5, 'camlm': 5, 'btmlm': 5}",
      "leaves the first step with no objective"),
     ("--gin.MeshConfig.shape=(3, 1, 1)", "has 3 devices, there are 1"),
+    ("--gin.TrainConfig.steps_per_call=0", "TrainConfig.steps_per_call must be positive"),
+    ("--gin.TrainConfig.steps_per_call=4", "steps_per_call=4: log_every=10 is not a "
+                                           "multiple of it, so a call would have to stop"),
+    ("--gin.TrainConfig.steps_per_call=3", "log_every=10, checkpoint_every=200, "
+                                           "eval_every=400, objective_start_steps['btmlm']=500 "
+                                           "are not multiples of it"),
     ("--gin_file=runs/nope.gin", "gin file not found: runs/nope.gin"),
 ])
 def test_bad_train_input_fails_with_one_line_before_any_compute(flag, message, tmp_path,

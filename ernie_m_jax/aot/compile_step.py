@@ -187,6 +187,17 @@ def _resolved(exp: Experiment, notes: List[str]) -> Experiment:
                                                                   target_languages=(0, 1)))
 
 
+def _one_step_a_call(exp: Experiment, notes: List[str]) -> Experiment:
+    """The report's figures are a step's: a run of several steps a call
+    (`TrainConfig.steps_per_call`) loops over this same step, its batches stacked."""
+    k = exp.train.steps_per_call
+    if k == 1:
+        return exp
+    notes.append(f"compiled one step a call: steps_per_call={k} runs {k} of these steps in "
+                 f"a loop, with {k} batches in memory where this holds one")
+    return dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps_per_call=1))
+
+
 def _per_chip_bytes(tree) -> float:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs."""
     total = 0
@@ -201,6 +212,7 @@ def compile_train_step(exp: Experiment, accelerator: Accelerator,
     """(CompileReport, HLO text or None) of `exp`'s train step on `accelerator`."""
     devices = hardware.topology_devices(accelerator)
     notes: List[str] = []
+    exp = _one_step_a_call(exp, notes)
     mesh_config = _mesh_config(exp, accelerator.num_slices, notes)
     exp = _resolved(dataclasses.replace(exp, mesh=mesh_config), notes)
     mesh = partitioning.make_mesh(mesh_config, devices)  # errors name the counts

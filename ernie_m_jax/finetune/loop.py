@@ -264,7 +264,9 @@ class _Finetuning:
         self.num_steps, self.evaluations, self.latest, self.best = (num_steps, evaluations,
                                                                     latest, best)
 
-    def step(self, state, done: int):
+    def step(self, state, done: int, count: int = 1):
+        if count != 1:  # its cadence runs one step a call (`core.Cadence.steps_per_call`)
+            raise ValueError(f"fine-tuning runs one step a call, was asked for {count}")
         batch = self.data.place(data_lib.batch_at(self.data.train, done - 1,
                                                   self.cfg.batch_size, self.cfg.seed))
         return self.step_fns.train(state, batch)

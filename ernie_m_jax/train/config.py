@@ -65,6 +65,13 @@ class TrainConfig:
     # (first, last): a jax.profiler trace of those steps (counted from 1) in the run's folder,
     # for TensorBoard's profile plugin; () = none. Skip the first step: it compiles.
     profile_steps: Tuple[int, ...] = ()
+    # Train steps run by one call of the compiled step (a `lax.scan` over that many batches;
+    # Keras' `steps_per_execution`). On CPU each call maps the step's temporary buffer afresh
+    # (hundreds of MiB, faulted in page by page), so several steps a call pay for it once
+    # (benchmarks/README.md, #41). Logs, evaluations, checkpoints, stage boundaries and the
+    # profile window fall between calls: their periods must be multiples of it. A call that
+    # must stop short (`stop_after`, the last step, a resume) compiles its own length once.
+    steps_per_call: int = 1
 
     def __post_init__(self):
         unknown = set(self.objective_weights) - set(OBJECTIVES)
@@ -80,7 +87,7 @@ class TrainConfig:
         if not any(self.objective_weights.values()):
             raise ValueError("TrainConfig.objective_weights enables no objective")
         for name in ("num_steps", "grad_accum_steps", "log_every", "checkpoint_every",
-                     "keep_checkpoints", "eval_batch_size"):
+                     "keep_checkpoints", "eval_batch_size", "steps_per_call"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         not_enabled = sorted(set(self.objective_start_steps) - set(self.enabled))
@@ -96,10 +103,34 @@ class TrainConfig:
                              f"join at a step in [0, num_steps={self.num_steps}); lower its "
                              f"start along with num_steps")
         profiling.check_window(tuple(self.profile_steps), self.num_steps)
+        self._check_calls_end_at_events()
         if not self.active(0):
             raise ValueError(f"TrainConfig.objective_start_steps "
                              f"{dict(self.objective_start_steps)} leaves the first step "
                              f"with no objective")
+
+    def _check_calls_end_at_events(self) -> None:
+        """Every periodic event falls between two calls of `steps_per_call` steps."""
+        k = self.steps_per_call
+        if k == 1:
+            return
+        events = {"log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
+                  "eval_every": self.eval_every}
+        events.update({f"objective_start_steps[{o!r}]": s
+                       for o, s in self.objective_start_steps.items()})
+        if self.profile_steps:
+            events["profile_steps' first step - 1"] = self.profile_steps[0] - 1
+            events["profile_steps' last step"] = self.profile_steps[1]
+        off = {name: step for name, step in events.items() if step % k}
+        if off:
+            one = len(off) == 1
+            named = ", ".join(f"{n}={s}" for n, s in off.items())
+            raise ValueError(
+                f"TrainConfig.steps_per_call={k}: {named} "
+                f"{'is not a multiple' if one else 'are not multiples'} of it, so a call "
+                f"would have to stop inside its steps; make "
+                f"{'it a multiple' if one else 'them multiples'} of {k} or choose a "
+                f"steps_per_call that divides {'it' if one else 'them'}")
 
     @property
     def enabled(self) -> Tuple[str, ...]:

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import gin
 import jax
+import numpy as np
 import seqio
 
 from ernie_m_jax import checkpoints, partitioning, preemption, profiling, run_dir
@@ -125,27 +126,36 @@ class _Pretraining:
         self.current: Optional[TrainStep] = None
         self.tokens, self.start, self.began = 0, start, time.perf_counter()
 
-    def step(self, state: State, done: int):
-        active = self.exp.train.active(done - 1)
+    def step(self, state: State, first: int, count: int = 1):
+        active = self.exp.train.active(first - 1)
         if self.stage_steps[active] is not self.current:
             if self.current is not None:
                 joining = [o.upper() for o in active if o not in self.current.batch_shapes]
-                self.run.bar.write(f"after step {done - 1}: {', '.join(joining)} "
+                self.run.bar.write(f"after step {first - 1}: {', '.join(joining)} "
                                    f"join{'s' if len(joining) == 1 else ''} the run")
             self.current = self.stage_steps[active]
-            self.run.interval = _interval_metrics(self.exp, self.current, self.peak, done - 1)
-        local = {o: b for o, b in next(self.iterator).items() if o in self.current.batch_shapes}
-        with self.profile.step(done):
-            state, step_metrics = self.current.fn(
-                state, global_batch(local, self.mesh, self.exp.mesh.rules))
-        traced = self.profile.after(done, state)
+            self.run.interval = _interval_metrics(self.exp, self.current, self.peak, first - 1)
+        last = first + count - 1
+        with self.profile.step(first, last):
+            state, step_metrics = self.current.fn(state, self._batches(count))
+        traced = self.profile.after(last, state)
         if traced:
             self.run.bar.write(traced)
-        self.tokens += self.current.tokens_per_step
-        if done == self.start + 1:  # compilation included
+        self.tokens += self.current.tokens_per_step * count
+        if first == self.start + 1:  # compilation included
             jax.block_until_ready(state["step"])
             self.summary["session/first_step_seconds"] = time.perf_counter() - self.began
         return state, step_metrics
+
+    def _batches(self, count: int):
+        """The next `count` steps' global batches of the current stage's objectives,
+        stacked on a leading axis where its step runs several steps a call."""
+        wanted = self.current.batch_shapes
+        steps = [{o: b for o, b in next(self.iterator).items() if o in wanted}
+                 for _ in range(count)]
+        stacked = self.current.steps_per_call > 1
+        local = jax.tree.map(lambda *x: np.stack(x), *steps) if stacked else steps[0]
+        return global_batch(local, self.mesh, self.exp.mesh.rules, stacked)
 
     def log_extra(self, state: State, done: int) -> Dict[str, float]:
         return _nonfinite_check(state, self.exp.train, done, self.mngr)
@@ -179,7 +189,7 @@ def _loop(run: session.Session, exp: Experiment,
     cfg, start = exp.train, int(state["step"])
     trainer = _Pretraining(run, exp, stage_steps, iterator, mngr, mesh, profile, start)
     cadence = core.Cadence(cfg.num_steps, cfg.log_every, cfg.eval_every, cfg.checkpoint_every,
-                           frozenset(cfg.stage_boundaries()))
+                           frozenset(cfg.stage_boundaries()), cfg.steps_per_call)
     end = core.run_steps(run, trainer, state, cadence, stop_after)
     summary = trainer.summary
     if end.stopped == "preempted":

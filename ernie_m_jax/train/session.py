@@ -42,11 +42,11 @@ class Session:
         self.writer.write(step, scalars)
         return scalars
 
-    def step_done(self, step: int) -> bool:
-        """Advance the bar; whether every process agrees to stop after `step` (a signal
-        arrived). Several processes agree every `log_every` steps (one collective), a lone
-        one at once."""
-        self.bar.update(1)
+    def step_done(self, step: int, count: int = 1) -> bool:
+        """Advance the bar by the `count` steps just run; whether every process agrees to
+        stop after `step` (a signal arrived). Several processes agree every `log_every`
+        steps (one collective), a lone one at once."""
+        self.bar.update(count)
         return self.stop_signal.agreed(
             every=1 if jax.process_count() == 1 else self.log_every, step=step)
 

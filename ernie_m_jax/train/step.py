@@ -3,6 +3,9 @@
     state, metrics = step(state, batches)   # weighted sum of the enabled objectives,
                                             # BTMLM's generation compiled inside
 
+With `TrainConfig.steps_per_call` = k > 1 one call runs k steps over batches stacked on a
+leading axis, and returns the metrics summed over them (what the logs sum anyway).
+
 `build_train_step` is what `train`, `benchmarks/train_step.py` and ahead-of-time compilation
 all call (MaxText's single step builder), so what is benchmarked and compiled for a pod is
 exactly what trains.
@@ -203,6 +206,19 @@ def make_train_step(objectives, weights: Mapping[str, float], optimizer,
     return train_step
 
 
+def in_calls(train_step: Callable) -> Callable:
+    """`train_step` run once per leading index of the stacked batches, in one executable
+    (`lax.scan`, the state carried in place): the temporaries are allocated once a call,
+    not once a step. Metrics come back summed over the call's steps; a skipped step's are
+    zero but for `finite`, as in one step's."""
+
+    def call(state: State, stacked):
+        state, per_step = jax.lax.scan(train_step, state, stacked)
+        return state, jax.tree.map(lambda m: jnp.sum(m, axis=0), per_step)
+
+    return call
+
+
 def make_eval_step(model: ErnieM, exp: Experiment):
     """MMLM accuracy with a fixed masking seed: comparable across steps and runs."""
 
@@ -215,16 +231,26 @@ def make_eval_step(model: ErnieM, exp: Experiment):
     return eval_step
 
 
-def global_batch(local, mesh, rules):
-    """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes."""
-    sharding = partitioning.data_sharding(mesh, rules)
+def global_batch(local, mesh, rules, stacked: bool = False):
+    """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes
+    (`stacked`: several steps' batches on a leading axis, which is not split)."""
+    sharding = _stacked(partitioning.data_sharding(mesh, rules)) if stacked else \
+        partitioning.data_sharding(mesh, rules)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def _stacked(sharding: jax.sharding.NamedSharding) -> jax.sharding.NamedSharding:
+    """A batch sharding with a leading steps axis in front, kept whole on every device."""
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+        None, *sharding.spec))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
     """The jitted step and everything it was built for: call `fn(state, batches)`, or
-    `fn.lower(abstract_state, abstract_batches)` to compile it ahead of time."""
+    `fn.lower(abstract_state, abstract_batches)` to compile it ahead of time. With
+    `steps_per_call` > 1 the batches are stacked, `[steps, rows, length]` (any number of
+    steps; each number compiles once), and the metrics are the steps' sums."""
 
     fn: Callable
     model: ErnieM
@@ -234,6 +260,7 @@ class TrainStep:
     abstract_state: State
     batch_shardings: Dict[str, Dict[str, jax.sharding.NamedSharding]]
     batch_shapes: Mapping[str, Tuple[int, int]]
+    steps_per_call: int = 1
 
     @property
     def tokens_per_step(self) -> int:
@@ -241,7 +268,10 @@ class TrainStep:
         return sum(rows * length for rows, length in self.batch_shapes.values())
 
     def abstract_batches(self) -> Dict[str, Dict[str, jax.ShapeDtypeStruct]]:
-        return {o: {k: jax.ShapeDtypeStruct(self.batch_shapes[o], jnp.int32, sharding=s)
+        """One call's batches: `steps_per_call` steps' (stacked when more than one)."""
+        lead = (self.steps_per_call,) if self.steps_per_call > 1 else ()
+        return {o: {k: jax.ShapeDtypeStruct(lead + tuple(self.batch_shapes[o]), jnp.int32,
+                                            sharding=s)
                     for k, s in shardings.items()}
                 for o, shardings in self.batch_shardings.items()}
 
@@ -304,6 +334,8 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
     optimizer = make_optimizer(exp.optimizer, cfg.num_steps)
     abstract, state_shardings = abstract_state(exp.model, optimizer, cfg.seed, mesh, rules)
     data = partitioning.data_sharding(mesh, rules)
+    if cfg.steps_per_call > 1:
+        data = _stacked(data)
     batch_shardings = {o: {k: data for k in features.model_features(exp.data.pack)}
                        for o in cfg.enabled}
     step = make_train_step(objectives, cfg.weights, optimizer,
@@ -312,10 +344,11 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
                            make_prediction_counters(exp.tokens, exp.masking),
                            _shared_params(exp),
                            _gradient_sum(exp, mesh, state_shardings["params"]))
-    fn = jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+    fn = jax.jit(in_calls(step) if cfg.steps_per_call > 1 else step,
+                 in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, partitioning.replicated(mesh)),
                  donate_argnums=(0,))
     return TrainStep(fn, model, btmlm, optimizer, state_shardings, abstract, batch_shardings,
-                     shapes)
+                     shapes, cfg.steps_per_call)
 
 

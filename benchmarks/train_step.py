@@ -36,16 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {
     # Sizes, lengths, tokens per step, dtype; steps compared in a ratio are timed in `rounds`
     # turns of `turn_steps` (after `warmup`, each turn after one untimed step); the 8-device
-    # overhead times `steps` after `warmup`.
+    # overhead times `steps` after `warmup`. Ours runs `steps_per_call` steps a call
+    # (`TrainConfig.steps_per_call`): a turn's unit is one call, PyTorch's that many steps.
     "cpu": dict(sizes=("tiny", "small", "base"), lengths=(128, 512), tokens=2048, rounds=3,
                 turn_steps=2, steps=5, warmup=1, dtype="float32", torch=True, btmlm=True,
-                fsdp=True, pipeline=True),
+                fsdp=True, pipeline=True, steps_per_call=1),
     "gpu": dict(sizes=("small", "base"), lengths=(128, 512), tokens=32768, rounds=2,
                 turn_steps=5, steps=10, warmup=3, dtype="bfloat16", torch=False, btmlm=True,
-                fsdp=False, pipeline=True),
+                fsdp=False, pipeline=True, steps_per_call=1),
     "quick": dict(sizes=("tiny",), lengths=(32,), tokens=256, rounds=2, turn_steps=1, steps=2,
                   warmup=1, dtype="float32", torch=True, btmlm=True, fsdp=False,
-                  pipeline=False),
+                  pipeline=False, steps_per_call=1),
 }
 
 
@@ -149,13 +150,18 @@ class CompiledStep:
     compile_s: float
     devices: int
     one: Callable[[], None]
+    steps_per_call: int = 1  # steps `one()` runs (`TrainConfig.steps_per_call`)
 
 
 def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
-                  mesh_shape=(-1, 1, 1), placeholders: Optional[int] = None) -> CompiledStep:
+                  mesh_shape=(-1, 1, 1), placeholders: Optional[int] = None,
+                  steps_per_call: int = 1) -> CompiledStep:
     """One objective's full train step (loss, grads, AdamW), jit with shardings and donation,
-    built by the same `train.build_train_step` that training uses, and compiled."""
+    built by the same `train.build_train_step` that training uses, and compiled; with
+    `steps_per_call` > 1, a call of that many steps over stacked batches, as training runs
+    it with `TrainConfig.steps_per_call`."""
     import jax
+    import numpy as np
 
     from ernie_m_jax import partitioning, train
     from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
@@ -163,8 +169,11 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
     from ernie_m_jax.optimizer import OptimizerConfig
 
     btmlm = BTMLMConfig(max_placeholders=placeholders) if objective == "btmlm" else None
+    k = steps_per_call
     exp = train.Experiment(
-        train.TrainConfig(num_steps=1000, objective_weights={objective: 1.0}), config,
+        train.TrainConfig(num_steps=1000, objective_weights={objective: 1.0},
+                          steps_per_call=k, log_every=10 * k, checkpoint_every=500 * k),
+        config,
         DataConfig(batch_sizes={objective: batch}, mono_length=length, pair_length=length),
         partitioning.MeshConfig(shape=tuple(mesh_shape)), OptimizerConfig(), MaskingConfig(),
         btmlm or BTMLMConfig(), SpecialTokens())
@@ -173,7 +182,10 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
     built = train.build_train_step(exp, mesh)
     state = train.init_state(config, built.optimizer, exp.train.seed, built.state_shardings)
     with partitioning.activate(mesh, rules):
-        batches = train.global_batch({objective: _batch(config, batch, length)}, mesh, rules)
+        local = {objective: _batch(config, batch, length)}
+        if k > 1:
+            local = jax.tree.map(lambda x: np.stack([x] * k), local)
+        batches = train.global_batch(local, mesh, rules, stacked=k > 1)
         start = time.perf_counter()
         compiled = built.fn.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
@@ -183,7 +195,20 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
         holder["state"], out = compiled(holder["state"], batches)
         jax.block_until_ready(out)
 
-    return CompiledStep(exp, btmlm, compiled, compile_s, mesh.size, one)
+    return CompiledStep(exp, btmlm, compiled, compile_s, mesh.size, one, k)
+
+
+def repeated(fn: Callable[[], None], times: int) -> Callable[[], None]:
+    """`fn` called `times` times: PyTorch's steps in the units ours' calls are timed in."""
+    def run():
+        for _ in range(times):
+            fn()
+    return run
+
+
+def per_step(turns: Sequence[Sequence[float]], steps_per_call: int) -> List[List[float]]:
+    """Timed calls of several steps as the steps' mean times."""
+    return [[t / steps_per_call for t in turn] for turn in turns]
 
 
 def jax_step(config, batch: int, length: int, objective: str = "mmlm",
@@ -341,12 +366,16 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
+def run(preset: str, sizes: Sequence[str], lengths: Sequence[int],
+        steps_per_call: Optional[int] = None) -> dict:
+    """The preset's report; `steps_per_call` (default the preset's) is how many steps ours
+    runs a call (`TrainConfig.steps_per_call`), and PyTorch runs as many per timed unit."""
     import jax
 
     from ernie_m_jax import metrics
 
     p = PRESETS[preset]
+    calls = steps_per_call or p["steps_per_call"]
     device = jax.devices()[0]
     spec = metrics.peak_flops(device)
     matmul_sizes = (2048, 4096) if device.platform == "cpu" else (8192, 16384)
@@ -358,17 +387,19 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
               "jax": jax.__version__, "dtype": p["dtype"], "matmul_flops_measured": measured,
               "peak_flops": peak, "peak_source": peak_source, "steps": p["steps"],
               "warmup": p["warmup"], "rounds": p["rounds"], "turn_steps": p["turn_steps"],
+              "steps_per_call": calls,
               "rows": []}
     for size in sizes:
         for length in lengths:
             batch = max(1, p["tokens"] // length)
             config = _model_config(size, p["dtype"])
             row = {"size": size, "length": length, "batch": batch}
-            step = compiled_step(config, batch, length)
+            step = compiled_step(config, batch, length, steps_per_call=calls)
             fns = {"jax": step.one}
             if p["torch"]:
-                fns["torch"] = torch_step_fn(config, batch, length)
-            times = interleaved_seconds(fns, p["rounds"], p["turn_steps"], p["warmup"])
+                fns["torch"] = repeated(torch_step_fn(config, batch, length), calls)
+            times = {name: per_step(turns, calls) for name, turns in interleaved_seconds(
+                fns, p["rounds"], p["turn_steps"], p["warmup"]).items()}
             ours = row["jax"] = jax_result(step, config, batch, length, flat(times["jax"]))
             if p["torch"]:
                 theirs = row["torch"] = torch_result(batch, length, flat(times["torch"]))
@@ -387,10 +418,12 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int]) -> dict:
         k = length // 2
         config = _model_config(size, p["dtype"])
         batch = max(1, p["tokens"] // (length + k))
-        steps = {"mmlm": compiled_step(config, batch, length + k),
-                 "btmlm": compiled_step(config, batch, length, "btmlm", placeholders=k)}
-        times = interleaved_seconds({n: s.one for n, s in steps.items()}, p["rounds"],
-                                    p["turn_steps"], p["warmup"])
+        steps = {"mmlm": compiled_step(config, batch, length + k, steps_per_call=calls),
+                 "btmlm": compiled_step(config, batch, length, "btmlm", placeholders=k,
+                                        steps_per_call=calls)}
+        times = {n: per_step(turns, calls) for n, turns in interleaved_seconds(
+            {n: s.one for n, s in steps.items()}, p["rounds"], p["turn_steps"],
+            p["warmup"]).items()}
         mmlm = jax_result(steps["mmlm"], config, batch, length + k, flat(times["mmlm"]))
         btmlm = jax_result(steps["btmlm"], config, batch, length, flat(times["btmlm"]),
                            "btmlm", k)
@@ -488,7 +521,15 @@ def _row_line(row) -> str:
 
 def markdown(report: dict) -> str:
     cpu = f"{report['cpu']}, " if report.get("cpu") else ""
-    if "rounds" in report:  # steps taken in turns
+    calls = report.get("steps_per_call", 1)
+    if "rounds" in report and calls > 1:  # calls of several steps, taken in turns
+        timed = report["rounds"] * report["turn_steps"]
+        timing = (f"ours {calls} steps a call (`TrainConfig.steps_per_call`), PyTorch "
+                  f"{calls} steps to ours' call; median of {timed} "
+                  f"calls' mean step: {report['rounds']} turns of {report['turn_steps']} each, "
+                  f"the sides compared in a ratio taking turns, each turn after one untimed "
+                  f"call, after {report['warmup']} warm-up")
+    elif "rounds" in report:  # steps taken in turns
         timing = (f"median of {report['rounds'] * report['turn_steps']} steps: "
                   f"{report['rounds']} turns of {report['turn_steps']} each, the steps "
                   f"compared in a ratio taking turns, each turn after one untimed step, "
@@ -546,6 +587,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--sizes", help="comma-separated, e.g. tiny,small")
     parser.add_argument("--lengths", help="comma-separated, e.g. 128,512")
+    parser.add_argument("--steps_per_call", type=int,
+                        help="steps ours runs a call (default: the preset's)")
     parser.add_argument("--output", help="JSON file (default benchmarks/results/<preset>.json)")
     parser.add_argument("--update_readme", action="store_true",
                         help="rewrite this preset's table in benchmarks/README.md")
@@ -562,7 +605,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = PRESETS[args.preset]
     sizes = tuple(args.sizes.split(",")) if args.sizes else preset["sizes"]
     lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else preset["lengths"]
-    report = run(args.preset, sizes, lengths)
+    report = run(args.preset, sizes, lengths, args.steps_per_call)
     text = markdown(report)
     print(text)
     output = Path(args.output or ROOT / "benchmarks" / "results" / f"{args.preset}.json")

@@ -122,15 +122,19 @@ def format_summary(model_dir: str, exp: Experiment, summary: Mapping[str, float]
     seconds = summary.get("session/seconds", 0.0)
     tokens = summary.get("session/tokens", 0.0)
     first = summary.get("session/first_step_seconds", 0.0)
+    # The first call compiles; with several steps a call it ran that many.
+    in_first = int(summary.get("session/first_call_steps", 1))
+    first_what = "the first step" if in_first == 1 else f"the first call ({in_first} steps)"
     rest = seconds - first
-    speed = (f"{(tokens * (steps - 1) / steps) / rest:,.0f} tokens/s after the first step"
-             if steps > 1 and rest > 0 else f"{tokens / max(seconds, 1e-9):,.0f} tokens/s")
+    speed = (f"{(tokens * (steps - in_first) / steps) / rest:,.0f} tokens/s after {first_what}"
+             if steps > in_first and rest > 0 else
+             f"{tokens / max(seconds, 1e-9):,.0f} tokens/s")
     last = int(summary.get("session/last_step", exp.train.num_steps))
     where = (f"to step {last:,}" if last == exp.train.num_steps else
              f"to step {last:,} of {exp.train.num_steps:,}"
              + (", stopped by a signal" if "preempted_at_step" in summary else ""))
     lines = [f"trained {steps:,} steps ({where}) in "
-             f"{_duration(seconds)} ({_duration(first)} of it the first step, with "
+             f"{_duration(seconds)} ({_duration(first)} of it {first_what}, with "
              f"compilation); {speed}"]
     losses = [f"{o} {summary[f'train/{o}/loss']:.3f}" for o in exp.train.enabled
               if f"train/{o}/loss" in summary]

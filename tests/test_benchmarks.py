@@ -59,6 +59,12 @@ def test_both_step_timers_run_the_same_shapes():
         assert result["tokens_per_s"] == pytest.approx(4 * 32 / result["step_s"])
     assert ours["model_flops"] == metrics.step_flops(config, {"mmlm": (4, 32)}, MaskingConfig())
     assert ours["compiled_bytes"] > 0
+    # Three steps a call: one call advances the state by 3, on the stacked batches.
+    three = bench.compiled_step(config, 4, 32, steps_per_call=3)
+    assert three.steps_per_call == 3 and three.exp.train.steps_per_call == 3
+    batch_args = jax.tree.leaves(three.compiled.args_info[0][1])
+    assert {a.shape for a in batch_args} == {(3, 4, 32)}
+    three.one()
     generated = bench.jax_step(config, 4, 16, "btmlm", steps=1, warmup=0, placeholders=16)
     assert generated["tokens_per_s"] == pytest.approx(4 * 32 / generated["step_s"])
     assert np.isfinite(bench.matmul_peak("float32", 256))
@@ -89,6 +95,9 @@ def test_rates_against_the_peak_bound_what_any_implementation_could_show():
     assert "| 75.0% | 6000 | 1.50x (1.32-1.62) | 2.00x |" in table[4], table[4]
     assert ("median of 4 steps: 2 turns of 2 each, the steps compared in a ratio taking "
             "turns, each turn after one untimed step, after 2 warm-up." in table[0]), table[0]
+    called = bench.markdown({**report, "rounds": 2, "turn_steps": 2, "steps_per_call": 4})
+    assert called.startswith("Device: cpu (2 cores), jax x, float32; peak 100.0 GFLOP/s (best "
+                             "measured matmul); ours 4 steps a call"), called
     named = bench.markdown({**report, "cpu": "AMD EPYC"})
     assert named.startswith("Device: cpu (AMD EPYC, 2 cores)"), named
 
@@ -114,6 +123,12 @@ def test_interleaved_timing_takes_the_steps_in_turns_and_times_each_call(monkeyp
     assert times == {"a": [[1.0, 1.0]] * 4, "b": [[2.0, 2.0]] * 4, "c": [[4.0, 4.0]] * 4}
     assert bench.flat(times["b"]) == [2.0] * 8
     assert bench.paired_ratios(times["c"], times["a"]) == [4.0] * 4
+    # Calls of several steps: their steps' mean, and PyTorch's steps repeated to match.
+    assert bench.per_step([[8.0, 4.0], [2.0]], 4) == [[2.0, 1.0], [0.5]]
+    four_of_a = bench.repeated(step("a"), 4)
+    calls.clear()
+    four_of_a()
+    assert calls == ["a"] * 4
     with pytest.raises(ValueError, match="rounds=0"):
         bench.interleaved_seconds({"a": step("a")}, rounds=0, steps=1, warmup=0)
     with pytest.raises(ValueError, match="equally long"):

@@ -378,3 +378,21 @@ def test_saved_run_loads_after_the_damage_is_mended(trained, tmp_path):
     shutil.copyfile(newest, model_dir / run_dir.CONFIG_FILE)
     assert saved_run.load(str(model_dir), setup_data=False).step == 6
 
+
+
+def test_the_summary_rate_leaves_out_the_first_call_whatever_it_held(tmp_path):
+    # 10 steps of 100 tokens; the first call took 5 s, the whole session 9 s.
+    summary = {"session/steps": 10, "session/tokens": 1000.0, "session/seconds": 9.0,
+               "session/first_step_seconds": 5.0}
+    one = run_summary.format_summary(str(tmp_path), _experiment(10), summary, [], 1)
+    assert "(5s of it the first step, with compilation); 225 tokens/s after the first step" \
+        in one, one  # 9 steps' 900 tokens in 4 s
+    # A first call of 5 steps (TrainConfig.steps_per_call): 500 tokens in the other 4 s.
+    five = run_summary.format_summary(str(tmp_path), _experiment(10), {
+        **summary, "session/first_call_steps": 5}, [], 1)
+    assert "(5s of it the first call (5 steps), with compilation); 125 tokens/s after the " \
+        "first call (5 steps)" in five, five
+    # A session that was one call: the whole session's rate.
+    whole = run_summary.format_summary(str(tmp_path), _experiment(10), {
+        **summary, "session/first_call_steps": 10}, [], 1)
+    assert "111 tokens/s" in whole and "after" not in whole.splitlines()[0], whole

@@ -145,6 +145,7 @@ class _Pretraining:
         if first == self.start + 1:  # compilation included
             jax.block_until_ready(state["step"])
             self.summary["session/first_step_seconds"] = time.perf_counter() - self.began
+            self.summary["session/first_call_steps"] = count
         return state, step_metrics
 
     def _batches(self, count: int):

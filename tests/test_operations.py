@@ -63,6 +63,18 @@ def test_a_window_resumed_past_its_start_traces_the_rest(tmp_path, monkeypatch):
         window.after(step, None)
     assert calls == ["start", 5, 6, "stop", 7, 8]
     assert window.stop() is None  # stopped once
+    # Calls of several steps (TrainConfig.steps_per_call): the calls that hold the window's
+    # steps are traced, and the one ending at its last step stops the trace.
+    calls.clear()
+    window = profiling.ProfileWindow(str(tmp_path), (3, 4))
+    for first in (1, 3, 5):
+        with window.step(first, first + 1):
+            calls.append(first)
+        window.after(first + 1, None)
+    assert calls == [1, "start", 3, "stop", 5]
+    with pytest.raises(ValueError, match=r"steps_per_call=2: profile_steps' last step=5 is not"):
+        TrainConfig(num_steps=10, profile_steps=(3, 5), steps_per_call=2, log_every=2,
+                    checkpoint_every=2)
 
 
 @pytest.mark.slow

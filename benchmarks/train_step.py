@@ -375,7 +375,7 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int],
     from ernie_m_jax import metrics
 
     p = PRESETS[preset]
-    calls = steps_per_call or p["steps_per_call"]
+    calls = p["steps_per_call"] if steps_per_call is None else steps_per_call
     device = jax.devices()[0]
     spec = metrics.peak_flops(device)
     matmul_sizes = (2048, 4096) if device.platform == "cpu" else (8192, 16384)
@@ -602,6 +602,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.fsdp_child:
         _fsdp_child(args)
         return 0
+    if args.steps_per_call is not None and args.steps_per_call < 1:
+        parser.error(f"--steps_per_call must be at least 1, got {args.steps_per_call}")
     preset = PRESETS[args.preset]
     sizes = tuple(args.sizes.split(",")) if args.sizes else preset["sizes"]
     lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else preset["lengths"]

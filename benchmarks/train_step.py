@@ -149,8 +149,7 @@ class CompiledStep:
     compiled: object  # the compiled executable
     compile_s: float
     devices: int
-    one: Callable[[], None]
-    steps_per_call: int = 1  # steps `one()` runs (`TrainConfig.steps_per_call`)
+    one: Callable[[], None]  # one call: `exp.train.steps_per_call` steps
 
 
 def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
@@ -161,7 +160,6 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
     `steps_per_call` > 1, a call of that many steps over stacked batches, as training runs
     it with `TrainConfig.steps_per_call`."""
     import jax
-    import numpy as np
 
     from ernie_m_jax import partitioning, train
     from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens
@@ -183,9 +181,8 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
     state = train.init_state(config, built.optimizer, exp.train.seed, built.state_shardings)
     with partitioning.activate(mesh, rules):
         local = {objective: _batch(config, batch, length)}
-        if k > 1:
-            local = jax.tree.map(lambda x: np.stack([x] * k), local)
-        batches = train.global_batch(local, mesh, rules, stacked=k > 1)
+        batches = (train.stacked_global_batch([local] * k, mesh, rules) if k > 1 else
+                   train.global_batch(local, mesh, rules))
         start = time.perf_counter()
         compiled = built.fn.lower(state, batches).compile()
         compile_s = time.perf_counter() - start
@@ -195,7 +192,7 @@ def compiled_step(config, batch: int, length: int, objective: str = "mmlm",
         holder["state"], out = compiled(holder["state"], batches)
         jax.block_until_ready(out)
 
-    return CompiledStep(exp, btmlm, compiled, compile_s, mesh.size, one, k)
+    return CompiledStep(exp, btmlm, compiled, compile_s, mesh.size, one)
 
 
 def repeated(fn: Callable[[], None], times: int) -> Callable[[], None]:
@@ -209,6 +206,14 @@ def repeated(fn: Callable[[], None], times: int) -> Callable[[], None]:
 def per_step(turns: Sequence[Sequence[float]], steps_per_call: int) -> List[List[float]]:
     """Timed calls of several steps as the steps' mean times."""
     return [[t / steps_per_call for t in turn] for turn in turns]
+
+
+def _steps_in_turns(fns: Mapping[str, Callable[[], None]], p: dict, steps_per_call: int
+                    ) -> Dict[str, List[List[float]]]:
+    """`interleaved_seconds` with the preset's rounds, turns and warm-up, each callable
+    running `steps_per_call` steps a call, as per-step times."""
+    turns = interleaved_seconds(fns, p["rounds"], p["turn_steps"], p["warmup"])
+    return {name: per_step(timed, steps_per_call) for name, timed in turns.items()}
 
 
 def jax_step(config, batch: int, length: int, objective: str = "mmlm",
@@ -398,8 +403,7 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int],
             fns = {"jax": step.one}
             if p["torch"]:
                 fns["torch"] = repeated(torch_step_fn(config, batch, length), calls)
-            times = {name: per_step(turns, calls) for name, turns in interleaved_seconds(
-                fns, p["rounds"], p["turn_steps"], p["warmup"]).items()}
+            times = _steps_in_turns(fns, p, calls)
             ours = row["jax"] = jax_result(step, config, batch, length, flat(times["jax"]))
             if p["torch"]:
                 theirs = row["torch"] = torch_result(batch, length, flat(times["torch"]))
@@ -421,9 +425,7 @@ def run(preset: str, sizes: Sequence[str], lengths: Sequence[int],
         steps = {"mmlm": compiled_step(config, batch, length + k, steps_per_call=calls),
                  "btmlm": compiled_step(config, batch, length, "btmlm", placeholders=k,
                                         steps_per_call=calls)}
-        times = {n: per_step(turns, calls) for n, turns in interleaved_seconds(
-            {n: s.one for n, s in steps.items()}, p["rounds"], p["turn_steps"],
-            p["warmup"]).items()}
+        times = _steps_in_turns({n: s.one for n, s in steps.items()}, p, calls)
         mmlm = jax_result(steps["mmlm"], config, batch, length + k, flat(times["mmlm"]))
         btmlm = jax_result(steps["btmlm"], config, batch, length, flat(times["btmlm"]),
                            "btmlm", k)

@@ -17,8 +17,9 @@ from ernie_m_jax.train.step import (
                                     global_batch,
                                     make_eval_step,
                                     make_train_step,
+                                    stacked_global_batch,
 )
 
 __all__ = ["COUNTERS", "GradientSum", "Experiment", "TrainConfig", "TrainStep", "abstract_state",
            "build_train_step", "global_batch", "init_state", "make_eval_step", "make_train_step",
-           "resolve", "train"]
+           "resolve", "stacked_global_batch", "train"]

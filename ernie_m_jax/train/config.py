@@ -67,7 +67,8 @@ class TrainConfig:
     profile_steps: Tuple[int, ...] = ()
     # Train steps run by one call of the compiled step (a `lax.scan` over that many batches;
     # Keras' `steps_per_execution`). On CPU each call maps the step's temporary buffer afresh
-    # (hundreds of MiB, faulted in page by page), so several steps a call pay for it once
+    # (hundreds of MiB, faulted in page by page), so several steps a call pay for it once;
+    # with glibc's huge pages (every command's default) that saved no measurable time
     # (benchmarks/README.md, #41). Logs, evaluations, checkpoints, stage boundaries and the
     # profile window fall between calls: their periods must be multiples of it. A call that
     # must stop short (`stop_after`, the last step, a resume) compiles its own length once.

@@ -14,7 +14,6 @@ from typing import Callable, Dict, Optional, Tuple
 
 import gin
 import jax
-import numpy as np
 import seqio
 
 from ernie_m_jax import checkpoints, partitioning, preemption, profiling, run_dir
@@ -25,7 +24,13 @@ from ernie_m_jax.train.config import Experiment, TrainConfig
 from ernie_m_jax.train.evaluate import eval_tasks, evaluate
 from ernie_m_jax.train.resolve import resolve
 from ernie_m_jax.train.state import COUNTERS, State, init_state
-from ernie_m_jax.train.step import TrainStep, build_train_step, global_batch, make_eval_step
+from ernie_m_jax.train.step import (
+    TrainStep,
+    build_train_step,
+    global_batch,
+    make_eval_step,
+    stacked_global_batch,
+)
 
 
 def train(model_dir: str, exp: Optional[Experiment] = None,
@@ -154,9 +159,9 @@ class _Pretraining:
         wanted = self.current.batch_shapes
         steps = [{o: b for o, b in next(self.iterator).items() if o in wanted}
                  for _ in range(count)]
-        stacked = self.current.steps_per_call > 1
-        local = jax.tree.map(lambda *x: np.stack(x), *steps) if stacked else steps[0]
-        return global_batch(local, self.mesh, self.exp.mesh.rules, stacked)
+        if self.current.steps_per_call > 1:
+            return stacked_global_batch(steps, self.mesh, self.exp.mesh.rules)
+        return global_batch(steps[0], self.mesh, self.exp.mesh.rules)
 
     def log_extra(self, state: State, done: int) -> Dict[str, float]:
         return _nonfinite_check(state, self.exp.train, done, self.mngr)

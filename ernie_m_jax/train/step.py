@@ -21,6 +21,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ernie_m_jax import partitioning
@@ -231,11 +232,18 @@ def make_eval_step(model: ErnieM, exp: Experiment):
     return eval_step
 
 
-def global_batch(local, mesh, rules, stacked: bool = False):
-    """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes
-    (`stacked`: several steps' batches on a leading axis, which is not split)."""
-    sharding = _stacked(partitioning.data_sharding(mesh, rules)) if stacked else \
-        partitioning.data_sharding(mesh, rules)
+def global_batch(local, mesh, rules):
+    """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes."""
+    sharding = partitioning.data_sharding(mesh, rules)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def stacked_global_batch(steps: Sequence, mesh, rules):
+    """Several steps' host-local sub-batches (`global_batch`'s input, one per step) ->
+    global jax.Arrays `[steps, rows, length]`, the leading axis whole on every device: one
+    call's batches where a call runs several steps (`in_calls`)."""
+    sharding = _stacked(partitioning.data_sharding(mesh, rules))
+    local = jax.tree.map(lambda *x: np.stack(x), *steps)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 

@@ -305,3 +305,58 @@ def test_huge_pages_ab_refuses_bad_arguments_before_running_anything(argv, named
         ab.main(argv)
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_step_kernels_add_up_to_the_steps_model_flops():
+    """The kernel table (#41) lists every matmul of an MMLM step once: with their runs a step
+    their FLOPs are exactly `metrics.step_flops` (3x the forward: the forward, the input
+    gradient and the weight gradient of each product), hand-checked on one kernel."""
+    from benchmarks import step_kernels as sk
+
+    config = model_config("small")
+    batch, length = 16, 128
+    slots = MaskingConfig().num_slots(length)
+    kernels = sk.step_kernels(config, batch, length, slots)
+    total = sum(k.flops * k.per_step for k in kernels)
+    assert total == metrics.step_flops(config, {"mmlm": (batch, length)}, MaskingConfig())
+    up = next(k for k in kernels if k.name == "MLP up, weight gradient")
+    assert (up.lhs, up.rhs, up.per_step) == ((2048, 256), (2048, 1024), 4)
+    assert up.flops == 2 * 2048 * 256 * 1024  # contracts the 2,048 tokens
+    scores = next(k for k in kernels if k.name.startswith("attention q k^T"))
+    assert scores.flops == 2 * (16 * 4) * 128 * 128 * 64
+    without_head = sk.step_kernels(config, batch, length, 0)  # the control: the head counts
+    assert sum(k.flops * k.per_step for k in without_head) < total
+
+
+def test_step_kernels_cores_busy_with_known_answers():
+    """`cores_busy` on a call that sleeps (about no core) and on one that spins in Python
+    (one core: the GIL), each timed per call."""
+    import time
+
+    from benchmarks import step_kernels as sk
+
+    seconds, cores = sk.cores_busy(lambda: time.sleep(0.02), 3)
+    assert 0.019 < seconds < 0.2 and cores < 0.3
+
+    def spin():
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
+
+    seconds, cores = sk.cores_busy(spin, 3)
+    assert 0.019 < seconds < 0.2 and 0.6 < cores < 1.3
+
+
+@pytest.mark.slow
+def test_step_kernels_time_both_sides_on_a_tiny_step():
+    """End to end on the tiny size: every kernel's two sides compute the same product
+    (checked inside) and are timed, and the table totals the per-step difference."""
+    from benchmarks import step_kernels as sk
+
+    kernels = sk.step_kernels(model_config("tiny"), 2, 16, 3)
+    rows = sk.measure(kernels, rounds=2, reps=1)
+    assert [r["kernel"] for r in rows] == [k.name for k in kernels]
+    assert all(r["ours_ms"] > 0 and r["pytorch_ms"] > 0 for r in rows)
+    gap = sum((r["ours_ms"] - r["pytorch_ms"]) * r["per_step"] for r in rows)
+    table = sk.markdown(rows, "tiny")
+    assert table.count("\n| ") == len(rows) + 2 and f"**{gap:+.0f}**" in table

@@ -14,7 +14,6 @@ runs that kernel; the kernels' FLOPs add up to `metrics.step_flops` (tested).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -169,11 +168,9 @@ def markdown(rows: Sequence[dict], header: str) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small")
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    from benchmarks.step_profile import step_parser
+
+    parser = step_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--update_readme", action="store_true",

@@ -167,12 +167,19 @@ def markdown(result: Mapping[str, object]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def step_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments that name the step these CPU diagnostics take apart (the benchmark's
+    small@128 row by default): `--size`, `--length`, `--batch`."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small")
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = step_parser(__doc__)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--output", help="also write the figures as JSON here")
     args = parser.parse_args(argv)

@@ -360,3 +360,12 @@ def test_step_kernels_time_both_sides_on_a_tiny_step():
     gap = sum((r["ours_ms"] - r["pytorch_ms"]) * r["per_step"] for r in rows)
     table = sk.markdown(rows, "tiny")
     assert table.count("\n| ") == len(rows) + 2 and f"**{gap:+.0f}**" in table
+
+
+def test_step_kernels_refuses_empty_turns_by_name(capsys):
+    from benchmarks import step_kernels as sk
+
+    with pytest.raises(SystemExit) as exit_info:
+        sk.main(["--reps", "0"])
+    assert exit_info.value.code == 2
+    assert "--rounds, --reps, --batch and --length must be at least 1" in capsys.readouterr().err

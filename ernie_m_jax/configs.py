@@ -58,6 +58,13 @@ class ModelConfig:
     # Layers per iteration of the scanned layer loop (jax.lax.scan's `unroll`): num_layers
     # unrolls it fully, trading compile time for a step without the loop's stacked buffers.
     scan_unroll: int = 1
+    # Attention as up to this many independent attentions over slices of the batch (the
+    # most that divide it), with identical results. XLA:CPU runs a dot with batch
+    # dimensions, the attention's [batch x heads] products, on one thread; separate ones
+    # its executor runs on several cores at once (small@128 on 2 cores: +4.5%). None: the
+    # train step decides from its mesh (`partitioning.attention_batch_groups`: the host's
+    # cores on a mesh of one CPU device, else 1, where slicing a sharded batch moves data).
+    attention_batch_groups: Optional[int] = None
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim",
@@ -83,6 +90,9 @@ class ModelConfig:
         if self.attention_implementation not in ("auto", "xla", "cudnn"):
             raise ValueError(f"ModelConfig.attention_implementation="
                              f"{self.attention_implementation!r} is not one of auto/xla/cudnn")
+        if self.attention_batch_groups is not None and self.attention_batch_groups < 1:
+            raise ValueError(f"ModelConfig.attention_batch_groups must be >= 1 or None, "
+                             f"got {self.attention_batch_groups}")
         if self.scan_unroll < 1:
             raise ValueError(f"ModelConfig.scan_unroll must be >= 1, got {self.scan_unroll}")
         if self.remat_policy not in ("none", "full", "dots"):

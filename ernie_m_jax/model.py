@@ -150,25 +150,54 @@ class SelfAttention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         k = nn.with_logical_constraint(k, ("batch", "length", "heads", "kv"))
         v = nn.with_logical_constraint(v, ("batch", "length", "heads", "kv"))
-        if self.deterministic or cfg.attention_dropout_rate == 0:
-            # JAX's fused attention (cuDNN flash attention on GPUs where it applies, XLA
-            # elsewhere); softmax in float32 either way.
-            context = jax.nn.dot_product_attention(
-                q, k, v, mask=mask[:, None, :, :],
-                implementation=ATTENTION_IMPLEMENTATIONS[cfg.attention_implementation])
-        else:  # attention dropout needs the weights explicitly
-            context = nn.dot_product_attention(
-                q, k, v,
-                mask=mask[:, None, :, :],
-                dropout_rng=self.make_rng("dropout"),
-                dropout_rate=cfg.attention_dropout_rate,
-                deterministic=False,
-                dtype=cfg.compute_dtype,
-                force_fp32_for_softmax=True,
-            )
+        dropout = not self.deterministic and cfg.attention_dropout_rate > 0
+        # One key for every group: Flax's attention dropout draws one [query, key] mask
+        # for the whole batch and all heads (`broadcast_dropout`), so each group of rows
+        # drops exactly what the whole batch would have.
+        rng = self.make_rng("dropout") if dropout else None
+        groups = batch_groups(cfg.attention_batch_groups, q.shape[0])
+        rows = q.shape[0] // groups
+
+        def rows_of(x, g):  # a mask of one row applies to every row
+            return x if x.shape[0] == 1 else x[g * rows:(g + 1) * rows]
+
+        # The groups are separate ops, which XLA:CPU runs concurrently
+        # (`ModelConfig.attention_batch_groups`); one group is the whole batch.
+        context = _attention(cfg, q, k, v, mask, rng) if groups == 1 else jnp.concatenate([
+            _attention(cfg, rows_of(q, g), rows_of(k, g), rows_of(v, g), rows_of(mask, g), rng)
+            for g in range(groups)], axis=0)
         context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
         return _dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), "out_proj",
                       in_axes=2)(context)
+
+
+def _attention(cfg: ModelConfig, q, k, v, mask, dropout_rng):
+    """Softmax attention over [batch, length, heads, head_dim] inputs; dropout on its
+    weights where `dropout_rng` is given."""
+    if dropout_rng is None:
+        # JAX's fused attention (cuDNN flash attention on GPUs where it applies, XLA
+        # elsewhere); softmax in float32 either way.
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask[:, None, :, :],
+            implementation=ATTENTION_IMPLEMENTATIONS[cfg.attention_implementation])
+    return nn.dot_product_attention(  # attention dropout needs the weights explicitly
+        q, k, v,
+        mask=mask[:, None, :, :],
+        dropout_rng=dropout_rng,
+        dropout_rate=cfg.attention_dropout_rate,
+        deterministic=False,
+        dtype=cfg.compute_dtype,
+        force_fp32_for_softmax=True,
+    )
+
+
+def batch_groups(most: Optional[int], batch: int) -> int:
+    """How many slices of `batch` rows attention runs as separate ops: the largest count up
+    to `most` (None: 1) that divides the batch."""
+    groups = min(most or 1, batch)
+    while batch % groups:
+        groups -= 1
+    return groups
 
 
 class EncoderLayer(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -188,6 +189,26 @@ def check_batch_divides(batch_size: int, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -
         raise ValueError(
             f"global batch size {batch_size} is not divisible by the {shards} batch shards of "
             f"mesh {dict(mesh.shape)}")
+
+
+def attention_batch_groups(mesh: Mesh) -> int:
+    """How many independent attentions a step on `mesh` splits its batch into
+    (`ModelConfig.attention_batch_groups`): one per core the process may run on for a mesh
+    of one CPU device, whose XLA runs each batched matmul on one thread; 1 on accelerators
+    and on several devices, where the batch is sharded and slicing it would move data
+    (and where compiling for a TPU slice on this host, whose default backend is the CPU)."""
+    if mesh.size != 1 or mesh.devices.flat[0].platform != "cpu":
+        return 1
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(cores) if cores else (os.cpu_count() or 1)
+
+
+def for_mesh(model_config, mesh: Mesh):
+    """`model_config` (a `ModelConfig`) with what it leaves to the mesh decided: its
+    `attention_batch_groups` where None."""
+    if model_config.attention_batch_groups is not None:
+        return model_config
+    return dataclasses.replace(model_config, attention_batch_groups=attention_batch_groups(mesh))
 
 
 @contextlib.contextmanager

@@ -153,6 +153,7 @@ def test_dropout_is_active_only_when_not_deterministic():
     (dict(remat_policy="some"), "remat_policy"),
     (dict(scan_unroll=0), "scan_unroll"),
     (dict(dropout_rate=1.0), "dropout_rate"),
+    (dict(attention_batch_groups=0), "attention_batch_groups"),
 ])
 def test_bad_model_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -219,3 +220,45 @@ def test_projection_gradients_read_activations_in_place_on_cpu():
 
     assert copies(loss_contracting_two_axes) >= 1  # control: the layout XLA:CPU inserts
     assert copies(loss) == 0
+
+
+def _batched_dots(hlo: str) -> int:
+    return len(re.findall(r" dot\([^)]*\), lhs_batch_dims=", hlo))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_attention_in_batch_groups_equals_the_whole_batch(deterministic):
+    """`ModelConfig.attention_batch_groups` (for XLA:CPU, which runs a batched matmul on one
+    thread) splits attention into independent ops over slices of the batch: the outputs and
+    gradients are the whole batch's (dropout on too: one key, one broadcast mask), and the
+    compiled forward holds one batched product per group. Control: another dropout key."""
+    ids = jnp.asarray(np.random.RandomState(0).randint(5, 100, (4, 16)), jnp.int32)
+    params = nn.unbox(init_params(model_config("tiny"), jax.random.key(0)))
+
+    def forward(groups, key=1):
+        model = ErnieM(model_config("tiny", attention_batch_groups=groups))
+        def loss(p):
+            out = model.apply(p, ids, deterministic=deterministic,
+                              rngs={"dropout": jax.random.key(key)})["hidden_states"]
+            return (out ** 2).mean(), out
+        fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+        (_, out), grads = fn(params)
+        return out, grads, fn.lower(params).compile().as_text()
+
+    whole, whole_grads, whole_hlo = forward(1)
+    for groups in (2, 4):
+        out, grads, hlo = forward(groups)
+        np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(whole_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert _batched_dots(hlo) == groups * _batched_dots(whole_hlo) > 0
+    if not deterministic:
+        other, _, _ = forward(2, key=2)
+        assert np.abs(np.asarray(other - whole)).max() > 1e-3
+
+
+def test_attention_batch_groups_divide_the_batch():
+    from ernie_m_jax.model import batch_groups
+
+    assert [batch_groups(most, 6) for most in (None, 1, 2, 4, 6, 16)] == [1, 1, 2, 3, 6, 6]
+    assert batch_groups(2, 1) == 1

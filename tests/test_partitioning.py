@@ -62,3 +62,47 @@ def test_mlm_head_gradients_on_a_data_fsdp_tensor_mesh_equal_one_device(slots):
                             cwd=ROOT, env=eight_device_env(), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stdout[-500:] + result.stderr[-2000:]
+
+
+class _Mesh:
+    """What `attention_batch_groups` reads of a mesh: its size and its devices' platform."""
+
+    def __init__(self, size, platform):
+        import numpy as np
+        self.size = size
+        self.devices = np.array([type("Device", (), {"platform": platform})()] * size)
+
+
+def test_attention_batch_groups_follow_the_mesh(monkeypatch):
+    """One group per core the process may use on a mesh of one CPU device (XLA:CPU runs a
+    batched matmul on one thread); 1 on several devices (the batch is sharded) and on
+    accelerators, including a TPU slice compiled from this CPU host."""
+    monkeypatch.setattr(partitioning.os, "sched_getaffinity", lambda pid: {0, 1, 2},
+                        raising=False)
+    assert partitioning.attention_batch_groups(_Mesh(1, "cpu")) == 3
+    assert partitioning.attention_batch_groups(_Mesh(8, "cpu")) == 1
+    assert partitioning.attention_batch_groups(_Mesh(1, "tpu")) == 1
+    assert partitioning.attention_batch_groups(_Mesh(1, "gpu")) == 1
+
+
+def test_the_step_builder_decides_what_the_config_leaves_to_the_mesh():
+    """`for_mesh` fills `attention_batch_groups` only where the config leaves it (None) and
+    `build_train_step`'s model is built with the result; a value given is kept."""
+    from ernie_m_jax import optimizer, train
+    from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens, model_config
+    from ernie_m_jax.data import pipeline
+
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(), jax.devices()[:1])
+    cores = partitioning.attention_batch_groups(mesh)
+    assert cores >= 1
+    given = model_config("tiny", attention_batch_groups=1)
+    assert partitioning.for_mesh(given, mesh) is given
+    left = model_config("tiny")
+    assert left.attention_batch_groups is None
+    assert partitioning.for_mesh(left, mesh).attention_batch_groups == cores
+    exp = train.Experiment(
+        train.TrainConfig(num_steps=10, objective_weights={"mmlm": 1.0}), left,
+        pipeline.DataConfig(batch_sizes={"mmlm": 4}, mono_length=16, pair_length=16),
+        partitioning.MeshConfig(shape=(1, 1, 1)), optimizer.OptimizerConfig(),
+        MaskingConfig(), BTMLMConfig(), SpecialTokens())
+    assert train.build_train_step(exp, mesh).model.config.attention_batch_groups == cores

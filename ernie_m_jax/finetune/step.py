@@ -68,6 +68,7 @@ class FinetuneStep:
 
 def build_finetune_step(model_config: ModelConfig, num_labels: int, cfg: FinetuneConfig,
                         num_steps: int, mesh: jax.sharding.Mesh, rules) -> FinetuneStep:
+    model_config = partitioning.for_mesh(model_config, mesh)
     model = ErnieMClassifier(model_config, num_labels, cfg.classifier_dropout)
     key = jax.random.key(cfg.seed)
     boxed_params = jax.eval_shape(lambda: init_boxed(model, key))

@@ -336,7 +336,7 @@ def build_train_step(exp: Experiment, mesh: jax.sharding.Mesh) -> TrainStep:
                 f"of mesh {dict(mesh.shape)}; use a multiple of "
                 f"{cfg.grad_accum_steps * shards} rows or fewer accumulation steps")
     btmlm = exp.btmlm
-    model = ErnieM(exp.model)
+    model = ErnieM(partitioning.for_mesh(exp.model, mesh))
     objectives = make_objectives(model, exp.tokens, exp.masking,
                                  btmlm if "btmlm" in cfg.enabled else None)
     optimizer = make_optimizer(exp.optimizer, cfg.num_steps)

@@ -59,9 +59,9 @@ class ModelConfig:
     # unrolls it fully, trading compile time for a step without the loop's stacked buffers.
     scan_unroll: int = 1
     # Attention as up to this many independent attentions over slices of the batch (the
-    # most that divide it), with identical results. XLA:CPU runs a dot with batch
-    # dimensions, the attention's [batch x heads] products, on one thread; separate ones
-    # its executor runs on several cores at once (small@128 on 2 cores: +4.5%). None: the
+    # most that divide it), the same numbers to float rounding. XLA:CPU runs a dot with
+    # batch dimensions, the attention's [batch x heads] products, on one thread; separate
+    # ones its executor runs on several cores at once (small@128 on 2 cores: 2.5-5%). None: the
     # train step decides from its mesh (`partitioning.attention_batch_groups`: the host's
     # cores on a mesh of one CPU device, else 1, where slicing a sharded batch moves data).
     attention_batch_groups: Optional[int] = None

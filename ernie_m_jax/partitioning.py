@@ -195,8 +195,9 @@ def attention_batch_groups(mesh: Mesh) -> int:
     """How many independent attentions a step on `mesh` splits its batch into
     (`ModelConfig.attention_batch_groups`): one per core the process may run on for a mesh
     of one CPU device, whose XLA runs each batched matmul on one thread; 1 on accelerators
-    and on several devices, where the batch is sharded and slicing it would move data
-    (and where compiling for a TPU slice on this host, whose default backend is the CPU)."""
+    and on several devices, where the batch is sharded and slicing it would move data. It
+    reads the mesh, not `jax.default_backend()`, which is the CPU where this host compiles
+    for a TPU slice."""
     if mesh.size != 1 or mesh.devices.flat[0].platform != "cpu":
         return 1
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None

@@ -86,8 +86,9 @@ def test_attention_batch_groups_follow_the_mesh(monkeypatch):
 
 
 def test_the_step_builder_decides_what_the_config_leaves_to_the_mesh():
-    """`for_mesh` fills `attention_batch_groups` only where the config leaves it (None) and
-    `build_train_step`'s model is built with the result; a value given is kept."""
+    """`for_mesh` fills `attention_batch_groups` only where the config leaves it (None), and
+    both step builders (pretraining, fine-tuning) build their model with the result; a
+    value given is kept."""
     from ernie_m_jax import optimizer, train
     from ernie_m_jax.configs import BTMLMConfig, MaskingConfig, SpecialTokens, model_config
     from ernie_m_jax.data import pipeline
@@ -106,3 +107,9 @@ def test_the_step_builder_decides_what_the_config_leaves_to_the_mesh():
         partitioning.MeshConfig(shape=(1, 1, 1)), optimizer.OptimizerConfig(),
         MaskingConfig(), BTMLMConfig(), SpecialTokens())
     assert train.build_train_step(exp, mesh).model.config.attention_batch_groups == cores
+    from ernie_m_jax.finetune.config import FinetuneConfig
+    from ernie_m_jax.finetune.step import build_finetune_step
+
+    tuned = build_finetune_step(left, 3, FinetuneConfig(), 10, mesh,
+                                partitioning.LOGICAL_AXIS_RULES)
+    assert tuned.model.config.attention_batch_groups == cores

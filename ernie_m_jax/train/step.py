@@ -234,16 +234,18 @@ def make_eval_step(model: ErnieM, exp: Experiment):
 
 def global_batch(local, mesh, rules):
     """Host-local numpy sub-batches -> global jax.Arrays sharded over the batch mesh axes."""
-    sharding = partitioning.data_sharding(mesh, rules)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+    return _from_process_local(local, partitioning.data_sharding(mesh, rules))
 
 
 def stacked_global_batch(steps: Sequence, mesh, rules):
     """Several steps' host-local sub-batches (`global_batch`'s input, one per step) ->
     global jax.Arrays `[steps, rows, length]`, the leading axis whole on every device: one
     call's batches where a call runs several steps (`in_calls`)."""
-    sharding = _stacked(partitioning.data_sharding(mesh, rules))
-    local = jax.tree.map(lambda *x: np.stack(x), *steps)
+    return _from_process_local(jax.tree.map(lambda *x: np.stack(x), *steps),
+                               _stacked(partitioning.data_sharding(mesh, rules)))
+
+
+def _from_process_local(local, sharding):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 

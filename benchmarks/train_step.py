@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from ernie_m_jax import files, huge_pages
+from ernie_m_jax import cpu_devices, files, huge_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,8 +356,7 @@ def _fsdp_child(args) -> None:
 
 
 def fsdp_overhead(size: str, length: int, tokens: int, steps: int, warmup: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = cpu_devices.simulated_devices_env(8, {**os.environ, "XLA_FLAGS": ""})
     cmd = [sys.executable, "-m", "benchmarks.train_step", "--fsdp_child",
            f"--fsdp_size={size}", f"--fsdp_length={length}", f"--fsdp_tokens={tokens}",
            f"--steps={steps}", f"--warmup={warmup}"]

@@ -19,6 +19,8 @@ from typing import Mapping, Optional
 
 import jax
 
+from ernie_m_jax.cpu_devices import reserve_threads
+
 ENV_ADDRESS, ENV_COUNT, ENV_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
 
 
@@ -69,6 +71,8 @@ def initialize(group: ProcessGroup = ProcessGroup(), cpu_devices: Optional[int] 
     """Join the process group if there is one; returns whether this is a multi-process run."""
     group = group.check() if group.explicit else from_environment()
     if cpu_devices:
+        # More threads than devices, or collectives can deadlock (see `cpu_devices`).
+        reserve_threads(cpu_devices)
         jax.config.update("jax_num_cpu_devices", cpu_devices)
     if group.explicit:
         if group.num_processes == 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -20,6 +19,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ernie_m_jax import cpu_devices
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -200,8 +201,7 @@ def attention_batch_groups(mesh: Mesh) -> int:
     for a TPU slice."""
     if mesh.size != 1 or mesh.devices.flat[0].platform != "cpu":
         return 1
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return len(cores) if cores else (os.cpu_count() or 1)
+    return cpu_devices.usable_cores()
 
 
 def for_mesh(model_config, mesh: Mesh):

@@ -5,7 +5,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from ernie_m_jax import partitioning
+from ernie_m_jax import cpu_devices, partitioning
 from tests.train_runs import eight_device_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_attention_batch_groups_follow_the_mesh(monkeypatch):
     """One group per core the process may use on a mesh of one CPU device (XLA:CPU runs a
     batched matmul on one thread); 1 on several devices (the batch is sharded) and on
     accelerators, including a TPU slice compiled from this CPU host."""
-    monkeypatch.setattr(partitioning.os, "sched_getaffinity", lambda pid: {0, 1, 2},
+    monkeypatch.setattr(cpu_devices.os, "sched_getaffinity", lambda pid: {0, 1, 2},
                         raising=False)
     assert partitioning.attention_batch_groups(_Mesh(1, "cpu")) == 3
     assert partitioning.attention_batch_groups(_Mesh(8, "cpu")) == 1

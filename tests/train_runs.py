@@ -1,10 +1,11 @@
 """Tiny training runs through the real gin files, for the train tests (in and out of process)."""
 
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 import gin
+
+from ernie_m_jax import cpu_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGUAGES = "('de', 'fr')"
@@ -52,9 +53,11 @@ def eight_device_env() -> Dict[str, str]:
     """This process's environment for a child with 8 simulated CPU devices (the count must be
     set before JAX starts, hence a fresh interpreter), keeping the suite's XLA flags.
 
-    The 8 devices' collectives meet in a rendezvous that XLA:CPU aborts the process on after
-    40 s by default; on 2 cores shared with another test worker one device's thread can arrive
-    later than that (CI, stop 50), so the child waits up to 10 minutes, the tests' own limit."""
-    flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
-             " --xla_cpu_collective_call_terminate_timeout_seconds=600")
-    return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
+    `cpu_devices.simulated_devices_env` gives XLA:CPU two threads a device: with one (its
+    default on 2 cores) the children deadlocked at a collective when dispatch ran ahead (CI,
+    stops 50 and 51). A rendezvous that still does not complete aborts the child after
+    5 minutes with XLA's message naming the collective (its default, 40 s, is too short for
+    a child sharing 2 cores with another test worker), before the tests' 10-minute limit."""
+    env = cpu_devices.simulated_devices_env(8)
+    env["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=300"
+    return env

@@ -1,16 +1,16 @@
-"""The host's CPU as JAX sees it: the cores this process may use, and what simulated CPU
-devices (`--cpu_devices`, the tests' 8-device children) need from XLA:CPU to not deadlock.
+"""The host's CPU as JAX sees it: the cores this process may use, and what simulated CPU devices
+(`--cpu_devices`, the tests' 8-device children) need from XLA:CPU to not deadlock.
 
 XLA:CPU sizes its two thread pools (the one that runs each device's program and the intra-op
 one) to max(cores, devices): exactly one thread per device on a host with fewer cores than
 devices. A program with collectives needs every device's thread at once, and a caller that
-dispatches far ahead of execution (a train loop, a test checking leaves) parks dispatch tasks
-on the same pool, waiting for an in-flight slot. Then a collective waits for a device that
-cannot get a thread, forever. Measured with 8 devices on 2 cores, one program dispatched
-2,000-3,000 times (`tests/dispatch_ahead_check.py`): 6 of 6 runs deadlocked with 8 threads and
-2 of 2 with 9; none of 5 with 16 or 32, and waiting every 40 calls or fewer never did. XLA
-reads the pools' size from `PJRT_NPROC` (else the cores) when the backend starts, so two
-threads a device are set there before it does.
+dispatches far ahead of execution (a loop calling a jitted step that reads its results only now
+and then) parks dispatch tasks on the same pool, waiting for an in-flight slot. Then a
+collective waits for a device that cannot get a thread, forever. Measured with 8 devices on 2
+cores, one program dispatched 2,000-3,000 times (`tests/dispatch_ahead_check.py`): 6 of 6 runs
+deadlocked with 8 threads and 2 of 2 with 9; none of 5 with 16 or 32, and waiting every 40 calls
+or fewer never did. XLA reads the pools' size from `PJRT_NPROC` (else the cores) when the
+backend starts, so two threads a device are set there before it does.
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ def main():
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    progress("forward, CAMLM loss and gradient equal one device's")
     try:
         partitioning.check_batch_divides(6, mesh)
     except ValueError as err:
@@ -71,10 +72,18 @@ def main():
     else:
         raise AssertionError("batch 6 on 4 batch shards was accepted")
     gradient_sum_step_equals_accumulation(model, mesh, variables["params"])
+    progress("GradientSum steps equal accumulated microbatches")
     weights_gathered_once_leave_no_collective_in_the_layer_loop(config)
+    progress("weights gathered once: no collective in the layer loop")
     for shape in ((1, 8, 1), (2, 2, 2), (2, 4, 1)):
         scattered_sum_is_the_sum_in_each_weights_shards(shape)
+        progress(f"scattered_sum on mesh {shape}")
     print("SHARDED OK")
+
+
+def progress(done: str):
+    """A line as each part passes, flushed: a child that stops shows how far it got."""
+    print(f"passed: {done}", flush=True)
 
 
 def gradient_sum_step_equals_accumulation(model, mesh, params):
@@ -131,6 +140,7 @@ def gradient_sum_step_equals_accumulation(model, mesh, params):
             with partitioning.activate(mesh):
                 new_state, metrics = jax.jit(step)(state, jax.device_put(batches, data))
         results[name] = (new_state["params"], {k: float(v) for k, v in metrics.items()})
+        progress(f"step variant {name} ran")
     assert all(r[1]["finite"] == 1.0 for r in results.values())
     reference_params, reference = results["accumulated"]
     params_f32, metrics_f32 = results["data"]

@@ -1,23 +1,15 @@
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import pytest
 
 from ernie_m_jax import cpu_devices, partitioning
-from tests.train_runs import eight_device_env
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.train_runs import run_eight_device_child
 
 
 @pytest.mark.slow
 def test_sharded_model_equals_single_device_on_eight_simulated_devices():
     # The device count must be fixed before JAX starts, hence a fresh interpreter.
-    env = eight_device_env()
-    result = subprocess.run([sys.executable, "-m", "tests.sharded_forward_check"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_eight_device_child(["tests.sharded_forward_check"])
     assert "SHARDED OK" in result.stdout
 
 
@@ -58,10 +50,7 @@ def test_batch_check_counts_the_batch_shards_of_an_eight_device_mesh(shape, rows
 def test_mlm_head_gradients_on_a_data_fsdp_tensor_mesh_equal_one_device(slots):
     """9 slots gave other gradients than one device before the MLM head put its hidden
     state back in the `embed` layout (3 slots, the control, always agreed)."""
-    result = subprocess.run([sys.executable, "-m", "tests.mesh_gradient_check", slots],
-                            cwd=ROOT, env=eight_device_env(), capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-500:] + result.stderr[-2000:]
+    run_eight_device_child(["tests.mesh_gradient_check", slots])
 
 
 class _Mesh:

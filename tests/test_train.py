@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import gin
 import jax
@@ -17,7 +15,7 @@ from ernie_m_jax.configs import BTMLMConfig, MaskingConfig
 from ernie_m_jax.metrics import read_metrics
 from ernie_m_jax.objectives import make_objectives, make_prediction_counters, weighted_loss
 from tests import synthetic
-from tests.train_runs import ROOT, as_flags, eight_device_env, run, tiny_bindings
+from tests.train_runs import as_flags, run, run_eight_device_child, tiny_bindings
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +127,8 @@ def test_interrupted_run_resumes_to_the_same_parameters(data_dir, six_step_run, 
 
     # The 1-device checkpoint, restored onto 8 devices with FSDP and trained there with the
     # FSDP and tensor-parallel presets, gives the single-device losses.
-    env = eight_device_env()
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.train_sharding_check", data_dir, str(tmp_path / "multi"),
-         str(straight)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    result = run_eight_device_child(["tests.train_sharding_check", data_dir,
+                                     str(tmp_path / "multi"), str(straight)], timeout=900)
     out = json.loads(result.stdout.split("RESULT ", 1)[1])
     reference = _losses(straight)[:3]
     for preset, shards in (("fsdp", 8), ("fsdp_tensor", 8)):

@@ -1,5 +1,7 @@
 """Tiny training runs through the real gin files, for the train tests (in and out of process)."""
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -61,3 +63,20 @@ def eight_device_env() -> Dict[str, str]:
     env = cpu_devices.simulated_devices_env(8)
     env["XLA_FLAGS"] += " --xla_cpu_collective_call_terminate_timeout_seconds=300"
     return env
+
+
+def run_eight_device_child(args: Sequence[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m *args` in a child with 8 simulated CPU devices, which must exit 0 within
+    `timeout` seconds; a failure shows the tail of its output either way (the child's
+    progress lines say how far it got: a bare timeout told nothing in CI, stop 51)."""
+    def text(output) -> str:
+        return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+    try:
+        result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=eight_device_env(),
+                                capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"{args[0]} still running after {timeout} s:\n"
+                             f"{text(err.stdout)[-3000:]}\n{text(err.stderr)[-5000:]}") from None
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
